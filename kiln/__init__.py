@@ -1,0 +1,27 @@
+"""Kiln: a deep-learning model compiler. PyTorch model in, fast compiled module out.
+
+    cm = kiln.compile(model, example_inputs=(x,), target="llvm")
+    y = cm(x)
+    cm.save("model.kiln"); cm = kiln.load("model.kiln")
+"""
+
+from kiln.backends.targets import TARGETS
+from kiln.compiler import compile
+from kiln.errors import (
+    ArtifactError,
+    FrontendError,
+    InputMismatchError,
+    KilnError,
+    PassError,
+    TargetError,
+    UnsupportedOpError,
+)
+from kiln.module import CompiledModule, load
+from kiln.passes import PASSES, PIPELINES, bisect, register_pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "CompiledModule", "FrontendError", "InputMismatchError",
+    "KilnError", "PassError", "TargetError", "UnsupportedOpError", "bisect", "compile", "load", "register_pass",
+]

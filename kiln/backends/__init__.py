@@ -1,0 +1,23 @@
+"""Backends that turn a Kiln graph into something that runs, and the targets that pick one."""
+
+from __future__ import annotations
+
+from kiln.backends.base import Backend, BuildContext, Executable
+from kiln.backends.targets import TARGETS, ResolvedTarget, TargetPreset, resolve_target
+from kiln.errors import TargetError
+
+
+def get_backend(name: str) -> Backend:
+    """Backends import lazily: TVM loads only when a TVM target is used."""
+    if name == "tvm":
+        from kiln.backends.tvm import TVMBackend
+
+        return TVMBackend()
+    if name == "eager":
+        from kiln.backends.eager import EagerBackend
+
+        return EagerBackend()
+    raise TargetError(f"unknown backend '{name}'")
+
+
+__all__ = ["TARGETS", "Backend", "BuildContext", "Executable", "ResolvedTarget", "TargetPreset", "get_backend", "resolve_target"]

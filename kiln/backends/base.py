@@ -1,0 +1,46 @@
+"""What every backend provides: `build(graph, context) -> Executable`, and `load(folder)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from kiln.backends.targets import ResolvedTarget
+from kiln.ir.graph import Graph
+from kiln.passes.instrument import DebugDir, Report
+
+
+class Executable(Protocol):
+    """A compiled graph: flat tensors in, flat tensors out."""
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def save(self, folder: Path) -> None:
+        """Write everything needed to run again into `folder` (the artifact packs the folder)."""
+
+
+@dataclass
+class BuildContext:
+    """What a backend needs besides the graph; rows it adds go into the compile's report."""
+
+    target: ResolvedTarget
+    report: Report = field(default_factory=Report)
+    debug: DebugDir = field(default_factory=lambda: DebugDir(None))
+    inputs: Sequence[torch.Tensor] | None = None
+    reference: Sequence[torch.Tensor] | None = None
+    progress: Callable[[str], None] | None = None
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+class Backend(Protocol):
+    name: str
+
+    def build(self, graph: Graph, context: BuildContext) -> Executable: ...
+
+    def load(self, folder: Path, target: ResolvedTarget) -> Executable: ...

@@ -1,0 +1,36 @@
+"""The eager backend: the optimized graph executed by PyTorch. The reference for debugging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from kiln.backends.base import BuildContext
+from kiln.backends.targets import ResolvedTarget
+from kiln.ir.graph import Graph
+from kiln.ir.serialize import load_graph, save_graph
+
+GRAPH_FILE = "graph.kilnir"
+
+
+class EagerExecutable:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self.graph.run(*inputs))
+
+    def save(self, folder: Path) -> None:
+        save_graph(self.graph, folder / GRAPH_FILE)
+
+
+class EagerBackend:
+    name = "eager"
+
+    def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
+        return EagerExecutable(graph)
+
+    def load(self, folder: Path, target: ResolvedTarget) -> EagerExecutable:
+        return EagerExecutable(load_graph(folder / GRAPH_FILE))

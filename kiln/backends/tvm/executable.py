@@ -1,0 +1,33 @@
+"""A built Relax module on the Relax VM: torch tensors in and out through DLPack (no copies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import tvm
+from tvm import relax
+
+LIBRARY_FILE = "module.so"
+
+
+class TVMExecutable:
+    def __init__(self, library: tvm.runtime.Module, device: tvm.runtime.Device) -> None:
+        self.library = library
+        self.device = device
+        self.vm = relax.VirtualMachine(library, device)
+        self._main = self.vm["main"]
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        args = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs]
+        result = self._main(*args)
+        flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
+        return [torch.from_dlpack(t) for t in flat]
+
+    def save(self, folder: Path) -> None:
+        self.library.export_library(str(folder / LIBRARY_FILE))
+
+    @classmethod
+    def load(cls, folder: Path, device: tvm.runtime.Device) -> "TVMExecutable":
+        return cls(tvm.runtime.load_module(str(folder / LIBRARY_FILE)), device)

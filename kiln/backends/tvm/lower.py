@@ -1,0 +1,50 @@
+"""Kiln IR → TVM Relax, through TVM's ExportedProgram importer.
+
+Operators are checked before import, against the importer's own table, so an unsupported op
+fails with Kiln's error naming the op and the model line it came from, not an importer assertion.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from kiln.errors import UnsupportedOpError
+from kiln.ir.graph import Graph
+
+# Kiln's own ops (added by later passes) register their Relax converters here.
+CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {}
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
+
+
+def model_source(node: fx.Node) -> str:
+    """The model's own frames from a node's export stack trace (library frames dropped)."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = [m for m in _FRAME.finditer(trace) if "site-packages/torch/" not in m["file"] and "/torch/nn/" not in m["file"]]
+    return "\n".join(f'    File "{m["file"]}", line {m["line"]}, in {m["func"]}\n      {m["code"].strip()}' for m in frames[-3:])
+
+
+def supported_ops() -> set[str]:
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    return set(ExportedProgramImporter().create_convert_map()) | set(CUSTOM_CONVERTERS)
+
+
+def check_supported(program: torch.export.ExportedProgram) -> None:
+    known = supported_ops()
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target.__name__ not in known:
+            raise UnsupportedOpError(str(node.target), node.name, model_source(node), "TVM")
+
+
+def to_relax(graph: Graph):
+    """The Relax module for `graph`: weights bound as constants, one `main` with flat inputs."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    program = graph.to_exported_program().run_decompositions()
+    check_supported(program)
+    return from_exported_program(program, custom_convert_map=CUSTOM_CONVERTERS or None, run_ep_decomposition=False)

@@ -1,0 +1,70 @@
+"""The Relax pipeline Kiln runs for CPU targets, one named pass at a time so that each appears in
+the compile report (time, functions) and, with a debug directory, as a numbered IR dump.
+
+TVM 0.27's default `llvm` pipeline only legalizes; Kiln adds fusion, constant folding and the
+schedule rules of `schedules.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+from tvm.s_tir.dlight.base import ApplyDefaultSchedule
+
+from kiln.backends.base import BuildContext
+from kiln.backends.tvm.schedules import CPU_RULES
+from kiln.passes.instrument import PassRecord
+
+
+def graph_passes() -> list[tuple[str, Callable[[], tvm.transform.Pass]]]:
+    """(name, factory) of the Relax passes from imported graph to scheduled TIR."""
+    return [
+        ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
+        ("LegalizeOps", relax.transform.LegalizeOps),
+        ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern),
+        ("FoldConstant", relax.transform.FoldConstant),
+        ("FuseOps", relax.transform.FuseOps),
+        ("FuseTIR", relax.transform.FuseTIR),
+        ("DeadCodeElimination", relax.transform.DeadCodeElimination),
+        ("ScheduleCPU", lambda: ApplyDefaultSchedule(*CPU_RULES)),
+    ]
+
+
+def _describe(mod: tvm.IRModule) -> str:
+    funcs = list(mod.functions.values())
+    prim = sum(isinstance(f, tvm.tirx.PrimFunc) for f in funcs)
+    return f"{prim} TIR functions, {len(funcs) - prim} Relax"
+
+
+def run_graph_passes(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.IRModule:
+    with target:
+        for name, make_pass in graph_passes():
+            context.say(f"tvm {name}")
+            start = time.perf_counter()
+            mod = make_pass()(mod)
+            record = context.report.add(
+                PassRecord(context.report.next_index(), name, "tvm", time.perf_counter() - start, note=_describe(mod))
+            )
+            if context.debug.enabled:
+                context.debug.dump(record.index, f"tvm_{name}", mod.script(show_meta=False), suffix=".py")
+    return mod
+
+
+def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Relax → VM bytecode: the stock CPU lowering, after Kiln's graph passes."""
+    return tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.runtime.Executable:
+    context.say("tvm codegen (TIR lowering + LLVM)")
+    start = time.perf_counter()
+    with target:
+        executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target), tir_pipeline="default")
+    context.report.add(
+        PassRecord(context.report.next_index(), "codegen", "tvm", time.perf_counter() - start, note=str(target.attrs.get("mcpu", "")))
+    )
+    return executable

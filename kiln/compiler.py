@@ -1,0 +1,65 @@
+"""`kiln.compile`: capture → graph passes → backend, with the whole run in one report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+
+from kiln.backends import BuildContext, get_backend, resolve_target
+from kiln.ir.torch_frontend import from_torch
+from kiln.module import CompiledModule
+from kiln.passes import DebugDir, PassManager, resolve_pipeline
+from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
+from kiln.signature import Signature
+
+
+def _progress(verbose: bool):
+    if not verbose:
+        return None
+    return lambda message: print(f"[kiln] {message}", file=sys.stderr, flush=True)
+
+
+def compile(  # noqa: A001 - the public name users expect
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] = (),
+    *,
+    example_kwargs: dict[str, Any] | None = None,
+    target: str | dict[str, Any] = "llvm",
+    opt_level: str = DEFAULT_LEVEL,
+    passes: Sequence[PassSpec] | None = None,
+    disable: Sequence[str] = (),
+    stop_after: str | None = None,
+    dynamic_batch: bool = False,
+    debug_dir: str | Path | None = None,
+    verbose: bool = False,
+) -> CompiledModule:
+    """Compile `model` for `target`.
+
+    The report (`.report`) has a row per pass, Kiln's and the backend's, with time, statistics and
+    the drift of the outputs from the eager model on `example_inputs`. With `debug_dir`, the IR
+    after every pass is written there as numbered files beside the report and a drift table.
+    `dynamic_batch=True` makes dim 0 of every input a free batch size.
+    """
+    resolved = resolve_target(target)
+    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
+    progress = _progress(verbose)
+    debug = DebugDir(debug_dir)
+
+    model = model.eval()
+    with torch.no_grad():
+        reference = pytree.tree_leaves(model(*example_inputs, **(example_kwargs or {})))
+    graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch)
+    inputs = graph.flatten_inputs(example_inputs, example_kwargs)
+
+    manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
+    graph, report = manager.run(graph)
+
+    context = BuildContext(resolved, report, debug, inputs, reference, progress)
+    executable = get_backend(resolved.backend).build(graph, context)
+    debug.write_report(report)
+    signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
+    return CompiledModule(executable, signature, resolved, report)

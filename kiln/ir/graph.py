@@ -1,0 +1,214 @@
+"""Kiln's graph IR: an ATen-level `torch.fx` graph captured by `torch.export`, owning its weights.
+
+Why fx rather than a home-made IR: every node is a real ATen operator that PyTorch can execute,
+so the graph runs as its own numerical reference at any stage of the pipeline, and TVM's importer
+reads it directly. Kiln adds what a compiler needs on top: a flat calling convention with
+validated input specs, shape/dtype on every node, statistics and a readable text form.
+
+Conventions every pass may rely on (and `Graph.verify` checks):
+- `module.graph` takes flat tensor placeholders (one per entry of `inputs`) and returns a flat
+  tuple (one per entry of `outputs`); the user's nesting lives in `in_spec` / `out_spec`.
+- Weights are `get_attr` nodes on the module; passes treat them as immutable and add new
+  tensors with `add_constant` instead of editing them in place.
+- After a pass the manager calls `refresh_meta`, so every node has `meta["val"]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch._guards import detect_fake_mode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from kiln.errors import PassError
+
+# A dimension is an int, or the name of a symbolic size (e.g. "batch").
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one graph input or output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.name}: {str(self.dtype).removeprefix('torch.')}[{dims}]"
+
+    def example(self, symbolic_size: int = 2) -> torch.Tensor:
+        """A tensor this spec accepts; symbolic dims take `symbolic_size` (not 0/1, which
+        torch.export would specialize)."""
+        shape = [symbolic_size if isinstance(d, str) else d for d in self.shape]
+        if self.dtype.is_floating_point:
+            return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.dtype)
+        return torch.zeros(shape, dtype=self.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
+        return cls(data["name"], tuple(data["shape"]), getattr(torch, data["dtype"]))
+
+
+def spec_of(name: str, value: Any) -> TensorSpec:
+    """The spec of a node's `meta["val"]`; symbolic dims become their symbol's name."""
+    dims: list[Dim] = []
+    for size in value.shape:
+        dims.append(size if isinstance(size, int) else _symbol_name(size))
+    return TensorSpec(name, tuple(dims), value.dtype)
+
+
+def _symbol_name(size: torch.SymInt) -> str:
+    return str(size.node.expr)
+
+
+class Graph:
+    """One model at one stage of compilation. Cheap to copy: weights are shared, never mutated."""
+
+    def __init__(
+        self,
+        module: fx.GraphModule,
+        in_spec: pytree.TreeSpec,
+        out_spec: pytree.TreeSpec,
+        symbol_names: dict[str, str] | None = None,
+    ) -> None:
+        self.module = module
+        self.in_spec = in_spec
+        self.out_spec = out_spec
+        # Maps export's symbol names (s77) to user-facing names (batch).
+        self.symbol_names = dict(symbol_names or {})
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.module.graph.nodes)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(self._spec(n.name, n.meta["val"]) for n in self.module.graph.find_nodes(op="placeholder"))
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        values = self.output_node.args[0]
+        return tuple(self._spec(f"output{i}", v.meta["val"]) for i, v in enumerate(values))
+
+    @property
+    def output_node(self) -> fx.Node:
+        return next(iter(self.module.graph.find_nodes(op="output")))
+
+    def _spec(self, name: str, value: Any) -> TensorSpec:
+        spec = spec_of(name, value)
+        shape = tuple(self.symbol_names.get(d, d) if isinstance(d, str) else d for d in spec.shape)
+        return TensorSpec(name, shape, spec.dtype)
+
+    def constant(self, node: fx.Node) -> torch.Tensor:
+        """The tensor behind a `get_attr` node."""
+        target = self.module
+        for part in str(node.target).split("."):
+            target = getattr(target, part)
+        return target
+
+    def constants(self) -> dict[str, torch.Tensor]:
+        """Every weight the graph uses, by attribute path (unused attributes are not counted)."""
+        return {str(n.target): self.constant(n) for n in self.module.graph.find_nodes(op="get_attr")}
+
+    # ----------------------------------------------------------------- editing
+    def copy(self) -> "Graph":
+        """A new graph a pass may edit freely: the node structure is copied, weights are shared."""
+        graph = copy.deepcopy(self.module.graph)
+        module = fx.GraphModule(self.module, graph)
+        return Graph(module, self.in_spec, self.out_spec, self.symbol_names)
+
+    def add_constant(self, tensor: torch.Tensor, name_hint: str, before: fx.Node) -> fx.Node:
+        """Register `tensor` as a new weight and return a `get_attr` node for it, placed before `before`."""
+        base = "".join(c if c.isalnum() else "_" for c in name_hint)
+        for index in itertools.count():
+            name = f"{base}_{index}" if index else base
+            if not hasattr(self.module, name):
+                break
+        self.module.register_buffer(name, tensor.detach().contiguous())
+        with self.module.graph.inserting_before(before):
+            node = self.module.graph.get_attr(name)
+        node.meta["val"] = tensor
+        return node
+
+    def finalize(self) -> "Graph":
+        """Drop unused weights, re-derive every node's shape/dtype and recompile the module.
+
+        Run by the pass manager after each pass, so passes never keep metadata by hand.
+        """
+        gm = self.module
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        used = {str(n.target) for n in gm.graph.find_nodes(op="get_attr")}
+        for name, _ in list(itertools.chain(gm.named_parameters(), gm.named_buffers())):
+            if name not in used:
+                _delete_attr(gm, name)
+        placeholders = [n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")]
+        mode = detect_fake_mode(placeholders)
+        try:
+            with mode:
+                FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*placeholders)
+        except Exception as error:  # a pass produced an ill-typed graph
+            raise PassError(f"shape propagation failed after rewriting the graph: {error}") from error
+        gm.recompile()
+        return self
+
+    # ----------------------------------------------------------------- execution
+    def flatten_inputs(self, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list[Any]:
+        flat, _ = pytree.tree_flatten((tuple(args), dict(kwargs or {})))
+        return flat
+
+    def run(self, *flat_inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Execute the graph in PyTorch: the numerical reference at this stage."""
+        with torch.no_grad():
+            return tuple(self.module(*flat_inputs))
+
+    def structure_outputs(self, flat_outputs: Sequence[Any]) -> Any:
+        return pytree.tree_unflatten(list(flat_outputs), self.out_spec)
+
+    def example_inputs(self, symbolic_size: int = 2) -> tuple[torch.Tensor, ...]:
+        return tuple(spec.example(symbolic_size) for spec in self.inputs)
+
+    def to_exported_program(self) -> torch.export.ExportedProgram:
+        """Re-capture this graph with torch.export (what TVM's importer and `save` consume)."""
+        dims: dict[str, torch.export.Dim] = {}
+        dynamic_shapes = []
+        for spec in self.inputs:
+            dynamic_shapes.append(
+                {axis: dims.setdefault(d, torch.export.Dim(d)) for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+                or None
+            )
+        return torch.export.export(self.module, self.example_inputs(), dynamic_shapes=tuple(dynamic_shapes))
+
+    # ----------------------------------------------------------------- display
+    def text(self) -> str:
+        from kiln.ir.printer import format_graph
+
+        return format_graph(self)
+
+    def stats(self):
+        from kiln.ir.stats import GraphStats
+
+        return GraphStats.of(self)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(s.describe() for s in self.inputs)
+        return f"<kiln.Graph ({ins}) with {len(self.nodes)} nodes>"
+
+
+def _delete_attr(module: torch.nn.Module, path: str) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        module = getattr(module, part)
+    delattr(module, leaf)

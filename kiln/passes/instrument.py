@@ -1,0 +1,149 @@
+"""What the pass manager records about every pass: time, statistics, numeric drift, IR dumps.
+
+Backend stages (TVM's Relax passes, code generation) append rows to the same `Report` and dump
+into the same `DebugDir`, so a user reads the whole compilation in one table and one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from kiln.ir.stats import GraphStats, format_bytes, format_flops
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far outputs moved from the eager model: max |a−b|, that relative to max |b|, cosine."""
+
+    max_abs: float
+    max_rel: float
+    cosine: float
+
+    @classmethod
+    def between(cls, outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> "Drift":
+        got = torch.cat([torch.as_tensor(o).detach().reshape(-1).double().cpu() for o in outputs])
+        want = torch.cat([torch.as_tensor(r).detach().reshape(-1).double().cpu() for r in reference])
+        if got.shape != want.shape:
+            return cls(math.inf, math.inf, -1.0)
+        max_abs = (got - want).abs().max().item() if got.numel() else 0.0
+        scale = want.abs().max().item() if want.numel() else 0.0
+        norms = got.norm() * want.norm()
+        cosine = (got @ want / norms).item() if norms > 0 else float(torch.equal(got, want))
+        return cls(max_abs, max_abs / scale if scale else max_abs, cosine)
+
+    def exceeds(self, tolerance: float) -> bool:
+        """True when the drift relative to the output's scale is over `tolerance` (or not finite)."""
+        return not (self.max_rel <= tolerance)
+
+
+@dataclass
+class PassRecord:
+    index: int
+    name: str
+    stage: str  # "kiln" for graph passes, "tvm" for backend passes and code generation
+    seconds: float
+    changes: int | None = None
+    stats: GraphStats | None = None
+    drift: Drift | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[PassRecord] = field(default_factory=list)
+
+    def add(self, record: PassRecord) -> PassRecord:
+        self.rows.append(record)
+        return record
+
+    def next_index(self) -> int:
+        return len(self.rows)
+
+    def first_drift_over(self, tolerance: float) -> PassRecord | None:
+        """The first pass after which outputs drift more than `tolerance` from eager."""
+        return next((r for r in self.rows if r.drift is not None and r.drift.exceeds(tolerance)), None)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(r.seconds for r in self.rows)
+
+    def table(self) -> str:
+        header = ("#", "pass", "stage", "time", "changes", "nodes", "params", "weights", "FLOPs", "max|Δ|", "cosine", "note")
+        lines = [header]
+        for r in self.rows:
+            s, d = r.stats, r.drift
+            lines.append((
+                f"{r.index:03d}", r.name, r.stage, f"{r.seconds * 1000:.1f} ms",
+                "" if r.changes is None else str(r.changes),
+                str(s.nodes) if s else "", f"{s.params:,}" if s else "", format_bytes(s.param_bytes) if s else "",
+                format_flops(s.flops) if s else "",
+                f"{d.max_abs:.2e}" if d else "", f"{d.cosine:.6f}" if d else "", r.note,
+            ))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        text.append(f"total {self.total_seconds:.2f} s")
+        return "\n".join(text)
+
+    def to_json(self) -> list[dict]:
+        rows = []
+        for r in self.rows:
+            row = asdict(r)
+            row["stats"] = None if r.stats is None else {
+                "nodes": r.stats.nodes, "params": r.stats.params, "param_bytes": r.stats.param_bytes,
+                "flops": r.stats.flops, "ops": dict(r.stats.ops),
+            }
+            rows.append(row)
+        return rows
+
+    @classmethod
+    def from_json(cls, rows: list[dict]) -> "Report":
+        records = []
+        for row in rows:
+            stats = row.pop("stats")
+            drift = row.pop("drift")
+            records.append(PassRecord(
+                **row,
+                stats=None if stats is None else GraphStats(Counter(stats["ops"]), stats["params"], stats["param_bytes"], stats["flops"]),
+                drift=None if drift is None else Drift(**drift),
+            ))
+        return cls(records)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+class DebugDir:
+    """Numbered IR dumps (`003_fold_batch_norm.txt`) and the report, in one folder."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def dump(self, index: int, name: str, text: str, suffix: str = ".txt") -> None:
+        if self.path is not None:
+            safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
+            (self.path / f"{index:03d}_{safe}{suffix}").write_text(text)
+
+    def write_report(self, report: Report) -> None:
+        if self.path is not None:
+            (self.path / "report.txt").write_text(report.table() + "\n")
+            (self.path / "report.json").write_text(json.dumps(report.to_json(), indent=1, default=str))
+            drift = ["index\tpass\tstage\tmax_abs\tmax_rel\tcosine"]
+            drift += [
+                f"{r.index}\t{r.name}\t{r.stage}\t{r.drift.max_abs:.3e}\t{r.drift.max_rel:.3e}\t{r.drift.cosine:.8f}"
+                for r in report.rows if r.drift is not None
+            ]
+            (self.path / "drift.tsv").write_text("\n".join(drift) + "\n")

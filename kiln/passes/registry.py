@@ -1,0 +1,67 @@
+"""The pass registry: every graph transform registers itself here by name.
+
+A pass is a function `rewrite(graph, **options) -> int` that edits the private copy of the graph it
+is handed and returns how many rewrites it made. `Pass.__call__` supplies the copy and the
+clean-up, so from the outside every pass is pure: Graph in, new Graph and a record out.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kiln.errors import PassError
+from kiln.ir.graph import Graph
+
+Rewrite = Callable[..., int]
+
+
+@dataclass(frozen=True)
+class PassResult:
+    graph: Graph
+    changes: int
+
+    @property
+    def modified(self) -> bool:
+        return self.changes > 0
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    description: str
+    rewrite: Rewrite
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, graph: Graph, **options: Any) -> PassResult:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise PassError(f"pass '{self.name}' has no option(s) {sorted(unknown)}; it takes {sorted(self.options)}")
+        work = graph.copy()
+        changes = self.rewrite(work, **{**self.options, **options})
+        return PassResult(work.finalize(), changes)
+
+
+PASSES: dict[str, Pass] = {}
+
+
+def register_pass(name: str, description: str) -> Callable[[Rewrite], Pass]:
+    """Decorator: the keyword arguments of the rewrite function (with defaults) are its options."""
+
+    def decorate(rewrite: Rewrite) -> Pass:
+        if name in PASSES:
+            raise PassError(f"a pass named '{name}' is already registered")
+        parameters = list(inspect.signature(rewrite).parameters.values())[1:]
+        registered = Pass(name, description, rewrite, {p.name: p.default for p in parameters})
+        PASSES[name] = registered
+        return registered
+
+    return decorate
+
+
+def get_pass(name: str) -> Pass:
+    try:
+        return PASSES[name]
+    except KeyError:
+        raise PassError(f"unknown pass '{name}'; registered passes: {', '.join(sorted(PASSES))}") from None

@@ -1,0 +1,88 @@
+"""A compiled module's calling convention, and the checks that give wrong inputs a clear error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from kiln.errors import InputMismatchError
+from kiln.ir.graph import TensorSpec
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    in_spec: pytree.TreeSpec
+    out_spec: pytree.TreeSpec
+
+    def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        """The flat input tensors, checked against the specs (count, rank, sizes, dtype)."""
+        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        expected = ", ".join(s.describe() for s in self.inputs)
+        if len(flat) != len(self.inputs) or spec != self.in_spec:
+            raise InputMismatchError(f"expected {len(self.inputs)} input(s) ({expected}), got {len(flat)}: {_describe(flat)}")
+        tensors = [self._tensor(value, spec) for value, spec in zip(flat, self.inputs)]
+        self._check_shapes(tensors)
+        return tensors
+
+    @staticmethod
+    def _tensor(value: Any, spec: TensorSpec) -> torch.Tensor:
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor):
+            raise InputMismatchError(f"input '{spec.name}': expected a tensor ({spec.describe()}), got {type(value).__name__}")
+        if value.dtype != spec.dtype:
+            raise InputMismatchError(f"input '{spec.name}': expected dtype {spec.dtype}, got {value.dtype}")
+        return value
+
+    def _check_shapes(self, tensors: list[torch.Tensor]) -> None:
+        symbols: dict[str, tuple[int, str]] = {}
+        for tensor, spec in zip(tensors, self.inputs):
+            got = tuple(tensor.shape)
+            problem = len(got) != len(spec.shape)
+            for size, want in zip(got, spec.shape):
+                if isinstance(want, int):
+                    problem |= size != want
+                else:
+                    first = symbols.setdefault(want, (size, spec.name))
+                    if first[0] != size:
+                        raise InputMismatchError(
+                            f"input '{spec.name}': dimension '{want}' is {size}, but input '{first[1]}' gave it {first[0]}"
+                        )
+            if problem:
+                raise InputMismatchError(f"input '{spec.name}': expected shape {_shape(spec.shape)}, got {_shape(got)}")
+
+    def unflatten(self, outputs: Sequence[torch.Tensor]) -> Any:
+        return pytree.tree_unflatten(list(outputs), self.out_spec)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "in_spec": pytree.treespec_dumps(self.in_spec),
+            "out_spec": pytree.treespec_dumps(self.out_spec),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Signature":
+        return cls(
+            tuple(TensorSpec.from_json(s) for s in data["inputs"]),
+            tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+            pytree.treespec_loads(data["in_spec"]),
+            pytree.treespec_loads(data["out_spec"]),
+        )
+
+
+def _shape(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _describe(values: list[Any]) -> str:
+    return ", ".join(
+        f"{str(v.dtype).removeprefix('torch.')}{_shape(v.shape)}" if hasattr(v, "shape") else type(v).__name__ for v in values
+    ) or "nothing"
