@@ -1,0 +1,100 @@
+"""The `kiln` command line: demo, passes, targets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import torch
+
+
+def _demo_models() -> dict[str, Callable[[], tuple[torch.nn.Module, tuple]]]:
+    from kiln import models
+
+    return {
+        "resnet18": lambda: (models.resnet18(), (torch.randn(1, 3, 224, 224),)),
+        "mobilenet_v2": lambda: (models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
+        "cnn": lambda: (models.SmallCNN(), (torch.randn(1, 3, 32, 32),)),
+        "encoder": lambda: (
+            models.TransformerEncoder(models.EncoderConfig(layers=2)),
+            (torch.randint(0, 30522, (1, 128)),),
+        ),
+    }
+
+
+def demo(args: argparse.Namespace) -> int:
+    import kiln
+    from kiln.backends.targets import host_cpu
+    from kiln.timing import interleaved_medians
+
+    model, inputs = _demo_models()[args.model]()
+    print(f"Compiling {args.model} for target '{args.target}' (opt level {args.opt_level})...", flush=True)
+    compiled = kiln.compile(model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True)
+    print(compiled.report.table())
+    if args.debug_dir:
+        print(f"\nIR after every pass, drift table and report: {args.debug_dir}/")
+    with torch.no_grad():
+        expected = model(*inputs)
+    error = (compiled(*inputs) - expected).abs().max().item()
+    print(f"\nmax |kiln - eager| = {error:.2e}")
+    with torch.no_grad():
+        medians = interleaved_medians(
+            {"eager": lambda: model(*inputs), "kiln": lambda: compiled(*inputs)}, repeats=args.repeats, warmup=1
+        )
+    cpu = host_cpu()
+    print(f"latency on {cpu['mcpu']} ({', '.join(cpu['simd'])}), {torch.get_num_threads()} threads, median of {args.repeats}:")
+    print(f"  PyTorch eager {medians['eager'] * 1000:9.2f} ms")
+    print(f"  Kiln          {medians['kiln'] * 1000:9.2f} ms   ({medians['eager'] / medians['kiln']:.2f}x eager)")
+    return 0
+
+
+def passes(_: argparse.Namespace) -> int:
+    from kiln.passes import PASSES, PIPELINES
+
+    width = max(map(len, PASSES))
+    for name, registered in sorted(PASSES.items()):
+        options = ", ".join(f"{k}={v!r}" for k, v in registered.options.items())
+        print(f"{name.ljust(width)}  {registered.description}{f'  [options: {options}]' if options else ''}")
+    print("\npipelines:")
+    for level, pipeline in PIPELINES.items():
+        print(f"  {level}: {' -> '.join(p if isinstance(p, str) else p[0] for p in pipeline) or '(no graph passes)'}")
+    return 0
+
+
+def targets(_: argparse.Namespace) -> int:
+    from kiln.backends.targets import TARGETS
+
+    width = max(map(len, TARGETS))
+    for name, preset in TARGETS.items():
+        print(f"{name.ljust(width)}  [{preset.backend}] {preset.description}")
+        resolved = preset.make_target()
+        if resolved:
+            print(f"{''.ljust(width)}  -> {resolved}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kiln", description="Kiln deep-learning model compiler")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="compile a bundled model, print the per-pass report and its speed")
+    run_demo.add_argument("--model", choices=sorted(_demo_models()), default="resnet18")
+    run_demo.add_argument("--target", default="llvm")
+    run_demo.add_argument("--opt-level", default="O3")
+    run_demo.add_argument("--debug-dir", default=None, help="write the IR after every pass here")
+    run_demo.add_argument("--repeats", type=int, default=5)
+    run_demo.set_defaults(run=demo)
+    commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
+    commands.add_parser("targets", help="list target presets").set_defaults(run=targets)
+    args = parser.parse_args(argv)
+    from kiln.errors import KilnError
+
+    try:
+        return args.run(args)
+    except KilnError as error:
+        print(f"kiln: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Shared test helpers. Tolerance for fp32 compiled-vs-eager: max |Δ| ≤ 1e-4 × max |eager|."""
+
+from __future__ import annotations
+
+import torch
+import torch.utils._pytree as pytree
+
+FP32_TOLERANCE = 1e-4
+
+
+def assert_matches(got, expected, tolerance: float = FP32_TOLERANCE) -> None:
+    got_leaves, got_spec = pytree.tree_flatten(got)
+    want_leaves, want_spec = pytree.tree_flatten(expected)
+    assert got_spec == want_spec, f"output structure {got_spec} != {want_spec}"
+    for a, b in zip(got_leaves, want_leaves):
+        assert a.shape == b.shape and a.dtype == b.dtype, f"{a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}"
+        scale = max(b.abs().max().item(), 1e-12)
+        error = (a.detach() - b.detach()).abs().max().item()
+        assert error <= tolerance * scale, f"max |Δ| {error:.3e} > {tolerance} × output scale {scale:.3e}"
+
+
+def eager(model: torch.nn.Module, *inputs, **kwargs):
+    with torch.no_grad():
+        return model.eval()(*inputs, **kwargs)
