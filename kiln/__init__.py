@@ -6,7 +6,7 @@
 """
 
 from kiln.backends.targets import TARGETS
-from kiln.compiler import compile
+from kiln.compiler import bisect, compile
 from kiln.errors import (
     ArtifactError,
     FrontendError,
@@ -17,7 +17,7 @@ from kiln.errors import (
     UnsupportedOpError,
 )
 from kiln.module import CompiledModule, load
-from kiln.passes import PASSES, PIPELINES, bisect, register_pass
+from kiln.passes import PASSES, PIPELINES, register_pass
 
 __version__ = "0.1.0"
 

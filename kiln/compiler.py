@@ -12,7 +12,8 @@ import torch.utils._pytree as pytree
 from kiln.backends import BuildContext, get_backend, resolve_target
 from kiln.ir.torch_frontend import from_torch
 from kiln.module import CompiledModule
-from kiln.passes import DebugDir, PassManager, resolve_pipeline
+from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
+from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
 
@@ -63,3 +64,34 @@ def compile(  # noqa: A001 - the public name users expect
     debug.write_report(report)
     signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
     return CompiledModule(executable, signature, resolved, report)
+
+
+def bisect(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    tolerance: float,
+    *,
+    target: str | dict[str, Any] = "llvm",
+    opt_level: str = DEFAULT_LEVEL,
+    passes: Sequence[PassSpec] | None = None,
+    disable: Sequence[str] = (),
+) -> BisectResult:
+    """Name the first pass after which the outputs drift more than `tolerance` (relative to the
+    output's scale) from eager. If every graph pass is within tolerance, the backend is checked
+    last and named as `backend:<name>` when it is the one that breaks the numbers."""
+    model = model.eval()
+    with torch.no_grad():
+        reference = pytree.tree_leaves(model(*example_inputs))
+    graph = from_torch(model, example_inputs)
+    inputs = graph.flatten_inputs(example_inputs)
+    pipeline = resolve_pipeline(opt_level, passes, disable)
+    result = bisect_pipeline(graph, pipeline, inputs, reference, tolerance)
+    if result.culprit is not None:
+        return result
+    resolved = resolve_target(target)
+    optimized, _ = PassManager(pipeline).run(graph)
+    executable = get_backend(resolved.backend).build(optimized, BuildContext(resolved))
+    drift = Drift.between(executable(inputs), reference)
+    if drift.exceeds(tolerance):
+        return BisectResult(f"backend:{resolved.backend}", len(pipeline), drift, result.runs + 1)
+    return BisectResult(None, None, None, result.runs + 1)

@@ -37,7 +37,10 @@ def _reshape(graph: Graph, node: fx.Node) -> fx.Node | None:
         return same
     source = node.args[0]
     if op_name(node) in ("aten.reshape", "aten.view") and isinstance(source, fx.Node) and op_name(source) in RESHAPES:
-        # reshape(reshape(x)) is one reshape of x
+        # reshape(reshape(x)) is one reshape of x, or x itself
+        origin = source.args[0]
+        if same_shape(origin, node) and origin.meta["val"].dtype == node.meta["val"].dtype:
+            return origin
         with graph.module.graph.inserting_before(node):
             merged = graph.module.graph.call_function(aten.reshape.default, (source.args[0], node.args[1]))
         merged.meta = dict(node.meta)

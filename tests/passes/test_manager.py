@@ -1,0 +1,78 @@
+"""The pass manager's instrumentation: report, dumps, drift, pipeline edits, bisection."""
+
+import pytest
+import torch
+
+import kiln
+from kiln import models
+from kiln.ir.graph import Graph
+from kiln.passes import register_pass
+
+
+@register_pass("test_plant_wrong_bias", "TEST ONLY: adds 0.5 to the last linear bias (a deliberately wrong pass)")
+def plant_wrong_bias(graph: Graph) -> int:
+    linear = [n for n in graph.nodes if n.op == "call_function" and "linear" in str(n.target)][-1]
+    bias = graph.constant(linear.args[2])
+    args = list(linear.args)
+    args[2] = graph.add_constant(bias + 0.5, "planted_bias", before=linear)
+    linear.args = tuple(args)
+    return 1
+
+
+PIPELINE = ["remove_noops", "fold_batch_norm", "cse", "test_plant_wrong_bias", "fold_constants", "dce"]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return models.SmallCNN(), (torch.randn(2, 3, 32, 32),)
+
+
+def test_debug_dir_has_ir_after_every_pass_and_drift_table(cnn, tmp_path):
+    model, inputs = cnn
+    compiled = kiln.compile(model, inputs, debug_dir=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    kiln_rows = [r for r in compiled.report.rows if r.stage == "kiln"]
+    tvm_rows = [r for r in compiled.report.rows if r.stage == "tvm"]
+    for row in kiln_rows:
+        assert f"{row.index:03d}_{row.name}.txt" in names
+    for wanted in ("FuseOps", "FuseTIR", "LegalizeOps", "ScheduleCPU"):
+        assert any(r.name == wanted for r in tvm_rows)
+        assert any(n.endswith(f"_tvm_{wanted}.py") for n in names)
+    assert {"report.txt", "report.json", "drift.tsv"} <= set(names)
+    drift_lines = (tmp_path / "drift.tsv").read_text().splitlines()
+    assert drift_lines[0].startswith("index\tpass") and len(drift_lines) == len(kiln_rows) + 2  # + codegen row
+    ir = (tmp_path / "000_input.txt").read_text()
+    assert "aten.batch_norm" in ir and "float32[2, 3, 32, 32]" in ir
+    assert "aten.batch_norm" not in (tmp_path / f"{kiln_rows[-1].index:03d}_dce.txt").read_text()
+
+
+def test_report_rows_carry_statistics_and_drift(cnn):
+    model, inputs = cnn
+    report = kiln.compile(model, inputs, target="eager").report
+    fold = next(r for r in report.rows if r.name == "fold_batch_norm")
+    before = report.rows[fold.index - 1]
+    assert fold.changes == 2 and fold.stats.nodes < before.stats.nodes and fold.stats.params < before.stats.params
+    assert fold.stats.flops == before.stats.flops > 0
+    assert fold.drift.max_rel < 1e-5 and fold.drift.cosine > 0.999999
+    assert "fold_batch_norm" in report.table()
+
+
+def test_planted_bad_pass_shows_in_drift_and_bisection_names_it(cnn):
+    model, inputs = cnn
+    report = kiln.compile(model, inputs, target="eager", passes=PIPELINE).report
+    assert report.first_drift_over(1e-4).name == "test_plant_wrong_bias"
+    result = kiln.bisect(model, inputs, tolerance=1e-4, passes=PIPELINE, target="eager")
+    assert result.culprit == "test_plant_wrong_bias" and result.index == 3
+    assert result.runs <= 4  # log2(6) prefixes plus the full pipeline
+    assert kiln.bisect(model, inputs, tolerance=1e-4, target="eager").culprit is None
+
+
+def test_pipeline_edits(cnn):
+    model, inputs = cnn
+    names = lambda report: [r.name for r in report.rows if r.stage == "kiln"][1:]
+    assert names(kiln.compile(model, inputs, target="eager", opt_level="O1").report) == ["remove_noops", "dce"]
+    assert "cse" not in names(kiln.compile(model, inputs, target="eager", disable=["cse"]).report)
+    stopped = kiln.compile(model, inputs, target="eager", stop_after="fold_batch_norm").report
+    assert names(stopped) == ["remove_noops", "fold_batch_norm"]
+    with pytest.raises(kiln.PassError, match="unknown optimization level"):
+        kiln.compile(model, inputs, opt_level="O9")

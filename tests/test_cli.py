@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from kiln.cli import main
+
+
+def test_passes_lists_every_registered_pass_and_pipelines(capsys):
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dce", "cse", "fold_constants", "fold_batch_norm", "remove_noops", "merge_parallel_linear"):
+        assert name in out
+    assert "O3: remove_noops" in out
+
+
+def test_targets_lists_presets_with_detected_cpu(capsys):
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert "llvm" in out and "eager" in out and "'mcpu':" in out
+
+
+def test_demo_prints_report_and_speed():
+    result = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "demo", "--model", "cnn", "--repeats", "3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fold_batch_norm" in result.stdout and "FuseTIR" in result.stdout
+    assert "PyTorch eager" in result.stdout and "x eager)" in result.stdout
