@@ -127,6 +127,9 @@ class DebugDir:
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
+            # dumps of an earlier compile into the same folder would read as this one's
+            for stale in self.path.glob("[0-9][0-9][0-9]_*"):
+                stale.unlink()
 
     @property
     def enabled(self) -> bool:
