@@ -24,6 +24,10 @@ def graph_passes() -> list[tuple[str, Callable[[], tvm.transform.Pass]]]:
     """(name, factory) of the Relax passes from imported graph to scheduled TIR."""
     return [
         ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
+        # channels-last: the output channel, the axis the schedules vectorize, is contiguous in
+        # activations and weights; weight transposes fold into constants, activation ones sit at
+        # the graph's edges
+        ("ConvertLayout", lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
         ("LegalizeOps", relax.transform.LegalizeOps),
         ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern),
         ("FoldConstant", relax.transform.FoldConstant),

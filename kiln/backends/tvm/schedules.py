@@ -1,17 +1,31 @@
-"""Kiln's CPU schedule rules, in DLight's shape: each rule takes a fused TIR function and returns
-a schedule, or None when it does not apply; the first rule that applies wins.
+"""Kiln's CPU schedules, in DLight's shape: `CPUSchedule` is a DLight `ScheduleRule` applied to every
+fused TIR function; inside it, each block gets the first block strategy of `BLOCK_STRATEGIES` that
+applies. A strategy for a new operator class goes in that list, before the fallback.
 
-Rules for specific operator classes (GEMM, conv, depthwise, pooling, reductions) go before the
-fallback in `CPU_RULES`; the fallback only guarantees that nothing runs on one core, unvectorized.
+The graph arrives in channels-last layout (see `pipeline.py`), so every heavy operator is a
+reduction whose innermost output axis is contiguous in both its output and its weights: matmul
+(i, j | k), conv2d NHWC/HWIO (h, w, o | kh, kw, i), depthwise conv (h, w, c | kh, kw). One strategy,
+the register-tiled reduction, covers them all: an MR×NR tile of the output lives in vector
+registers across the whole reduction, NR along the contiguous axis (vectorized), MR along the next
+(unrolled); outer tiles run in parallel; elementwise epilogues (bias, batch norm, activation,
+residual add) are computed as the tile is written back.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.error import InternalError
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
+
+# A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
+SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
+VECTOR_REGISTERS = 16  # x86 AVX2 has 16 ymm registers, AArch64 NEON 32: budget for the smaller
+Strategy = Callable[[s_tir.Schedule, SBlockInfo, int], bool]
 
 
 def vector_lanes(target: Target, bits_per_lane: int = 32) -> int:
@@ -25,10 +39,108 @@ def _constant(extent) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
-class ParallelVectorize(ScheduleRule):
-    """Fallback for any CPU function: inline elementwise producers/consumers, then for every
-    remaining block put spatial loops outside reductions, run the outer spatial loops in parallel
-    and vectorize the innermost spatial loop when its extent is a multiple of the vector width."""
+def _largest_divisor(n: int, limit: int) -> int:
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+def _split_loops(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[list, list]:
+    kinds = info.dom_kind()
+    loops = sch.get_loops(info.block_rv)
+    spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
+    reduction = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
+    sch.reorder(*spatial, *reduction)
+    return spatial, reduction
+
+
+def _inline_epilogues(sch: s_tir.Schedule, block) -> None:
+    """Fold elementwise consumers of `block` into it, one after another, while that works."""
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except SCHEDULE_FAILURES:
+            return
+
+
+def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+    """Output tile in registers across the reduction; see the module docstring."""
+    if not info.is_reduction() or "O" in info.dom_kind():
+        return False
+    spatial, reduction = _split_loops(sch, info)
+    if len(spatial) < 2 or not reduction:
+        return False
+    columns, rows = _constant(sch.get(spatial[-1]).extent), _constant(sch.get(spatial[-2]).extent)
+    if columns is None or columns % lanes:
+        return False
+    nr = 2 * lanes if columns % (2 * lanes) == 0 else lanes
+    accumulators = VECTOR_REGISTERS - 4  # leave room for the weight vectors and a broadcast
+    mr = _largest_divisor(rows, accumulators // (nr // lanes)) if rows is not None else 1
+    block = info.block_rv
+    row_outer, row_inner = sch.split(spatial[-2], [None, mr])
+    column_outer, column_inner = sch.split(spatial[-1], [None, nr])
+    # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
+    sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, row_inner, column_inner)
+    tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
+    sch.parallel(tile)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, tile)
+    _inline_epilogues(sch, write_back)
+    sch.unroll(row_inner)
+    sch.vectorize(column_inner)
+    init = sch.decompose_reduction(block, reduction[0])
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    write_loops = sch.get_loops(write_back)
+    fused = sch.fuse(*write_loops[1:])
+    _, vector = sch.split(fused, [None, lanes])
+    sch.vectorize(vector)
+    return True
+
+
+def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+    """Fallback: spatial loops outside reductions, outer ones in parallel, the innermost spatial
+    loop vectorized when its extent is a multiple of the vector width."""
+    if "O" in info.dom_kind() or not info.dom_kind():
+        return False
+    spatial, reduction = _split_loops(sch, info)
+    if not spatial:
+        return False
+    vector = None
+    extent = _constant(sch.get(spatial[-1]).extent)
+    if extent is not None and extent % lanes == 0:
+        outer, vector = sch.split(spatial[-1], [None, lanes])
+        spatial[-1] = outer
+        sch.reorder(*spatial, *reduction, vector)
+    sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+    if vector is not None:
+        sch.vectorize(vector)  # before decomposing: only a block with its init is a reduction block
+    if reduction:
+        sch.decompose_reduction(info.block_rv, reduction[0])
+    return True
+
+
+BLOCK_STRATEGIES: list[Strategy] = [register_tiled_reduction, parallel_vectorize]
+
+
+def _inline_elementwise(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> None:
+    """Inline elementwise blocks into their consumers, except producers of reductions (a padded
+    input is cheaper computed once than re-tested in a reduction's innermost loop)."""
+    for info in infos:
+        feeds_reduction = any(
+            sch.get(c).iter_vars and any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(c).iter_vars)
+            for c in sch.get_consumers(info.block_rv)
+        )
+        if not info.is_reduction() and not feeds_reduction and sch.get_consumers(info.block_rv):
+            try:
+                sch.compute_inline(info.block_rv)
+            except SCHEDULE_FAILURES:
+                pass
+
+
+class CPUSchedule(ScheduleRule):
+    """Schedules every block of a CPU function with the first strategy that applies to it."""
 
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "llvm"
@@ -40,36 +152,20 @@ class ParallelVectorize(ScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
+        _inline_elementwise(sch, infos)
+        infos = normalize_prim_func(sch) or []
         lanes = vector_lanes(target)
-        for info in try_inline(sch, infos):
-            kinds = info.dom_kind()
-            if "O" in kinds or not kinds:
-                continue
-            try:
-                self._schedule_block(sch, info.block_rv, kinds, lanes)
-            except s_tir.ScheduleError:
-                continue  # primitives are atomic: the block stays as it was
+        for info in infos:
+            for strategy in BLOCK_STRATEGIES:
+                # each strategy works on a fork and is kept only if it succeeds whole
+                trial = sch.copy()
+                try:
+                    if strategy(trial, info, lanes):
+                        sch = trial
+                        break
+                except SCHEDULE_FAILURES:
+                    continue  # e.g. the block was folded into an earlier block's epilogue
         return sch
 
-    @staticmethod
-    def _schedule_block(sch: s_tir.Schedule, block, kinds: str, lanes: int) -> None:
-        loops = sch.get_loops(block)
-        spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
-        reduction = [loop for loop, kind in zip(loops, kinds) if kind == "R"]
-        if not spatial:
-            return
-        sch.reorder(*spatial, *reduction)
-        vector = None
-        extent = _constant(sch.get(spatial[-1]).extent)
-        if extent is not None and extent % lanes == 0 and extent >= lanes:
-            outer, vector = sch.split(spatial[-1], [None, lanes])
-            spatial[-1] = outer
-            sch.reorder(*spatial, *reduction, vector)
-        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
-        if reduction:
-            sch.decompose_reduction(block, reduction[0])
-        if vector is not None:
-            sch.vectorize(vector)
 
-
-CPU_RULES: list[ScheduleRule] = [ParallelVectorize()]
+CPU_RULES: list[ScheduleRule] = [CPUSchedule()]
