@@ -15,8 +15,27 @@ import torch.fx as fx
 from kiln.errors import UnsupportedOpError
 from kiln.ir.graph import Graph
 
-# Kiln's own ops (added by later passes) register their Relax converters here.
-CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {}
+
+
+def _hardtanh(node: fx.Node, importer) -> Any:
+    """relu6/hardtanh as max-then-min: elementwise ops with scalars, which layout conversion passes
+    through (the stock `clip` makes it transpose around every ReLU6 of a channels-last graph)."""
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+    high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+    dtype = x.ty.dtype
+    clipped = relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
+    return importer.block_builder.emit(clipped)
+
+
+# Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
+# Kiln's own ops, added by later passes, register theirs here too.
+CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
+    "hardtanh.default": _hardtanh,
+    "hardtanh_.default": _hardtanh,
+}
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
 

@@ -14,9 +14,11 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 from tvm.s_tir.dlight.base import ApplyDefaultSchedule
+from tvm.target import Target
 
 from kiln.backends.base import BuildContext
-from kiln.backends.tvm.schedules import CPU_RULES
+from kiln.backends.tvm.pack_weights import pack_weights
+from kiln.backends.tvm.schedules import CPU_RULES, vector_lanes
 from kiln.passes.instrument import PassRecord
 
 
@@ -28,6 +30,8 @@ def graph_passes() -> list[tuple[str, Callable[[], tvm.transform.Pass]]]:
         # activations and weights; weight transposes fold into constants, activation ones sit at
         # the graph's edges
         ("ConvertLayout", lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
+        ("FoldConstantWeights", relax.transform.FoldConstant),  # W.T of linear layers becomes a constant
+        ("PackWeights", lambda: pack_weights(vector_lanes(Target.current()))),
         ("LegalizeOps", relax.transform.LegalizeOps),
         ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern),
         ("FoldConstant", relax.transform.FoldConstant),

@@ -22,6 +22,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
 
+from kiln.backends.tvm.pack_weights import panel_width
+
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
 VECTOR_REGISTERS = 16  # x86 AVX2 has 16 ymm registers, AArch64 NEON 32: budget for the smaller
@@ -74,8 +76,8 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) 
     columns, rows = _constant(sch.get(spatial[-1]).extent), _constant(sch.get(spatial[-2]).extent)
     if columns is None or columns % lanes:
         return False
-    nr = 2 * lanes if columns % (2 * lanes) == 0 else lanes
-    accumulators = VECTOR_REGISTERS - 4  # leave room for the weight vectors and a broadcast
+    nr = panel_width(columns, lanes)
+    accumulators = VECTOR_REGISTERS - 2  # leave room for the weight vectors; the broadcast may spill
     mr = _largest_divisor(rows, accumulators // (nr // lanes)) if rows is not None else 1
     block = info.block_rv
     row_outer, row_inner = sch.split(spatial[-2], [None, mr])

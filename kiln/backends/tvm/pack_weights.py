@@ -1,0 +1,122 @@
+"""Pack constant matmul and convolution weights into output-channel panels at compile time.
+
+`x @ W` with W (K × N) read NR columns at a time walks W with a stride of N floats per k: one new
+cache line, and for wide layers a new page, per multiply-add step. Stored as panels Wp[N/NR, K, NR]
+the same walk is sequential. The packing is done once, in numpy, when compiling; the matmul becomes
+a TE compute that indexes the panels, and `schedules.py` tiles it like any other reduction (its
+column tile is the panel width, so each tile reads one panel front to back).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+def _packed_matmul(x: te.Tensor, panels: te.Tensor) -> te.Tensor:
+    width = int(panels.shape[2])
+    k = te.reduce_axis((0, x.shape[-1]), name="k")
+    shape = [*x.shape[:-1], panels.shape[0] * width]
+    return te.compute(
+        shape,
+        lambda *i: te.sum(x[(*i[:-1], k)] * panels[i[-1] // width, k, i[-1] % width], axis=k),
+        name="packed_matmul",
+    )
+
+
+def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR]."""
+    width = int(panels.shape[4])
+    top, left, bottom, right = (int(p) for p in padding)
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="pad") if top or left or bottom or right else x
+    kh, kw, ci = (int(d) for d in panels.shape[1:4])
+    (sh, sw), (dh, dw) = strides, dilation
+    batch, height, width_in, _ = padded.shape
+    out_h = (height - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width_in - (kw - 1) * dw - 1) // sw + 1
+    rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
+    return te.compute(
+        (batch, out_h, out_w, panels.shape[0] * width),
+        lambda n, h, w, o: te.sum(
+            padded[n, h * sh + rh * dh, w * sw + rw * dw, ri] * panels[o // width, rh, rw, ri, o % width],
+            axis=[rh, rw, ri],
+        ),
+        name="packed_conv2d",
+    )
+
+
+def panel_width(channels: int, lanes: int) -> int:
+    """Two vectors of output channels where they divide evenly, else one: the column tile
+    `schedules.register_tiled_reduction` picks for the same output, so a tile reads one panel."""
+    return 2 * lanes if channels % (2 * lanes) == 0 else lanes
+
+
+@mutator
+class _Packer(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, lanes: int) -> None:
+        super().__init__(mod)
+        self.lanes = lanes
+        self.packed = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's visitor name
+        call = super().visit_call_(call)
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+        if name == "relax.matmul":
+            return self._matmul(call)
+        if name == "relax.nn.conv2d":
+            return self._conv2d(call)
+        return call
+
+    def _panels(self, weight: relax.Expr, rank: int) -> np.ndarray | None:
+        """The constant weight as panels of `width` output channels (output channels last), or None."""
+        if not isinstance(weight, tvm.ir.expr.Constant):
+            return None
+        array = weight.value.numpy()
+        if array.ndim != rank or array.dtype != np.float32 or array.shape[-1] % self.lanes:
+            return None
+        width = panel_width(array.shape[-1], self.lanes)
+        split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
+        return np.ascontiguousarray(np.moveaxis(split, -2, 0))
+
+    def _conv2d(self, call: relax.Call) -> relax.Expr:
+        x, weight = call.args
+        attrs = call.attrs
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
+        if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1 or x.ty.dtype != "float32":
+            return call
+        if attrs.out_dtype not in ("", "float32"):
+            return call
+        panels = self._panels(weight, 4)
+        if panels is None:
+            return call
+        self.packed += 1
+        return self.builder_.call_te(
+            _packed_conv2d_nhwc, x, relax.const(panels),
+            [int(s) for s in attrs.strides], [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+            primfunc_name_hint="packed_conv2d",
+        )
+
+    def _matmul(self, call: relax.Call) -> relax.Expr:
+        x, weight = call.args
+        panels = self._panels(weight, 2)
+        if panels is None or x.ty.dtype != "float32":
+            return call
+        self.packed += 1
+        return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
+
+
+def pack_weights(lanes: int) -> tvm.transform.Pass:
+    """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
+    read packed panels (output channels a multiple of the vector width `lanes`)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="PackWeights")
+    def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
+        packer = _Packer(mod, lanes)
+        for global_var, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                packer.builder_.update_func(global_var, packer.visit_expr(func))
+        return packer.builder_.get()
+
+    return transform
