@@ -87,8 +87,6 @@ def main() -> int:
     parser.add_argument("--bert-layers", type=int, default=2)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's runtime starts its pool
-    # Idle TVM workers otherwise spin after each call and steal the cores of the next contender.
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
     import torch
 
