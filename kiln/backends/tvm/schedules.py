@@ -126,15 +126,26 @@ def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> boo
 BLOCK_STRATEGIES: list[Strategy] = [register_tiled_reduction, parallel_vectorize]
 
 
+SHORT_REDUCTION = 64
+
+
+def _reduction_steps(block) -> int:
+    steps = 1
+    for var in block.iter_vars:
+        if var.iter_type == tirx.IterVar.CommReduce:
+            steps *= _constant(var.dom.extent) or SHORT_REDUCTION + 1
+    return steps
+
+
 def _inline_elementwise(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> None:
-    """Inline elementwise blocks into their consumers, except producers of reductions (a padded
-    input is cheaper computed once than re-tested in a reduction's innermost loop)."""
+    """Inline elementwise blocks into their consumers, except producers of long reductions: a padded
+    input is cheaper computed once than re-tested at every step of a convolution's reduction, while
+    for a short one (depthwise: 9 steps) the extra pass over memory costs more than the tests."""
     for info in infos:
-        feeds_reduction = any(
-            sch.get(c).iter_vars and any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(c).iter_vars)
-            for c in sch.get_consumers(info.block_rv)
+        feeds_long_reduction = any(
+            _reduction_steps(sch.get(consumer)) > SHORT_REDUCTION for consumer in sch.get_consumers(info.block_rv)
         )
-        if not info.is_reduction() and not feeds_reduction and sch.get_consumers(info.block_rv):
+        if not info.is_reduction() and not feeds_long_reduction and sch.get_consumers(info.block_rv):
             try:
                 sch.compute_inline(info.block_rv)
             except SCHEDULE_FAILURES:
