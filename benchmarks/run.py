@@ -75,7 +75,7 @@ def contenders(model, inputs, threads: int, log) -> tuple[dict, dict, dict]:
         return lambda: session.run(None, feeds)[0]
 
     add("onnxruntime", onnxruntime, lambda f: np.asarray(f()))
-    add("kiln", lambda: kiln.compile(model, inputs, target="llvm"), lambda m: m(*inputs))
+    add("kiln", lambda: kiln.compile(model, inputs, target="llvm", threads=threads), lambda m: m(*inputs))
     return runs, compile_seconds, errors
 
 

@@ -36,6 +36,7 @@ def compile(  # noqa: A001 - the public name users expect
     stop_after: str | None = None,
     dynamic_batch: bool = False,
     debug_dir: str | Path | None = None,
+    threads: int | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` for `target`.
@@ -43,7 +44,8 @@ def compile(  # noqa: A001 - the public name users expect
     The report (`.report`) has a row per pass, Kiln's and the backend's, with time, statistics and
     the drift of the outputs from the eager model on `example_inputs`. With `debug_dir`, the IR
     after every pass is written there as numbered files beside the report and a drift table.
-    `dynamic_batch=True` makes dim 0 of every input a free batch size.
+    `dynamic_batch=True` makes dim 0 of every input a free batch size. `threads` is the number of
+    CPU threads the compiled code runs on (default: every core; TVM_NUM_THREADS caps it).
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -59,11 +61,11 @@ def compile(  # noqa: A001 - the public name users expect
     manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
     graph, report = manager.run(graph)
 
-    context = BuildContext(resolved, report, debug, inputs, reference, progress)
+    context = BuildContext(resolved, report, debug, inputs, reference, progress, threads)
     executable = get_backend(resolved.backend).build(graph, context)
     debug.write_report(report)
     signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
-    return CompiledModule(executable, signature, resolved, report)
+    return CompiledModule(executable, signature, resolved, report, threads)
 
 
 def bisect(

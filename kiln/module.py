@@ -16,8 +16,11 @@ from kiln.signature import Signature
 class CompiledModule:
     """Call it like the original model: torch tensors (or numpy arrays) in, torch tensors out."""
 
-    def __init__(self, executable: Executable, signature: Signature, target: ResolvedTarget, report: Report) -> None:
+    def __init__(
+        self, executable: Executable, signature: Signature, target: ResolvedTarget, report: Report, threads: int | None = None
+    ) -> None:
         self.executable = executable
+        self.threads = threads
         self.signature = signature
         self.target = target
         self.report = report
@@ -31,6 +34,7 @@ class CompiledModule:
             "backend": self.target.backend,
             "target": {"name": self.target.name, "tvm": self.target.tvm_target},
             "signature": self.signature.to_json(),
+            "threads": self.threads,
             "report": self.report.to_json(),
         }
         artifact.write_artifact(path, manifest, self.executable.save)
@@ -45,7 +49,9 @@ def load(path: str | Path) -> CompiledModule:
 
     def restore(manifest: dict[str, Any], folder: Path) -> CompiledModule:
         target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
-        executable = get_backend(manifest["backend"]).load(folder, target)
-        return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, Report.from_json(manifest["report"]))
+        threads = manifest.get("threads")
+        executable = get_backend(manifest["backend"]).load(folder, target, threads)
+        report = Report.from_json(manifest["report"])
+        return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, report, threads)
 
     return artifact.read_artifact(path, restore)

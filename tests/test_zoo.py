@@ -19,10 +19,11 @@ ZOO = {
 }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ZOO)
-def test_llvm_matches_eager(name):
+def test_llvm_matches_eager(name, threads):
     model, inputs = ZOO[name]()
-    compiled = kiln.compile(model, inputs, target="llvm")
+    compiled = kiln.compile(model, inputs, target="llvm", threads=threads)
     assert_matches(compiled(*inputs), eager(model, *inputs))
     # the compiled module, not PyTorch, produced the numbers
     assert any(row.name == "codegen" for row in compiled.report.rows)

@@ -32,6 +32,7 @@ class BuildContext:
     inputs: Sequence[torch.Tensor] | None = None
     reference: Sequence[torch.Tensor] | None = None
     progress: Callable[[str], None] | None = None
+    threads: int | None = None  # CPU threads the compiled code runs on; None: all cores
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -43,4 +44,4 @@ class Backend(Protocol):
 
     def build(self, graph: Graph, context: BuildContext) -> Executable: ...
 
-    def load(self, folder: Path, target: ResolvedTarget) -> Executable: ...
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> Executable: ...

@@ -32,5 +32,5 @@ class EagerBackend:
     def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
         return EagerExecutable(graph)
 
-    def load(self, folder: Path, target: ResolvedTarget) -> EagerExecutable:
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> EagerExecutable:
         return EagerExecutable(load_graph(folder / GRAPH_FILE))

@@ -1,5 +1,7 @@
 """The TVM CPU pipeline fuses operators and schedules every function for threads and SIMD."""
 
+import os
+
 import torch
 
 import kiln
@@ -25,3 +27,16 @@ def test_fusion_reduces_kernels_and_schedules_parallel_vector_loops(tmp_path):
     scheduled = next(tmp_path.glob("*_tvm_ScheduleCPU.py")).read_text()
     assert "T.parallel(" in scheduled and "T.vectorized(" in scheduled
     assert scheduled.count('"tirx.is_scheduled": True') == after
+
+
+def test_threads_setting_is_kept_and_saved(tmp_path):
+    import tvm_ffi
+
+    model, x = models.MLP(), torch.randn(4, 64)
+    compiled = kiln.compile(model, (x,), threads=1)
+    compiled(x)
+    assert tvm_ffi.get_global_func("runtime.NumThreads")() == 1
+    compiled.save(tmp_path / "mlp.kiln")
+    assert kiln.load(tmp_path / "mlp.kiln").threads == 1
+    kiln.compile(model, (x,))(x)  # default: every core the pool was sized for
+    assert tvm_ffi.get_global_func("runtime.NumThreads")() == int(os.environ["TVM_NUM_THREADS"])

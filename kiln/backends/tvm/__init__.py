@@ -12,8 +12,11 @@ from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.executable import TVMExecutable
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.pipeline import build, run_graph_passes
+from kiln.backends.tvm.threads import size_thread_pool
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Drift, PassRecord
+
+size_thread_pool()
 
 
 def _device(target: ResolvedTarget) -> tvm.runtime.Device:
@@ -32,10 +35,10 @@ class TVMBackend:
         if context.debug.enabled:
             context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
         mod = run_graph_passes(mod, target, context)
-        executable = TVMExecutable(build(mod, target, context), _device(context.target))
+        executable = TVMExecutable(build(mod, target, context), _device(context.target), context.threads)
         if context.inputs is not None and context.reference is not None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable
 
-    def load(self, folder: Path, target: ResolvedTarget) -> TVMExecutable:
-        return TVMExecutable.load(folder, _device(target))
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> TVMExecutable:
+        return TVMExecutable.load(folder, _device(target), threads)

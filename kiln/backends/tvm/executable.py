@@ -9,17 +9,23 @@ import torch
 import tvm
 from tvm import relax
 
+from kiln.backends.tvm.threads import use_threads
+
 LIBRARY_FILE = "module.so"
 
 
 class TVMExecutable:
-    def __init__(self, library: tvm.runtime.Module, device: tvm.runtime.Device) -> None:
+    def __init__(self, library: tvm.runtime.Module, device: tvm.runtime.Device, threads: int | None = None) -> None:
         self.library = library
         self.device = device
+        self.threads = threads
         self.vm = relax.VirtualMachine(library, device)
         self._main = self.vm["main"]
+        self._on_cpu = device.dlpack_device_type() == tvm.runtime.cpu().dlpack_device_type()
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self._on_cpu:
+            use_threads(self.threads)
         args = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs]
         result = self._main(*args)
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
@@ -29,5 +35,5 @@ class TVMExecutable:
         self.library.export_library(str(folder / LIBRARY_FILE))
 
     @classmethod
-    def load(cls, folder: Path, device: tvm.runtime.Device) -> "TVMExecutable":
-        return cls(tvm.runtime.load_module(str(folder / LIBRARY_FILE)), device)
+    def load(cls, folder: Path, device: tvm.runtime.Device, threads: int | None) -> "TVMExecutable":
+        return cls(tvm.runtime.load_module(str(folder / LIBRARY_FILE)), device, threads)
