@@ -30,11 +30,28 @@ def _hardtanh(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(clipped)
 
 
+def _reduce(op_name: str):
+    """amax/amin, which TVM's importer lacks: Relax's max/min over the given dims."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        x = importer.env[node.args[0]]
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        axis = [dims] if isinstance(dims, int) else list(dims) or None
+        return importer.block_builder.emit(getattr(relax.op, op_name)(x, axis, keepdim))
+
+    return convert
+
+
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
 # Kiln's own ops, added by later passes, register theirs here too.
 CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "hardtanh.default": _hardtanh,
     "hardtanh_.default": _hardtanh,
+    "amax.default": _reduce("max"),
+    "amin.default": _reduce("min"),
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')

@@ -1,0 +1,103 @@
+"""Kiln's CPU schedule strategies on a range of shapes: odd sizes, tails that do not divide the
+vector width, batch > 1, strides, padding, dilation, groups. Each compiled op must match eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import kiln
+from tests.conftest import assert_matches, eager
+
+# (in, out, kernel, stride, padding, dilation, groups, height, width, batch)
+CONVOLUTIONS = {
+    "odd_image_3_channels": (3, 16, 3, 1, 1, 1, 1, 15, 13, 1),
+    "pointwise_batch3_out24": (8, 24, 1, 1, 0, 1, 1, 7, 7, 3),
+    "stride2": (16, 32, 3, 2, 1, 1, 1, 17, 17, 1),
+    "dilation2": (16, 16, 3, 1, 2, 2, 1, 12, 12, 2),
+    "grouped": (16, 32, 3, 1, 1, 1, 4, 9, 9, 1),
+    "depthwise": (32, 32, 3, 1, 1, 1, 32, 10, 10, 1),
+    "depthwise_stride2_odd": (24, 24, 3, 2, 1, 1, 24, 11, 11, 2),
+    "out20_kernel5_no_vector_tail": (12, 20, 5, 1, 2, 1, 1, 11, 11, 1),
+    "stem_7x7_stride2": (3, 64, 7, 2, 3, 1, 1, 32, 32, 1),
+}
+
+
+def _check(model: nn.Module, *inputs: torch.Tensor, tmp_path=None) -> str:
+    """Compile for the host CPU, compare with eager, return the scheduled TIR."""
+    compiled = kiln.compile(model.eval(), inputs, debug_dir=tmp_path)
+    assert_matches(compiled(*inputs), eager(model, *inputs))
+    return next(tmp_path.glob("*_tvm_ScheduleCPU.py")).read_text() if tmp_path else ""
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONS)
+def test_conv2d(name, tmp_path):
+    cin, cout, k, stride, pad, dilation, groups, h, w, batch = CONVOLUTIONS[name]
+    model = nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups), nn.ReLU())
+    scheduled = _check(model, torch.randn(batch, cin, h, w), tmp_path=tmp_path)
+    assert "T.parallel(" in scheduled
+
+
+def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    block = Block()
+    block.bn.running_mean.uniform_(-1, 1)
+    block.bn.running_var.uniform_(0.5, 2)
+    scheduled = _check(block, torch.randn(2, 16, 14, 14), tmp_path=tmp_path)
+    # one kernel: packed conv with folded batch norm (add), residual (add1) and ReLU; the output
+    # tile lives in registers (local) and the epilogue is applied as it is written back
+    kernel = scheduled.split("def fused_packed_conv2d_add_add1_relu(")[1].split("@T.prim_func")[0]
+    assert 'scope="local"' in kernel and "T.vectorized(" in kernel and "T.parallel(" in kernel
+    assert kernel.count("T.sblock_alloc_buffer") == 2  # the register tile and the padded input, nothing else
+
+
+@pytest.mark.parametrize("rows, inner, outer", [(1, 7, 5), (13, 33, 48), (128, 64, 40), (3, 16, 1000)])
+def test_linear(rows, inner, outer):
+    _check(nn.Linear(inner, outer), torch.randn(rows, inner))
+
+
+def test_linear_on_3d_input_with_batch():
+    _check(nn.Linear(16, 24), torch.randn(2, 9, 16))
+
+
+class BatchMatmul(nn.Module):
+    def forward(self, a, b):
+        return torch.softmax(torch.matmul(a, b) / 3.0, dim=-1)
+
+
+@pytest.mark.parametrize("length, depth", [(17, 8), (32, 16)])
+def test_attention_style_batch_matmul_and_softmax(length, depth):
+    _check(BatchMatmul(), torch.randn(2, 3, length, depth), torch.randn(2, 3, depth, length))
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.MaxPool2d(3, 2, 1), (1, 8, 13, 13)),
+        (nn.AvgPool2d(2), (2, 16, 10, 10)),
+        (nn.AdaptiveAvgPool2d(1), (1, 24, 7, 7)),
+        (nn.LayerNorm(37), (3, 5, 37)),
+        (nn.Softmax(dim=1), (4, 19)),
+        (nn.GELU(), (3, 129)),
+    ],
+    ids=["maxpool_odd", "avgpool", "global_avgpool", "layernorm_odd", "softmax_odd", "gelu_tail"],
+)
+def test_pooling_normalization_and_elementwise(layer, shape):
+    _check(layer, torch.randn(*shape))
+
+
+class Reductions(nn.Module):
+    def forward(self, x):
+        return x.sum(dim=-1), x.mean(dim=(0, 2)), x.amax(dim=1)
+
+
+def test_reductions_over_odd_axes():
+    _check(Reductions(), torch.randn(3, 11, 21))
