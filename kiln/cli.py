@@ -49,6 +49,16 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune(args: argparse.Namespace) -> int:
+    import kiln
+
+    model, inputs = _demo_models()[args.model]()
+    summary = kiln.tune(model, inputs, trials=args.trials, target=args.target, threads=args.threads, tuning_dir=args.tuning_dir)
+    print(summary.table())
+    print("\nkiln.compile of this model for this CPU now uses these schedules (see its ApplyTuningDatabase row).")
+    return 0
+
+
 def passes(_: argparse.Namespace) -> int:
     from kiln.passes import PASSES, PIPELINES
 
@@ -84,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--debug-dir", default=None, help="write the IR after every pass here")
     run_demo.add_argument("--repeats", type=int, default=5)
     run_demo.set_defaults(run=demo)
+    run_tune = commands.add_parser("tune", help="tune a bundled model's kernels on this machine (resumable)")
+    run_tune.add_argument("--model", choices=sorted(_demo_models()), default="resnet18")
+    run_tune.add_argument("--trials", type=int, default=200, help="measured candidates in all, shared by FLOPs")
+    run_tune.add_argument("--target", default="llvm")
+    run_tune.add_argument("--threads", type=int, default=None)
+    run_tune.add_argument("--tuning-dir", default=None, help="database root (default $KILN_TUNING_DIR or ~/.cache/kiln/tuning)")
+    run_tune.set_defaults(run=tune)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)
     args = parser.parse_args(argv)

@@ -18,6 +18,10 @@ from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
 
 
+def _path(value: str | Path | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
 def _progress(verbose: bool):
     if not verbose:
         return None
@@ -37,6 +41,7 @@ def compile(  # noqa: A001 - the public name users expect
     dynamic_batch: bool = False,
     debug_dir: str | Path | None = None,
     threads: int | None = None,
+    tuning_dir: str | Path | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` for `target`.
@@ -46,6 +51,8 @@ def compile(  # noqa: A001 - the public name users expect
     after every pass is written there as numbered files beside the report and a drift table.
     `dynamic_batch=True` makes dim 0 of every input a free batch size. `threads` is the number of
     CPU threads the compiled code runs on (default: every core; TVM_NUM_THREADS caps it).
+    Schedules tuned by `kiln.tune` for this CPU are used automatically; `tuning_dir` says where the
+    databases are (default: $KILN_TUNING_DIR, else ~/.cache/kiln/tuning).
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -61,7 +68,7 @@ def compile(  # noqa: A001 - the public name users expect
     manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
     graph, report = manager.run(graph)
 
-    context = BuildContext(resolved, report, debug, inputs, reference, progress, threads)
+    context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
     executable = get_backend(resolved.backend).build(graph, context)
     debug.write_report(report)
     signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)

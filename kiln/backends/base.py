@@ -33,6 +33,7 @@ class BuildContext:
     reference: Sequence[torch.Tensor] | None = None
     progress: Callable[[str], None] | None = None
     threads: int | None = None  # CPU threads the compiled code runs on; None: all cores
+    tuning_dir: Path | None = None  # root of the tuning databases; None: the default location
 
     def say(self, message: str) -> None:
         if self.progress is not None:

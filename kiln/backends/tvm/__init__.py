@@ -11,7 +11,8 @@ from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.executable import TVMExecutable
 from kiln.backends.tvm.lower import to_relax
-from kiln.backends.tvm.pipeline import build, run_graph_passes
+from kiln.backends.tvm.pipeline import build, fusion_passes, run_passes, schedule_passes
+from kiln.backends.tvm.tuning_database import TuningDatabase
 from kiln.backends.tvm.threads import size_thread_pool
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Drift, PassRecord
@@ -23,18 +24,29 @@ def _device(target: ResolvedTarget) -> tvm.runtime.Device:
     return tvm.runtime.device_from_target(tvm.target.Target(target.tvm_target))
 
 
+def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
+    """Kiln graph → Relax with fused, not yet scheduled TIR functions (what tuning works on)."""
+    target = tvm.target.Target(context.target.tvm_target)
+    context.say("import into TVM Relax")
+    start = time.perf_counter()
+    mod = to_relax(graph)
+    record = context.report.add(PassRecord(context.report.next_index(), "import", "tvm", time.perf_counter() - start))
+    if context.debug.enabled:
+        context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
+    return run_passes(mod, target, fusion_passes(), context)
+
+
 class TVMBackend:
     name = "tvm"
 
     def build(self, graph: Graph, context: BuildContext) -> TVMExecutable:
         target = tvm.target.Target(context.target.tvm_target)
-        context.say("import into TVM Relax")
-        start = time.perf_counter()
-        mod = to_relax(graph)
-        record = context.report.add(PassRecord(context.report.next_index(), "import", "tvm", time.perf_counter() - start))
-        if context.debug.enabled:
-            context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
-        mod = run_graph_passes(mod, target, context)
+        mod = lower_and_fuse(graph, context)
+        database = TuningDatabase.for_target(context.tuning_dir, target)
+        if not database.exists() and database.others():
+            note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
+            context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
+        mod = run_passes(mod, target, schedule_passes(database), context)
         executable = TVMExecutable(build(mod, target, context), _device(context.target), context.threads)
         if context.inputs is not None and context.reference is not None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)

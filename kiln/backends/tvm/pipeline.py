@@ -19,11 +19,16 @@ from tvm.target import Target
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.pack_weights import pack_weights
 from kiln.backends.tvm.schedules import CPU_RULES, vector_lanes
+from kiln.backends.tvm.tuning_database import TuningDatabase
 from kiln.passes.instrument import PassRecord
 
 
-def graph_passes() -> list[tuple[str, Callable[[], tvm.transform.Pass]]]:
-    """(name, factory) of the Relax passes from imported graph to scheduled TIR."""
+NamedPasses = list[tuple[str, Callable[[], tvm.transform.Pass]]]
+
+
+def fusion_passes() -> NamedPasses:
+    """(name, factory) of the Relax passes from the imported graph to fused, unscheduled TIR: the
+    functions that tuning measures and the schedule rules schedule."""
     return [
         ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
         # channels-last: the output channel, the axis the schedules vectorize, is contiguous in
@@ -38,19 +43,24 @@ def graph_passes() -> list[tuple[str, Callable[[], tvm.transform.Pass]]]:
         ("FuseOps", relax.transform.FuseOps),
         ("FuseTIR", relax.transform.FuseTIR),
         ("DeadCodeElimination", relax.transform.DeadCodeElimination),
-        ("ScheduleCPU", lambda: ApplyDefaultSchedule(*CPU_RULES)),
     ]
 
 
+def schedule_passes(database: TuningDatabase | None) -> NamedPasses:
+    """Tuned schedules from the database where it has them, Kiln's rules for the rest."""
+    tuned = [("ApplyTuningDatabase", database.apply_pass)] if database is not None and database.exists() else []
+    return tuned + [("ScheduleCPU", lambda: ApplyDefaultSchedule(*CPU_RULES))]
+
+
 def _describe(mod: tvm.IRModule) -> str:
-    funcs = list(mod.functions.values())
-    prim = sum(isinstance(f, tvm.tirx.PrimFunc) for f in funcs)
-    return f"{prim} TIR functions, {len(funcs) - prim} Relax"
+    prims = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in prims)
+    return f"{len(prims)} TIR functions ({scheduled} scheduled), {len(mod.functions) - len(prims)} Relax"
 
 
-def run_graph_passes(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.IRModule:
+def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext) -> tvm.IRModule:
     with target:
-        for name, make_pass in graph_passes():
+        for name, make_pass in passes:
             context.say(f"tvm {name}")
             start = time.perf_counter()
             mod = make_pass()(mod)

@@ -1,0 +1,166 @@
+"""Auto-tuning with MetaSchedule: search schedules for a model's fused functions and keep the best
+in the target's database, where every later compile for the same CPU finds them.
+
+- Budget goes where the time goes: each task gets trials in proportion to FLOPs × calls.
+- Kiln's default schedule of every task is measured first and committed as a record, so the
+  database's best is never slower than untuned Kiln.
+- Progress is saved after every task (the records themselves as they are measured): an interrupted
+  run, started again, continues with the tasks and trials it has not done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
+
+from kiln.backends.tvm.schedules import CPU_RULES
+from kiln.backends.tvm.tuning_database import TuningDatabase
+
+STATE_FILE = "kiln_progress.json"
+
+
+@dataclass
+class TaskResult:
+    name: str
+    flops: float  # per call
+    calls: int
+    trials: int
+    default_seconds: float
+    best_seconds: float
+
+
+def _mean(run_secs) -> float:
+    values = [float(v) for v in run_secs]
+    return sum(values) / len(values)
+
+
+def _allocate(costs: list[float], trials: int) -> list[int]:
+    """Trials per task in proportion to cost; a task whose share is under 2 trials gets none
+    (its default schedule stays, measured)."""
+    total = sum(costs) or 1.0
+    shares = [int(round(trials * cost / total)) for cost in costs]
+    return [share if share >= 2 else 0 for share in shares]
+
+
+BUILD_FUNCTION = "kiln.tuning.build_candidate"
+
+
+def _build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+    """MetaSchedule's default build, without its import of every tensor intrinsic of every target
+    (48 s of CPU on these machines, paid again by each builder process, i.e. per batch of
+    candidates); Kiln's fp32 CPU search spaces use none of them."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.driver.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def register_build_candidate() -> None:
+    """Runs in each builder process (LocalBuilder's initializer)."""
+    tvm.register_global_func(BUILD_FUNCTION, _build_candidate, override=True)
+
+
+def make_builder() -> ms.builder.LocalBuilder:
+    return ms.builder.LocalBuilder(f_build=BUILD_FUNCTION, initializer=register_build_candidate, timeout_sec=120)
+
+
+class _Measurer:
+    """Builds and times scheduled functions the way MetaSchedule times its candidates."""
+
+    def __init__(self, target: tvm.target.Target) -> None:
+        self.target = target
+        self.builder = make_builder()
+        self.runner = ms.runner.LocalRunner()
+
+    def seconds(self, scheduled: list[tvm.IRModule], workloads: list[tvm.IRModule]) -> list[list[float]]:
+        """One batch (one builder and one runner pool) for all: pools cost seconds to start."""
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in scheduled])
+        for result in built:
+            if result.error_msg:
+                raise RuntimeError(f"building a default schedule failed: {result.error_msg}")
+        inputs = [
+            ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(workload["main"]))
+            for result, workload in zip(built, workloads)
+        ]
+        measured = [future.result() for future in self.runner.run(inputs)]
+        for result in measured:
+            if result.error_msg:
+                raise RuntimeError(f"running a default schedule failed: {result.error_msg}")
+        return [[float(s) for s in result.run_secs] for result in measured]
+
+
+def _seed_defaults(tasks, target, records, measurer: _Measurer, state: dict, say) -> None:
+    """Measure Kiln's default schedule of every task not yet seeded and commit it as a record."""
+    missing = [task for task in tasks if "default_seconds" not in state.setdefault(task.task_name, {"trials": 0})]
+    if not missing:
+        return
+    say(f"measuring Kiln's default schedules of {len(missing)} tasks")
+    schedules = [CPU_RULES[0].apply(task.dispatched[0]["main"], target, False) for task in missing]
+    timings = measurer.seconds([s.mod for s in schedules], [t.dispatched[0] for t in missing])
+    for task, schedule, run_secs in zip(missing, schedules, timings):
+        workload = task.dispatched[0]
+        records.commit_tuning_record(
+            ms.database.TuningRecord(
+                schedule.trace, records.commit_workload(workload), run_secs, target,
+                ms.arg_info.ArgInfo.from_prim_func(workload["main"]),
+            )
+        )
+        state[task.task_name]["default_seconds"] = _mean(run_secs)
+
+
+def tune_module(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    database: TuningDatabase,
+    trials: int,
+    threads: int,
+    say: Callable[[str], None],
+) -> list[TaskResult]:
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    flops = [float(estimate_tir_flops(task.dispatched[0])) for task in tasks]
+    budgets = _allocate([f * task.weight for f, task in zip(flops, tasks)], trials)
+    order = sorted(range(len(tasks)), key=lambda i: -flops[i] * tasks[i].weight)
+    records = database.open()
+    state_path = database.path / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    measurer = _Measurer(target)
+    _seed_defaults(tasks, target, records, measurer, state, say)
+    state_path.write_text(json.dumps(state, indent=1))
+    planned = sum(max(budgets[i] - state.get(tasks[i].task_name, {}).get("trials", 0), 0) for i in order)
+    say(f"{len(tasks)} tasks, {trials} trials budgeted, {planned} still to run; database {database.path}")
+    start, done, results = time.perf_counter(), 0, []
+    for position, index in enumerate(order, 1):
+        task, workload = tasks[index], tasks[index].dispatched[0]
+        entry = state[task.task_name]
+        remaining = budgets[index] - entry["trials"]
+        if remaining > 0:
+            context = ms.TuneContext(
+                mod=workload, target=target, space_generator="post-order-apply", search_strategy="evolutionary",
+                task_name=task.task_name, num_threads=threads,
+            ).clone()
+            ms.tune_tasks(
+                tasks=[context], task_weights=[1.0], work_dir=str(database.path), max_trials_global=remaining,
+                num_trials_per_iter=min(32, remaining), database=records, task_scheduler="round-robin",
+                builder=measurer.builder, runner=measurer.runner,
+            )
+            entry["trials"] = budgets[index]
+            state_path.write_text(json.dumps(state, indent=1))
+            done += remaining
+        best = records.query_tuning_record(workload, target, "main")
+        best_seconds = _mean(best.run_secs) if best is not None else entry["default_seconds"]
+        results.append(TaskResult(task.task_name, flops[index], task.weight, entry["trials"], entry["default_seconds"], best_seconds))
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (planned - done) if done else 0.0
+        say(
+            f"[{position:>2}/{len(tasks)}] {task.task_name}: {entry['trials']} trials, "
+            f"default {entry['default_seconds'] * 1e3:.3f} ms -> best {best_seconds * 1e3:.3f} ms "
+            f"(elapsed {elapsed:.0f} s, ETA {eta:.0f} s)"
+        )
+    return results

@@ -1,0 +1,77 @@
+"""Tuning: records land in a per-CPU database, a fresh process's compile uses them, an interrupted
+run resumes, and records of another CPU are not applied."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import kiln
+from kiln import models
+
+TRIALS = 6
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tuning")
+    model, x = models.SmallCNN(), torch.randn(1, 3, 32, 32)
+    lines = []
+
+    def stop_after_first_task(line):
+        lines.append(line)
+        if line.startswith("[ 1/"):
+            raise Interrupt  # as if the user pressed ^C once the first task was done
+
+    with pytest.raises(Interrupt):
+        kiln.tune(model, (x,), trials=TRIALS, tuning_dir=folder, progress=stop_after_first_task)
+    resumed = []
+    summary = kiln.tune(model, (x,), trials=TRIALS, tuning_dir=folder, progress=resumed.append)
+    return folder, model, x, lines, resumed, summary
+
+
+def test_interrupted_tuning_resumes_without_redoing_work(tuned):
+    _, _, _, first, resumed, summary = tuned
+    assert any("measuring Kiln's default schedules" in line for line in first)
+    assert not any("measuring Kiln's default schedules" in line for line in resumed)  # seeded already
+    still_to_run = lambda lines: int(next(l for l in lines if "still to run" in l).split(", ")[2].split()[0])
+    assert still_to_run(first) == TRIALS and still_to_run(resumed) < TRIALS
+    assert sum(t.trials for t in summary.tasks) <= TRIALS
+    # Kiln's default is in the database, so tuned is never slower than untuned (as measured)
+    assert all(t.best_seconds <= t.default_seconds for t in summary.tasks)
+
+
+def test_fresh_process_compile_uses_the_database(tuned):
+    folder, _, _, _, _, summary = tuned
+    script = textwrap.dedent(f"""
+        import torch, kiln
+        from kiln import models
+        model, x = models.SmallCNN(), torch.randn(1, 3, 32, 32)
+        compiled = kiln.compile(model, (x,), tuning_dir={str(folder)!r})
+        row = next(r for r in compiled.report.rows if r.name == "ApplyTuningDatabase")
+        print("NOTE", row.note)
+        assert (compiled(x) - model(x)).abs().max() < 1e-4
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    note = next(l for l in result.stdout.splitlines() if l.startswith("NOTE"))
+    functions = len(summary.tasks)
+    assert f"{functions} TIR functions ({functions} scheduled)" in note  # every task came from the database
+
+
+def test_database_of_another_cpu_is_not_applied(tuned, tmp_path):
+    folder, model, x, _, _, summary = tuned
+    other = tmp_path / "tuning"
+    shutil.copytree(summary.database, other / "llvm-skylake-avx512-0123456789ab")
+    compiled = kiln.compile(model, (x,), tuning_dir=other)
+    row = next(r for r in compiled.report.rows if r.name == "ApplyTuningDatabase")
+    assert "not used (other CPU/target): llvm-skylake-avx512-0123456789ab" in row.note
+    scheduled = next(r for r in compiled.report.rows if r.name == "ScheduleCPU")
+    assert scheduled.index == row.index + 1  # Kiln's rules scheduled everything
