@@ -1,9 +1,10 @@
 """Kiln vs PyTorch eager, torch.compile (Inductor) and ONNX Runtime: one process, interleaved, medians.
 
-    python benchmarks/run.py                      # all models, all cores
+    python benchmarks/run.py                          # all models, 1 thread and all cores
     python benchmarks/run.py --models resnet18 --threads 1
 
-Writes benchmarks/results/latest.md and latest.json, naming the CPU the figures came from.
+Kiln is measured untuned (an empty tuning database) and, where `kiln tune` left records for this
+CPU, tuned. Writes benchmarks/results/latest.md and latest.json, naming the CPU the figures came from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -22,100 +24,134 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def cpu_name() -> str:
+def cpu_description() -> tuple[str, float]:
+    """Model name and clock (GHz) from /proc/cpuinfo."""
+    name, mhz = platform.processor() or "unknown CPU", 0.0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":", 1)[1])
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return name, mhz / 1000
 
 
-def contenders(model, inputs, threads: int, log) -> tuple[dict, dict, dict]:
-    """name -> zero-argument runner, compile seconds, max |Δ| vs eager."""
+def fp32_peak_gflops(vector_bits: int, ghz: float, cores: int) -> float:
+    """Two FMA pipes per core, each lanes × 2 FLOP per cycle, at the nominal clock (an estimate)."""
+    return cores * 2 * (vector_bits // 32) * 2 * ghz
+
+
+def _scheduled(note: str) -> int:
+    """Functions a report row says are scheduled ("19 TIR functions (7 scheduled), ...")."""
+    found = re.search(r"\((\d+) scheduled\)", note)
+    return int(found.group(1)) if found else 0
+
+
+def build_contenders(model, inputs, threads: list[int], empty_tuning_dir: str, log) -> tuple[dict, dict, dict]:
+    """name -> runner, compile seconds, max |Δ| vs eager. ORT and Kiln get one build per thread count."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
     import kiln
 
-    runs, compile_seconds, errors = {}, {}, {}
     with torch.no_grad():
         expected = model(*inputs)
-    runs["eager"] = lambda: model(*inputs)
-    compile_seconds["eager"] = 0.0
+    runs, seconds, errors = {"eager": lambda: model(*inputs)}, {"eager": 0.0}, {}
 
-    def add(name, build, run_output):
+    def add(name, build, call):
         start = time.perf_counter()
         try:
             runner = build()
-            compile_seconds[name] = time.perf_counter() - start
-            errors[name] = float((torch.as_tensor(run_output(runner)) - expected).abs().max())
-            runs[name] = lambda: run_output(runner)
+            seconds[name] = time.perf_counter() - start
+            with torch.no_grad():
+                errors[name] = float((torch.as_tensor(np.asarray(call(runner))) - expected).abs().max())
+            runs[name] = lambda: call(runner)
         except Exception as error:  # a contender that fails is reported, not hidden
             log(f"  {name} failed: {type(error).__name__}: {str(error)[:300]}")
             errors[name] = f"failed: {type(error).__name__}"
 
     def inductor():
         compiled = torch.compile(model)
-        compiled(*inputs)
+        with torch.no_grad():
+            compiled(*inputs)
         return compiled
 
     add("torch.compile", inductor, lambda f: f(*inputs))
+    onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, inputs, str(onnx_path), dynamo=False, opset_version=17)
+    for count in threads:
 
-    def onnxruntime():
-        path = Path(tempfile.mkdtemp()) / "model.onnx"
-        torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
-        return lambda: session.run(None, feeds)[0]
+        def onnxruntime(count=count):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = count
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+            return lambda: session.run(None, feeds)[0]
 
-    add("onnxruntime", onnxruntime, lambda f: np.asarray(f()))
-    add("kiln", lambda: kiln.compile(model, inputs, target="llvm", threads=threads), lambda m: m(*inputs))
-    return runs, compile_seconds, errors
+        add(f"onnxruntime@{count}", onnxruntime, lambda f: f())
+        add(f"kiln@{count}", lambda count=count: kiln.compile(model, inputs, threads=count, tuning_dir=empty_tuning_dir), lambda m: m(*inputs))
+        tuned = kiln.compile(model, inputs, threads=count)
+        if any(r.name == "ApplyTuningDatabase" and _scheduled(r.note) for r in tuned.report.rows):
+            add(f"kiln tuned@{count}", lambda tuned=tuned: tuned, lambda m: m(*inputs))
+    return runs, seconds, errors
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=None, help="comma-separated subset")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bert-layers", type=int, default=2)
+    parser.add_argument("--bert-layers", type=int, default=12)
     args = parser.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's runtime starts its pool
 
     import torch
 
     from benchmarks.models import benchmark_models
     from kiln.backends.targets import host_cpu
+    from kiln.backends.tvm.threads import size_thread_pool, usable_cores
     from kiln.timing import interleaved_medians
 
-    torch.set_num_threads(args.threads)
+    size_thread_pool()
+    cores = usable_cores()
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     log = lambda message: print(message, file=sys.stderr, flush=True)
     zoo = benchmark_models(args.bert_layers)
     names = args.models.split(",") if args.models else list(zoo)
     host = host_cpu()
+    cpu, ghz = cpu_description()
     results = {
-        "date": datetime.date.today().isoformat(), "cpu": cpu_name(), "llvm_cpu": host["mcpu"], "simd": host["simd"],
-        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "models": {},
+        "date": datetime.date.today().isoformat(), "cpu": cpu, "ghz": ghz, "llvm_cpu": host["mcpu"], "simd": host["simd"],
+        "cores": cores, "fp32_peak_gflops_per_core": fp32_peak_gflops(host["vector_bits"], ghz, 1),
+        "repeats": args.repeats, "torch": torch.__version__, "models": {},
     }
+    empty_tuning_dir = tempfile.mkdtemp()
     for name in names:
         log(f"{name}: building contenders")
         model, inputs = zoo[name]()
         try:
-            runs, compile_seconds, errors = contenders(model, inputs, args.threads, log)
+            runs, seconds, errors = build_contenders(model, inputs, threads, empty_tuning_dir, log)
         except Exception:
             log(traceback.format_exc())
             continue
-        log(f"{name}: timing {', '.join(runs)}")
-        with torch.no_grad():
-            medians = interleaved_medians(runs, repeats=args.repeats, warmup=1)
-        results["models"][name] = {"median_ms": {k: v * 1000 for k, v in medians.items()}, "compile_s": compile_seconds, "max_abs_error": errors}
-        log(f"{name}: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in medians.items()))
+        from kiln.ir.torch_frontend import from_torch
+
+        flops = from_torch(model, inputs).stats().flops
+        entry = {"flops": flops, "compile_s": seconds, "max_abs_error": errors, "median_ms": {}}
+        for count in threads:
+            torch.set_num_threads(count)
+            shared = {k: v for k, v in runs.items() if "@" not in k}
+            mine = {k: v for k, v in runs.items() if k.endswith(f"@{count}")}
+            log(f"{name} @ {count} threads: timing {', '.join([*shared, *mine])}")
+            with torch.no_grad():
+                medians = interleaved_medians({**shared, **mine}, repeats=args.repeats, warmup=1)
+            entry["median_ms"][str(count)] = {k.split("@")[0]: v * 1000 for k, v in medians.items()}
+            log("  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in medians.items()))
+        results["models"][name] = entry
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
     (RESULTS / "latest.md").write_text(markdown(results))
@@ -124,24 +160,29 @@ def main() -> int:
 
 
 def markdown(results: dict) -> str:
+    peak = results["fp32_peak_gflops_per_core"]
     lines = [
         f"# Kiln benchmark — {results['date']}",
         "",
-        f"CPU: {results['cpu']} (LLVM: {results['llvm_cpu']}; {', '.join(results['simd'])}), {results['threads']} threads, "
-        f"batch 1, fp32, median of {results['repeats']} interleaved runs, one process. torch {results['torch']}.",
+        f"CPU: {results['cpu']} (LLVM: {results['llvm_cpu']}; {', '.join(results['simd'])}), {results['cores']} cores "
+        f"at {results['ghz']:.2f} GHz, fp32 peak ≈ {peak:.0f} GFLOP/s per core (2 FMA × lanes × 2 × clock). "
+        f"Batch 1, fp32, median of {results['repeats']} interleaved turns, one process; torch {results['torch']}.",
         "",
-        "| model | eager | torch.compile | ONNX Runtime | Kiln | Kiln / ORT | Kiln compile | Kiln max abs err |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | threads | eager | torch.compile | ONNX Runtime | Kiln | Kiln tuned | Kiln / ORT | Kiln / Inductor | Kiln GFLOP/s (peak) | Kiln compile |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
-        ms = r["median_ms"]
-        cell = lambda k: f"{ms[k]:.1f} ms" if k in ms else str(r["max_abs_error"].get(k, "n/a"))
-        ratio = f"{ms['kiln'] / ms['onnxruntime']:.1f}×" if "kiln" in ms and "onnxruntime" in ms else "n/a"
-        lines.append(
-            f"| {name} | {cell('eager')} | {cell('torch.compile')} | {cell('onnxruntime')} | {cell('kiln')} | {ratio} | "
-            f"{r['compile_s'].get('kiln', float('nan')):.1f} s | {r['max_abs_error'].get('kiln', 'n/a')} |"
-        )
-    return "\n".join(lines) + "\n"
+        for count, ms in r["median_ms"].items():
+            cell = lambda k: f"{ms[k]:.1f} ms" if k in ms else "—"
+            best = min(v for k, v in ms.items() if k.startswith("kiln"))
+            ratio = lambda other: f"{best / ms[other]:.2f}×" if other in ms else "—"
+            lines.append(
+                f"| {name} | {count} | {cell('eager')} | {cell('torch.compile')} | {cell('onnxruntime')} | {cell('kiln')} | "
+                f"{cell('kiln tuned')} | {ratio('onnxruntime')} | {ratio('torch.compile')} | "
+                f"{r['flops'] / best / 1e6:.0f} ({peak * int(count):.0f}) | {r['compile_s'].get(f'kiln@{count}', float('nan')):.1f} s |"
+            )
+    lines += ["", "Ratios use the faster of Kiln untuned and tuned; below 1.00× Kiln is faster.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
