@@ -153,10 +153,23 @@ def main() -> int:
             log("  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in medians.items()))
         results["models"][name] = entry
     RESULTS.mkdir(exist_ok=True)
+    results = merge_with_latest(results)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
     (RESULTS / "latest.md").write_text(markdown(results))
     print(markdown(results))
     return 0
+
+
+def merge_with_latest(results: dict) -> dict:
+    """A run of some models updates theirs in latest.json and keeps the others measured on the
+    same CPU, so the file always holds the newest figure of every model."""
+    path = RESULTS / "latest.json"
+    if not path.is_file():
+        return results
+    previous = json.loads(path.read_text())
+    if (previous.get("cpu"), previous.get("llvm_cpu"), previous.get("cores")) != (results["cpu"], results["llvm_cpu"], results["cores"]):
+        return results
+    return {**results, "models": {**previous["models"], **results["models"]}}
 
 
 def markdown(results: dict) -> str:

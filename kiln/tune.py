@@ -57,6 +57,7 @@ def tune(
     from kiln.backends.tvm.threads import usable_cores
     from kiln.backends.tvm.tuning import tune_module
     from kiln.backends.tvm.tuning_database import TuningDatabase
+    import tvm
 
     resolved = resolve_target(target)
     if resolved.backend != "tvm":
@@ -64,8 +65,6 @@ def tune(
     say = progress or (lambda m: print(f"[kiln tune] {m}", file=sys.stderr, flush=True))
     start = time.perf_counter()
     graph, _ = PassManager(resolve_pipeline(opt_level)).run(from_torch(model.eval(), example_inputs))
-    import tvm
-
     tvm_target = tvm.target.Target(resolved.tvm_target)
     mod = lower_and_fuse(graph, BuildContext(resolved))
     database = TuningDatabase.for_target(Path(tuning_dir) if tuning_dir else None, tvm_target)

@@ -17,10 +17,13 @@ def host_cpu() -> dict[str, Any]:
     """The host as LLVM sees it: CPU name, the SIMD features it implies, and the widest vector."""
     from tvm.target import Target, codegen
 
+    from kiln.backends.tvm.schedules import vector_lanes
+
     mcpu = codegen.llvm_get_system_cpu()
-    features = codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": mcpu}))
+    target = Target({"kind": "llvm", "mcpu": mcpu})
+    features = codegen.llvm_get_cpu_features(target)
     simd = [f for f in ("avx512f", "avx512bw", "avx512vnni", "amx-tile", "avx2", "fma", "avx", "neon", "sve") if f in features]
-    return {"mcpu": mcpu, "simd": simd, "vector_bits": 512 if "avx512f" in features else 256 if "avx" in features else 128}
+    return {"mcpu": mcpu, "simd": simd, "vector_bits": 32 * vector_lanes(target)}
 
 
 def host_llvm_target() -> dict[str, Any]:
