@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 import torch.utils._pytree as pytree
 
@@ -22,3 +25,9 @@ def assert_matches(got, expected, tolerance: float = FP32_TOLERANCE) -> None:
 def eager(model: torch.nn.Module, *inputs, **kwargs):
     with torch.no_grad():
         return model.eval()(*inputs, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hermetic_tuning_database(tmp_path_factory):
+    """Tests never pick up tuning records the machine's user has (compile uses them by default)."""
+    os.environ["KILN_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning-database"))

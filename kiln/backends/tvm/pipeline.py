@@ -1,8 +1,8 @@
 """The Relax pipeline Kiln runs for CPU targets, one named pass at a time so that each appears in
 the compile report (time, functions) and, with a debug directory, as a numbered IR dump.
 
-TVM 0.27's default `llvm` pipeline only legalizes; Kiln adds fusion, constant folding and the
-schedule rules of `schedules.py`.
+TVM 0.27's default `llvm` pipeline only legalizes; Kiln adds channels-last layout, weight packing,
+fusion, constant folding, tuned schedules from the database and the rules of `schedules.py`.
 """
 
 from __future__ import annotations
