@@ -30,6 +30,24 @@ def _hardtanh(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(clipped)
 
 
+def _gelu(node: fx.Node, importer) -> Any:
+    """GELU spelled out with erf (or tanh), so the fast-math pass gives it a vectorizable
+    polynomial: TVM's own gelu calls the scalar libm erf, 9 ns an element here."""
+    import math
+
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    dtype = x.ty.dtype
+    c = lambda value: relax.const(value, dtype)
+    if node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none") == "tanh":
+        inner = relax.op.multiply(c(math.sqrt(2 / math.pi)), relax.op.add(x, relax.op.multiply(c(0.044715), relax.op.power(x, c(3.0)))))
+        gate = relax.op.tanh(inner)
+    else:
+        gate = relax.op.erf(relax.op.multiply(x, c(1 / math.sqrt(2))))
+    return importer.block_builder.emit(relax.op.multiply(relax.op.multiply(x, c(0.5)), relax.op.add(c(1.0), gate)))
+
+
 def _reduce(op_name: str):
     """amax/amin, which TVM's importer lacks: Relax's max/min over the given dims."""
 
@@ -50,6 +68,7 @@ def _reduce(op_name: str):
 CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "hardtanh.default": _hardtanh,
     "hardtanh_.default": _hardtanh,
+    "gelu.default": _gelu,
     "amax.default": _reduce("max"),
     "amin.default": _reduce("min"),
 }
