@@ -10,6 +10,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
+from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch
 from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
@@ -26,6 +27,20 @@ def _progress(verbose: bool):
     if not verbose:
         return None
     return lambda message: print(f"[kiln] {message}", file=sys.stderr, flush=True)
+
+
+def capture(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    example_kwargs: dict[str, Any] | None = None,
+    dynamic_batch: bool = False,
+) -> tuple[Graph, list[torch.Tensor], list[torch.Tensor]]:
+    """The model's graph, its flat example inputs, and the eager outputs every drift is measured against."""
+    model = model.eval()
+    with torch.no_grad():
+        reference = pytree.tree_leaves(model(*example_inputs, **(example_kwargs or {})))
+    graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch)
+    return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -59,12 +74,7 @@ def compile(  # noqa: A001 - the public name users expect
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 
-    model = model.eval()
-    with torch.no_grad():
-        reference = pytree.tree_leaves(model(*example_inputs, **(example_kwargs or {})))
-    graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch)
-    inputs = graph.flatten_inputs(example_inputs, example_kwargs)
-
+    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch)
     manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
     graph, report = manager.run(graph)
 
@@ -88,11 +98,7 @@ def bisect(
     """Name the first pass after which the outputs drift more than `tolerance` (relative to the
     output's scale) from eager. If every graph pass is within tolerance, the backend is checked
     last and named as `backend:<name>` when it is the one that breaks the numbers."""
-    model = model.eval()
-    with torch.no_grad():
-        reference = pytree.tree_leaves(model(*example_inputs))
-    graph = from_torch(model, example_inputs)
-    inputs = graph.flatten_inputs(example_inputs)
+    graph, inputs, reference = capture(model, example_inputs)
     pipeline = resolve_pipeline(opt_level, passes, disable)
     result = bisect_pipeline(graph, pipeline, inputs, reference, tolerance)
     if result.culprit is not None:

@@ -174,9 +174,6 @@ class Graph:
         with torch.no_grad():
             return tuple(self.module(*flat_inputs))
 
-    def structure_outputs(self, flat_outputs: Sequence[Any]) -> Any:
-        return pytree.tree_unflatten(list(flat_outputs), self.out_spec)
-
     def example_inputs(self, symbolic_size: int = 2) -> tuple[torch.Tensor, ...]:
         return tuple(spec.example(symbolic_size) for spec in self.inputs)
 

@@ -20,11 +20,7 @@ Rewrite = Callable[..., int]
 @dataclass(frozen=True)
 class PassResult:
     graph: Graph
-    changes: int
-
-    @property
-    def modified(self) -> bool:
-        return self.changes > 0
+    changes: int  # rewrites made; 0 means the graph is unchanged
 
 
 @dataclass(frozen=True)

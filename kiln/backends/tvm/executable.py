@@ -9,7 +9,7 @@ import torch
 import tvm
 from tvm import relax
 
-from kiln.backends.tvm.threads import use_threads
+from kiln.backends.tvm.threads import pool_size, use_threads
 
 LIBRARY_FILE = "module.so"
 
@@ -22,10 +22,11 @@ class TVMExecutable:
         self.vm = relax.VirtualMachine(library, device)
         self._main = self.vm["main"]
         self._on_cpu = device.dlpack_device_type() == tvm.runtime.cpu().dlpack_device_type()
+        self._thread_count = threads or pool_size()
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self._on_cpu:
-            use_threads(self.threads)
+            use_threads(self._thread_count)
         args = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs]
         result = self._main(*args)
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]

@@ -26,12 +26,16 @@ def size_thread_pool() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(usable_cores()))
 
 
-def use_threads(count: int | None) -> None:
-    """Run this thread's next TVM calls on `count` threads (None: every core in the pool)."""
-    import tvm_ffi
+def pool_size() -> int:
+    return int(os.environ.get("TVM_NUM_THREADS", usable_cores()))
 
-    wanted = count or int(os.environ.get("TVM_NUM_THREADS", usable_cores()))
-    if getattr(_configured, "count", None) != wanted:
+
+def use_threads(count: int) -> None:
+    """Run this thread's next TVM calls on `count` threads (called before every call: cheap when
+    nothing changes)."""
+    if getattr(_configured, "count", None) != count:
+        import tvm_ffi
+
         big_cores = 1  # TVM's AffinityMode kBig: no pinning preference beyond "fast cores"
-        tvm_ffi.get_global_func("runtime.config_threadpool")(big_cores, wanted)
-        _configured.count = wanted
+        tvm_ffi.get_global_func("runtime.config_threadpool")(big_cores, count)
+        _configured.count = count
