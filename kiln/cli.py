@@ -53,9 +53,12 @@ def tune(args: argparse.Namespace) -> int:
     import kiln
 
     model, inputs = _demo_models()[args.model]()
-    summary = kiln.tune(model, inputs, trials=args.trials, target=args.target, threads=args.threads, tuning_dir=args.tuning_dir)
+    summary = kiln.tune(
+        model, inputs, trials=args.trials, target=args.target, threads=args.threads, tuning_dir=args.tuning_dir,
+        remote=args.remote, tracker=args.tracker, key=args.key,
+    )
     print(summary.table())
-    print("\nkiln.compile of this model for this CPU now uses these schedules (see its ApplyTuningDatabase row).")
+    print(f"\nkiln.compile of this model for target '{args.target}' now uses these schedules (see its ApplyTuningDatabase row).")
     return 0
 
 
@@ -73,14 +76,18 @@ def passes(_: argparse.Namespace) -> int:
 
 
 def targets(_: argparse.Namespace) -> int:
-    from kiln.backends.targets import TARGETS
+    from kiln.backends.targets import TARGETS, resolve_target
 
     width = max(map(len, TARGETS))
     for name, preset in TARGETS.items():
         print(f"{name.ljust(width)}  [{preset.backend}] {preset.description}")
-        resolved = preset.make_target()
-        if resolved:
-            print(f"{''.ljust(width)}  -> {resolved}")
+        resolved = resolve_target(name)
+        if resolved.tvm_target:
+            print(f"{''.ljust(width)}  target: {resolved.tvm_target}")
+        toolchain = resolved.toolchain
+        if toolchain is not None:
+            status = "installed" if toolchain.installed() else f"NOT installed: apt-get install {toolchain.package}"
+            print(f"{''.ljust(width)}  cross toolchain: {toolchain.compiler} ({status})")
     return 0
 
 
@@ -100,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     run_tune.add_argument("--target", default="llvm")
     run_tune.add_argument("--threads", type=int, default=None)
     run_tune.add_argument("--tuning-dir", default=None, help="database root (default $KILN_TUNING_DIR or ~/.cache/kiln/tuning)")
+    run_tune.add_argument("--remote", default=None, help="time candidates on the board whose TVM RPC server is at host:port")
+    run_tune.add_argument("--tracker", default=None, help="time candidates on every board registered with this TVM RPC tracker (host:port)")
+    run_tune.add_argument("--key", default=None, help="the boards' key at the tracker, e.g. rpi4")
     run_tune.set_defaults(run=tune)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)

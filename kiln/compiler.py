@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,6 +15,7 @@ from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch
 from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
+from kiln.passes.instrument import PassRecord
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
@@ -57,6 +59,7 @@ def compile(  # noqa: A001 - the public name users expect
     debug_dir: str | Path | None = None,
     threads: int | None = None,
     tuning_dir: str | Path | None = None,
+    remote: str | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` for `target`.
@@ -68,6 +71,9 @@ def compile(  # noqa: A001 - the public name users expect
     CPU threads the compiled code runs on (default: every core; TVM_NUM_THREADS caps it).
     Schedules tuned by `kiln.tune` for this CPU are used automatically; `tuning_dir` says where the
     databases are (default: $KILN_TUNING_DIR, else ~/.cache/kiln/tuning).
+    Edge-board targets ("rpi4", "aarch64", ...) are cross-compiled here; with `remote="host:port"`
+    the module is uploaded to the board's TVM RPC server, runs there, and its drift from eager is
+    measured on the board (the report's "remote" row).
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -80,9 +86,16 @@ def compile(  # noqa: A001 - the public name users expect
 
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
     executable = get_backend(resolved.backend).build(graph, context)
-    debug.write_report(report)
     signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
-    return CompiledModule(executable, signature, resolved, report, threads)
+    compiled = CompiledModule(executable, signature, resolved, report, threads)
+    if remote is not None:
+        context.say(f"upload to the board at {remote}")
+        start = time.perf_counter()
+        compiled = compiled.to_remote(remote)
+        drift = Drift.between(compiled.executable(inputs), reference)
+        report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
+    debug.write_report(report)
+    return compiled
 
 
 def bisect(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
+from kiln.errors import TargetError
 from kiln.passes.instrument import Report
 from kiln.signature import Signature
 
@@ -28,6 +29,32 @@ class CompiledModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inputs = self.signature.flatten(args, kwargs)
         return self.signature.unflatten(self.executable(inputs))
+
+    def to_remote(self, address: str) -> "CompiledModule":
+        """This module, uploaded to the board whose TVM RPC server listens at `address`
+        ("host:port") and run there: torch tensors in, torch tensors out."""
+        from kiln.backends.tvm.remote import RemoteExecutable
+
+        remote = RemoteExecutable(self._built("to_remote"), address)
+        return CompiledModule(remote, self.signature, self.target, self.report, self.threads)
+
+    def export(self, folder: str | Path) -> Path:
+        """A deployable folder: the shared library (weights inside), a manifest of inputs, outputs
+        and target, and a runner that needs only TVM's runtime on the board."""
+        from kiln.backends.tvm.bundle import export_bundle
+
+        return export_bundle(self._built("export"), self.signature, Path(folder))
+
+    def benchmark(self, *args: Any, repeat: int = 10, **kwargs: Any) -> float:
+        """Median latency in milliseconds where the module runs (on the board for a remote one);
+        example inputs from the signature when none are given."""
+        inputs: Sequence[Any] = self.signature.flatten(args, kwargs) if args or kwargs else [s.example() for s in self.signature.inputs]
+        return self.executable.median_seconds(inputs, repeat) * 1e3
+
+    def _built(self, action: str):
+        if self.target.backend != "tvm":
+            raise TargetError(f"{action} needs a TVM target; this module's target is '{self.target.name}'")
+        return self.executable.built
 
     def save(self, path: str | Path) -> None:
         manifest = {

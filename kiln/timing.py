@@ -29,3 +29,8 @@ def interleaved_medians(
                 run()
                 samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def median_seconds(run: Callable[[], object], repeats: int = 10) -> float:
+    """Median seconds per call of one function (the interleaved protocol with one contender)."""
+    return interleaved_medians({"run": run}, repeats=repeats)["run"]

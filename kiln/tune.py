@@ -46,16 +46,24 @@ def tune(
     opt_level: str = DEFAULT_LEVEL,
     threads: int | None = None,
     tuning_dir: str | Path | None = None,
+    remote: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TuneSummary:
     """Tune `model`'s kernels with `trials` measured candidates in all, shared by FLOPs × calls.
+
+    For a board target, candidates are cross-compiled here and timed on the board: one board's
+    TVM RPC server at `remote="host:port"`, or every board registered with a TVM RPC tracker at
+    `tracker="host:port"` under `key`, measuring in parallel (MetaSchedule's RPC runner). Records
+    go to the database of that target, never of this machine's CPU.
 
     Progress lines (task, trials, default vs best time, elapsed, ETA) go to `progress`, by default
     to stderr. Interrupted, it resumes where it stopped when run again with the same arguments.
     """
     from kiln.backends.tvm import lower_and_fuse
     from kiln.backends.tvm.threads import usable_cores
-    from kiln.backends.tvm.tuning import tune_module
+    from kiln.backends.tvm.tuning import Measurement, tune_module
     from kiln.backends.tvm.tuning_database import TuningDatabase
     import tvm
 
@@ -68,5 +76,29 @@ def tune(
     tvm_target = tvm.target.Target(resolved.tvm_target)
     mod = lower_and_fuse(graph, BuildContext(resolved))
     database = TuningDatabase.for_target(Path(tuning_dir) if tuning_dir else None, tvm_target)
-    results = tune_module(mod, tvm_target, database, trials, threads or usable_cores(), say)
+    if resolved.cross and remote is None and tracker is None:
+        raise TargetError(f"target '{resolved.name}' runs on a board: tune it there with remote='host:port' or tracker='host:port', key=...")
+    measurement = Measurement(remote, tracker, key, boards=_registered_boards(tracker, key) if tracker else 1)
+    toolchain = resolved.toolchain
+    cross_compiler = toolchain.require(resolved.name) if toolchain else None
+    results = tune_module(mod, tvm_target, database, trials, threads or usable_cores(), say, measurement, cross_compiler)
     return TuneSummary(database.path, results, time.perf_counter() - start)
+
+
+def _registered_boards(tracker: str, key: str | None) -> int:
+    """How many servers the tracker has under `key`: that many candidates are measured at once."""
+    from tvm import rpc
+
+    from kiln.backends.tvm.remote import parse_address
+
+    if key is None:
+        raise TargetError("tuning through a tracker needs the boards' key (e.g. key='rpi4')")
+    host, port = parse_address(tracker)
+    try:
+        queue = rpc.connect_tracker(host, port).summary().get("queue_info", {}).get(key, {})
+    except (RuntimeError, OSError) as error:
+        raise TargetError(f"no TVM RPC tracker answers at {tracker}: {error}") from error
+    boards = int(queue.get("free", 0)) + int(queue.get("pending", 0))
+    if boards == 0:
+        raise TargetError(f"the tracker at {tracker} has no boards registered under key '{key}'")
+    return boards

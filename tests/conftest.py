@@ -31,3 +31,30 @@ def eager(model: torch.nn.Module, *inputs, **kwargs):
 def hermetic_tuning_database(tmp_path_factory):
     """Tests never pick up tuning records the machine's user has (compile uses them by default)."""
     os.environ["KILN_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning-database"))
+
+
+@pytest.fixture(scope="session")
+def aarch64_board():
+    """An aarch64 TVM RPC server under qemu on this machine (kiln/backends/tvm/emulated_board.py);
+    skipped, with the reason, where it cannot be set up."""
+    from kiln.backends.tvm.emulated_board import BoardUnavailable, start_server
+
+    try:
+        board = start_server()
+    except BoardUnavailable as error:
+        pytest.skip(f"no emulated aarch64 board: {error}")
+    yield board
+    board.stop()
+
+
+@pytest.fixture(scope="session")
+def aarch64_tracker():
+    """TVM's RPC tracker with two emulated aarch64 servers registered under the key 'rpi4'."""
+    from kiln.backends.tvm.emulated_board import BoardUnavailable, start_tracker_with_servers
+
+    try:
+        board = start_tracker_with_servers(2, "rpi4")
+    except BoardUnavailable as error:
+        pytest.skip(f"no emulated aarch64 boards: {error}")
+    yield board
+    board.stop()

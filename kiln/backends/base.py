@@ -21,6 +21,9 @@ class Executable(Protocol):
     def save(self, folder: Path) -> None:
         """Write everything needed to run again into `folder` (the artifact packs the folder)."""
 
+    def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
+        """Median seconds per call where the code runs."""
+
 
 @dataclass
 class BuildContext:

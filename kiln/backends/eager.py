@@ -11,6 +11,7 @@ from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.ir.graph import Graph
 from kiln.ir.serialize import load_graph, save_graph
+from kiln.timing import median_seconds
 
 GRAPH_FILE = "graph.kilnir"
 
@@ -24,6 +25,9 @@ class EagerExecutable:
 
     def save(self, folder: Path) -> None:
         save_graph(self.graph, folder / GRAPH_FILE)
+
+    def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
+        return median_seconds(lambda: self(inputs), repeat)
 
 
 class EagerBackend:

@@ -1,16 +1,22 @@
 """Targets: preset names users type, resolved to a backend and (for TVM) a target dict.
 
-Presets are data. The host CPU is detected when a target is resolved, never hard-coded: these
-machines change CPU between runs (AVX2-only EPYC one day, AVX-512 Xeon the next).
+Presets are data. The host CPU and the GPU's architecture are detected when a target is resolved,
+never hard-coded: these machines change CPU between runs (AVX2-only EPYC one day, AVX-512 Xeon
+the next). A target whose CPU is not this machine's is cross-compiled with the toolchain its
+triple names (`Toolchain`), and runs on the board (see `kiln/backends/tvm/remote.py`).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kiln.errors import TargetError
+
+DEFAULT_CUDA_ARCH = "sm_80"  # used where no GPU can be asked; choose with {"kind": "cuda", "arch": ...}
 
 
 def host_cpu() -> dict[str, Any]:
@@ -30,6 +36,52 @@ def host_llvm_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": host_cpu()["mcpu"], "num-cores": os.cpu_count() or 1}
 
 
+def detected_cuda_arch() -> str | None:
+    """`sm_XY` of GPU 0, or None where this machine has no CUDA device."""
+    import tvm
+
+    device = tvm.cuda(0)
+    return f"sm_{device.compute_version.replace('.', '')}" if device.exist else None
+
+
+def cuda_target(arch: str | None = None, host: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"kind": "cuda", "arch": arch or detected_cuda_arch() or DEFAULT_CUDA_ARCH, "host": host or host_llvm_target()}
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The C++ cross compiler that links a target's shared library, and the Debian package with it."""
+
+    compiler: str
+    package: str
+
+    def installed(self) -> bool:
+        return shutil.which(self.compiler) is not None
+
+    def require(self, target_name: str) -> str:
+        if not self.installed():
+            raise TargetError(
+                f"target '{target_name}' links with {self.compiler}, which is not installed: "
+                f"apt-get install {self.package}"
+            )
+        return self.compiler
+
+
+# by the architecture at the start of an LLVM triple
+CROSS_TOOLCHAINS = {
+    "aarch64": Toolchain("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+    "armv7": Toolchain("arm-linux-gnueabihf-g++", "g++-arm-linux-gnueabihf"),
+    "x86_64": Toolchain("x86_64-linux-gnu-g++", "g++-x86-64-linux-gnu"),
+}
+
+
+def _arm(mtriple: str, mcpu: str | None = None, **extra: Any) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        return {"kind": "llvm", "mtriple": mtriple, **({"mcpu": mcpu} if mcpu else {}), **extra}
+
+    return make
+
+
 @dataclass(frozen=True)
 class TargetPreset:
     name: str
@@ -43,6 +95,18 @@ TARGETS: dict[str, TargetPreset] = {
     for preset in (
         TargetPreset("llvm", "tvm", "this machine's CPU through TVM/LLVM (CPU name and features detected)", host_llvm_target),
         TargetPreset("cpu", "tvm", "alias of llvm", host_llvm_target),
+        TargetPreset("cuda", "tvm", f"NVIDIA GPU (architecture detected; {DEFAULT_CUDA_ARCH} where no GPU is present)", cuda_target),
+        TargetPreset("aarch64", "tvm", "generic 64-bit ARMv8 Linux board, NEON", _arm("aarch64-linux-gnu", mattr=["+neon"])),
+        TargetPreset("rpi4", "tvm", "Raspberry Pi 4: Cortex-A72, NEON", _arm("aarch64-linux-gnu", "cortex-a72", **{"num-cores": 4})),
+        TargetPreset("rpi5", "tvm", "Raspberry Pi 5: Cortex-A76, NEON + dotprod", _arm("aarch64-linux-gnu", "cortex-a76", **{"num-cores": 4})),
+        TargetPreset(
+            "jetson-orin", "tvm", "NVIDIA Jetson Orin: CUDA sm_87 with a Cortex-A78AE host",
+            lambda: cuda_target("sm_87", _arm("aarch64-linux-gnu", "cortex-a78ae")()),
+        ),
+        TargetPreset(
+            "armv7", "tvm", "32-bit ARMv7 Linux board, NEON, hard-float ABI",
+            _arm("armv7a-linux-gnueabihf", mattr=["+neon"], **{"mfloat-abi": "hard"}),
+        ),
         TargetPreset("eager", "eager", "the optimized graph run by PyTorch: the numerical reference"),
     )
 }
@@ -57,13 +121,49 @@ class ResolvedTarget:
     def describe(self) -> str:
         return f"{self.name} ({self.backend}{': ' + str(self.tvm_target) if self.tvm_target else ''})"
 
+    @property
+    def device(self) -> str:
+        """Where the kernels run: "cpu" or "cuda"."""
+        return "cuda" if self.tvm_target.get("kind") == "cuda" else "cpu"
+
+    @property
+    def cpu_target(self) -> dict[str, Any]:
+        """The LLVM target of the CPU side (the whole target on CPUs, the host of a GPU)."""
+        return self.tvm_target.get("host", {}) if self.device == "cuda" else self.tvm_target
+
+    @property
+    def architecture(self) -> str:
+        """The CPU architecture the code is for, from the LLVM triple ("x86_64", "aarch64", "armv7")."""
+        triple = self.cpu_target.get("mtriple")
+        if not triple:
+            return platform.machine()
+        arch = triple.split("-")[0]
+        return "armv7" if arch.startswith("arm") and not arch.startswith("arm64") else arch
+
+    @property
+    def cross(self) -> bool:
+        """True when the code cannot run on this machine's CPU."""
+        return self.backend == "tvm" and self.architecture != platform.machine()
+
+    @property
+    def toolchain(self) -> Toolchain | None:
+        """The cross compiler that links this target's library; None for this machine's own CPU."""
+        if not self.cross:
+            return None
+        if self.architecture not in CROSS_TOOLCHAINS:
+            raise TargetError(f"target '{self.name}': no known cross toolchain for architecture {self.architecture}")
+        return CROSS_TOOLCHAINS[self.architecture]
+
 
 def resolve_target(target: str | dict[str, Any]) -> ResolvedTarget:
     """A preset name, or a TVM target as a JSON dict (TVM's CLI-style strings are rejected)."""
     if isinstance(target, dict):
         if "kind" not in target:
             raise TargetError(f"a target dict needs a 'kind' (e.g. {{'kind': 'llvm'}}), got {target}")
-        return ResolvedTarget(target["kind"], "tvm", dict(target))
+        raw = dict(target)
+        if raw["kind"] == "cuda":
+            raw = cuda_target(raw.pop("arch", None), raw.pop("host", None)) | raw
+        return ResolvedTarget(raw["kind"], "tvm", raw)
     if not isinstance(target, str) or target not in TARGETS:
         hint = " (targets are preset names or TVM target dicts, not TVM command-line strings)" if isinstance(target, str) and " " in target else ""
         raise TargetError(f"unknown target {target!r}{hint}; presets: {', '.join(TARGETS)}")

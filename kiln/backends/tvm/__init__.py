@@ -20,10 +20,6 @@ from kiln.passes.instrument import Drift, PassRecord
 size_thread_pool()
 
 
-def _device(target: ResolvedTarget) -> tvm.runtime.Device:
-    return tvm.runtime.device_from_target(tvm.target.Target(target.tvm_target))
-
-
 def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
     """Kiln graph → Relax with fused, not yet scheduled TIR functions (what tuning works on)."""
     target = tvm.target.Target(context.target.tvm_target)
@@ -33,7 +29,7 @@ def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
     record = context.report.add(PassRecord(context.report.next_index(), "import", "tvm", time.perf_counter() - start))
     if context.debug.enabled:
         context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
-    return run_passes(mod, target, fusion_passes(), context)
+    return run_passes(mod, target, fusion_passes(target), context)
 
 
 class TVMBackend:
@@ -41,16 +37,18 @@ class TVMBackend:
 
     def build(self, graph: Graph, context: BuildContext) -> TVMExecutable:
         target = tvm.target.Target(context.target.tvm_target)
+        if context.target.toolchain is not None:
+            context.target.toolchain.require(context.target.name)  # fail before the long part
         mod = lower_and_fuse(graph, context)
         database = TuningDatabase.for_target(context.tuning_dir, target)
         if not database.exists() and database.others():
             note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
             context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
-        mod = run_passes(mod, target, schedule_passes(database), context)
-        executable = TVMExecutable(build(mod, target, context), _device(context.target), context.threads)
-        if context.inputs is not None and context.reference is not None:
+        mod = run_passes(mod, target, schedule_passes(database, target), context)
+        executable = TVMExecutable(context.target, context.threads, library=build(mod, target, context))
+        if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable
 
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> TVMExecutable:
-        return TVMExecutable.load(folder, _device(target), threads)
+        return TVMExecutable.load(folder, target, threads)

@@ -1,40 +1,111 @@
-"""A built Relax module on the Relax VM: torch tensors in and out through DLPack (no copies)."""
+"""A built Relax module. Here it runs on the Relax VM with torch tensors in and out through DLPack
+(no copies; CUDA tensors stay on the GPU) when the target's CPU is this machine's and its device
+is present. A module cross-compiled for a board is kept as its shared library, linked with the
+target's cross toolchain, to be saved, exported or run on the board (`remote.py`)."""
 
 from __future__ import annotations
 
+import platform
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import tvm
 from tvm import relax
+from tvm.support import cc
 
+from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.threads import pool_size, use_threads
+from kiln.errors import TargetError
+from kiln.timing import median_seconds
 
 LIBRARY_FILE = "module.so"
 
 
+def _device(target: ResolvedTarget) -> tvm.runtime.Device:
+    return tvm.cuda(0) if target.device == "cuda" else tvm.cpu(0)
+
+
 class TVMExecutable:
-    def __init__(self, library: tvm.runtime.Module, device: tvm.runtime.Device, threads: int | None = None) -> None:
-        self.library = library
-        self.device = device
+    def __init__(
+        self,
+        target: ResolvedTarget,
+        threads: int | None = None,
+        library: tvm.runtime.Module | None = None,
+        shared_library: bytes | None = None,
+    ) -> None:
+        self.target = target
         self.threads = threads
-        self.vm = relax.VirtualMachine(library, device)
-        self._main = self.vm["main"]
-        self._on_cpu = device.dlpack_device_type() == tvm.runtime.cpu().dlpack_device_type()
+        self.library = library  # built in this process, or loaded here
+        self.shared_library = shared_library  # a loaded board library this machine cannot load
+        self._main = None
         self._thread_count = threads or pool_size()
 
+    def why_not_here(self) -> str | None:
+        """Why this module cannot run on this machine, or None when it can."""
+        if self.target.cross:
+            return (
+                f"this module is built for target '{self.target.name}' ({self.target.architecture}) and this machine is "
+                f"{platform.machine()}: run it on the board with cm.to_remote('host:port'), or cm.export(folder) to deploy it"
+            )
+        if self.target.device == "cuda" and not tvm.cuda(0).exist:
+            return (
+                f"no CUDA device: this module is built for target '{self.target.name}' "
+                f"({self.target.tvm_target.get('arch')}) and this machine has no CUDA GPU"
+            )
+        return None
+
+    def _vm_main(self):
+        if self._main is None:
+            reason = self.why_not_here()
+            if reason is not None:
+                raise TargetError(reason)
+            self._main = relax.VirtualMachine(self.library, _device(self.target))["main"]
+        return self._main
+
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if self._on_cpu:
+        main = self._vm_main()
+        if self.target.device == "cpu":
             use_threads(self._thread_count)
-        args = [tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs]
-        result = self._main(*args)
+        else:
+            inputs = [t.to("cuda") for t in inputs]  # CPU tensors are copied over; CUDA ones are not
+        result = main(*[tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs])
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
         return [torch.from_dlpack(t) for t in flat]
 
+    def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
+        return median_seconds(lambda: self(inputs), repeat)
+
+    @property
+    def built(self) -> "TVMExecutable":
+        """The module as built (a remote one wraps it); what exports and uploads are made from."""
+        return self
+
+    def write_shared_library(self, path: Path) -> None:
+        """The module as one shared library for the target's CPU, weights included."""
+        if self.library is None:
+            path.write_bytes(self.shared_library)
+            return
+        toolchain = self.target.toolchain
+        compiler = cc.cross_compiler(toolchain.require(self.target.name)) if toolchain else None
+        self.library.export_library(str(path), fcompile=compiler)
+
     def save(self, folder: Path) -> None:
-        self.library.export_library(str(folder / LIBRARY_FILE))
+        self.write_shared_library(folder / LIBRARY_FILE)
+
+    def shared_library_bytes(self) -> bytes:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / LIBRARY_FILE
+            self.write_shared_library(path)
+            return path.read_bytes()
 
     @classmethod
-    def load(cls, folder: Path, device: tvm.runtime.Device, threads: int | None) -> "TVMExecutable":
-        return cls(tvm.runtime.load_module(str(folder / LIBRARY_FILE)), device, threads)
+    def load(cls, folder: Path, target: ResolvedTarget, threads: int | None) -> "TVMExecutable":
+        """Loaded into this process only where it can run here; otherwise kept as bytes for the board
+        (this machine could not even load it: wrong CPU, or no CUDA runtime)."""
+        path = folder / LIBRARY_FILE
+        executable = cls(target, threads, shared_library=path.read_bytes())
+        if executable.why_not_here() is None:
+            executable.library, executable.shared_library = tvm.runtime.load_module(str(path)), None
+        return executable

@@ -12,8 +12,10 @@ from typing import Callable
 
 import tvm
 from tvm import relax
-from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
-from tvm.s_tir.dlight.base import ApplyDefaultSchedule
+from tvm.relax.backend.cpu_generic import pipeline as cpu_lowering
+from tvm.relax.backend.cuda import pipeline as cuda_lowering
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from kiln.backends.base import BuildContext
@@ -26,17 +28,21 @@ from kiln.passes.instrument import PassRecord
 NamedPasses = list[tuple[str, Callable[[], tvm.transform.Pass]]]
 
 
-def fusion_passes() -> NamedPasses:
+def fusion_passes(target: Target) -> NamedPasses:
     """(name, factory) of the Relax passes from the imported graph to fused, unscheduled TIR: the
     functions that tuning measures and the schedule rules schedule."""
-    return [
-        ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
+    on_cpu = target.kind.name == "llvm"
+    cpu_layout: NamedPasses = [
         # channels-last: the output channel, the axis the schedules vectorize, is contiguous in
         # activations and weights; weight transposes fold into constants, activation ones sit at
         # the graph's edges
         ("ConvertLayout", lambda: relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
         ("FoldConstantWeights", relax.transform.FoldConstant),  # W.T of linear layers becomes a constant
-        ("PackWeights", lambda: pack_weights(vector_lanes(Target.current()))),
+        ("PackWeights", lambda: pack_weights(vector_lanes(target))),
+    ]
+    return [
+        ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
+        *(cpu_layout if on_cpu else []),
         # exp, erf, tanh and softmax as vectorizable polynomials (~1e-7 relative error) instead
         # of scalar libm calls
         ("FastMath", relax.transform.FastMathTransform),
@@ -49,10 +55,28 @@ def fusion_passes() -> NamedPasses:
     ]
 
 
-def schedule_passes(database: TuningDatabase | None) -> NamedPasses:
-    """Tuned schedules from the database where it has them, Kiln's rules for the rest."""
+def schedule_rules(target: Target) -> list[ScheduleRule]:
+    """Kiln's CPU rule on CPUs; on GPUs DLight's: thread-bound matmul, GEMV and reductions, and a
+    fallback for the rest."""
+    if target.kind.name == "cuda":
+        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    return CPU_RULES
+
+
+def default_schedule(func: tvm.tirx.PrimFunc, target: Target):
+    """The schedule the default rules give one function: the first rule that applies."""
+    for rule in schedule_rules(target):
+        scheduled = rule.apply(func, target, False)
+        if scheduled is not None:
+            return scheduled[0] if isinstance(scheduled, list) else scheduled
+    raise ValueError(f"no default schedule rule applies to this function for target {target.kind.name}")
+
+
+def schedule_passes(database: TuningDatabase | None, target: Target) -> NamedPasses:
+    """Tuned schedules from the database where it has them, the default rules for the rest."""
     tuned = [("ApplyTuningDatabase", database.apply_pass)] if database is not None and database.exists() else []
-    return tuned + [("ScheduleCPU", lambda: ApplyDefaultSchedule(*CPU_RULES))]
+    name = "ScheduleGPU" if target.kind.name == "cuda" else "ScheduleCPU"
+    return tuned + [(name, lambda: dl.ApplyDefaultSchedule(*schedule_rules(target)))]
 
 
 def _describe(mod: tvm.IRModule) -> str:
@@ -76,8 +100,9 @@ def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses
 
 
 def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Relax → VM bytecode: the stock CPU lowering, after Kiln's graph passes."""
-    return tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+    """Relax → VM bytecode: TVM's stock lowering for the device, after Kiln's graph passes."""
+    stock = cuda_lowering if target.kind.name == "cuda" else cpu_lowering
+    return tvm.transform.Sequential(stock.dataflow_lower_passes(target) + stock.finalize_passes(target))
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.runtime.Executable:

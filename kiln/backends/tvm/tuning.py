@@ -10,6 +10,7 @@ in the target's database, where every later compile for the same CPU finds them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
-from kiln.backends.tvm.schedules import CPU_RULES
+from kiln.backends.tvm.pipeline import default_schedule
 from kiln.backends.tvm.tuning_database import TuningDatabase
 
 STATE_FILE = "kiln_progress.json"
@@ -50,6 +51,8 @@ def _allocate(costs: list[float], trials: int) -> list[int]:
 
 
 BUILD_FUNCTION = "kiln.tuning.build_candidate"
+EXPORT_FUNCTION = "kiln.tuning.export_candidate"
+BOARD_SESSION_FUNCTION = "kiln.tuning.connect_board"
 
 
 def _build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
@@ -61,22 +64,89 @@ def _build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params) -> t
     return tvm.driver.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def register_build_candidate() -> None:
-    """Runs in each builder process (LocalBuilder's initializer)."""
+def register_build_candidate(cross_compiler: str | None = None) -> None:
+    """Runs in each builder process (LocalBuilder's initializer). With a cross compiler, candidates
+    are linked into shared libraries for the board (MetaSchedule's default, a tar of objects,
+    needs a compiler on the board to load)."""
     tvm.register_global_func(BUILD_FUNCTION, _build_candidate, override=True)
+    if cross_compiler is not None:
+        import os
+        import tempfile
+
+        from tvm.support import cc
+
+        def export(module: tvm.runtime.Module) -> str:
+            path = os.path.join(tempfile.mkdtemp(), "candidate.so")
+            module.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+            return path
+
+        tvm.register_global_func(EXPORT_FUNCTION, export, override=True)
 
 
-def make_builder() -> ms.builder.LocalBuilder:
-    return ms.builder.LocalBuilder(f_build=BUILD_FUNCTION, initializer=register_build_candidate, timeout_sec=120)
+ALLOC_FUNCTION = "kiln.tuning.alloc_arguments"
+
+
+def register_runner_functions(board: tuple[str, int] | None) -> None:
+    """Runs in each RPC runner process. Arguments are filled with host-made random data (the board
+    may run only TVM's runtime library, without MetaSchedule's random-fill kernel); with `board`,
+    sessions go straight to that one RPC server instead of through a tracker."""
+    import numpy as np
+    from tvm import rpc
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor: tvm.runtime.Tensor) -> None:
+        tensor.copyfrom(rng.uniform(-1, 1, size=[int(d) for d in tensor.shape]).astype(tensor.dtype))
+
+    tvm.register_global_func(
+        ALLOC_FUNCTION, lambda _session, device, args, repeat: alloc_argument_common(fill, device, args, repeat), override=True
+    )
+    if board is not None:
+        host, port = board
+        tvm.register_global_func(BOARD_SESSION_FUNCTION, lambda _config: rpc.connect(host, port, session_timeout=600), override=True)
+
+
+def make_builder(cross_compiler: str | None = None) -> ms.builder.LocalBuilder:
+    return ms.builder.LocalBuilder(
+        f_build=BUILD_FUNCTION, f_export=EXPORT_FUNCTION if cross_compiler else None,
+        initializer=functools.partial(register_build_candidate, cross_compiler), timeout_sec=120,
+    )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Where candidates are timed: this machine, one board's RPC server (`remote`), or every
+    board registered with a TVM RPC tracker under `key` (`tracker`), in parallel."""
+
+    remote: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+    boards: int = 1  # runner workers: the boards measuring at once
+
+    def runner(self) -> ms.runner.Runner:
+        if self.remote is None and self.tracker is None:
+            return ms.runner.LocalRunner()
+        from kiln.backends.tvm.remote import parse_address
+
+        host, port = parse_address(self.tracker or self.remote)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=self.key or "direct", session_timeout_sec=600)
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)
+        direct = self.tracker is None
+        return ms.runner.RPCRunner(
+            config, evaluator, f_alloc_argument=ALLOC_FUNCTION, f_create_session=BOARD_SESSION_FUNCTION if direct else None,
+            max_workers=1 if direct else self.boards,
+            initializer=functools.partial(register_runner_functions, (host, port) if direct else None),
+        )
 
 
 class _Measurer:
     """Builds and times scheduled functions the way MetaSchedule times its candidates."""
 
-    def __init__(self, target: tvm.target.Target) -> None:
+    def __init__(self, target: tvm.target.Target, measurement: Measurement, cross_compiler: str | None) -> None:
         self.target = target
-        self.builder = make_builder()
-        self.runner = ms.runner.LocalRunner()
+        self.builder = make_builder(cross_compiler)
+        self.runner = measurement.runner()
 
     def seconds(self, scheduled: list[tvm.IRModule], workloads: list[tvm.IRModule]) -> list[list[float]]:
         """One batch (one builder and one runner pool) for all: pools cost seconds to start."""
@@ -84,8 +154,9 @@ class _Measurer:
         for result in built:
             if result.error_msg:
                 raise RuntimeError(f"building a default schedule failed: {result.error_msg}")
+        device = "cuda" if self.target.kind.name == "cuda" else "cpu"
         inputs = [
-            ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(workload["main"]))
+            ms.runner.RunnerInput(result.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(workload["main"]))
             for result, workload in zip(built, workloads)
         ]
         measured = [future.result() for future in self.runner.run(inputs)]
@@ -101,7 +172,7 @@ def _seed_defaults(tasks, target, records, measurer: _Measurer, state: dict, say
     if not missing:
         return
     say(f"measuring Kiln's default schedules of {len(missing)} tasks")
-    schedules = [CPU_RULES[0].apply(task.dispatched[0]["main"], target, False) for task in missing]
+    schedules = [default_schedule(task.dispatched[0]["main"], target) for task in missing]
     timings = measurer.seconds([s.mod for s in schedules], [t.dispatched[0] for t in missing])
     for task, schedule, run_secs in zip(missing, schedules, timings):
         workload = task.dispatched[0]
@@ -121,6 +192,8 @@ def tune_module(
     trials: int,
     threads: int,
     say: Callable[[str], None],
+    measurement: Measurement = Measurement(),
+    cross_compiler: str | None = None,
 ) -> list[TaskResult]:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     tasks = ms.relax_integration.extract_tasks(mod, target)
@@ -130,7 +203,7 @@ def tune_module(
     records = database.open()
     state_path = database.path / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    measurer = _Measurer(target)
+    measurer = _Measurer(target, measurement, cross_compiler)
     _seed_defaults(tasks, target, records, measurer, state, say)
     state_path.write_text(json.dumps(state, indent=1))
     planned = sum(max(budgets[i] - state.get(tasks[i].task_name, {}).get("trials", 0), 0) for i in order)
