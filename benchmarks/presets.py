@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import kiln
-from kiln.backends.targets import TARGETS
+from kiln.backends.targets import TARGETS, host_cpu
 from kiln.models import resnet18
 
 RESULTS = Path(__file__).parent / "results" / "presets.md"
@@ -42,7 +42,9 @@ def main() -> None:
         described = ",".join(subprocess.run(["file", "-b", str(library)], capture_output=True, text=True).stdout.split(",")[:2])
         rows.append(f"| {name} | {seconds:.1f} | {library.stat().st_size / 1e6:.1f} MB | {described} | {', '.join(module_kinds(compiled))} |")
         print(rows[-1], flush=True)
-    RESULTS.write_text("# ResNet-18 built for every preset\n\n" + "\n".join(rows) + "\n")
+    cpu = host_cpu()
+    header = f"# ResNet-18 built for every preset\n\nBuilt on {cpu['mcpu']} ({', '.join(cpu['simd'])}).\n\n"
+    RESULTS.write_text(header + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import torch
 import torch.utils._pytree as pytree
@@ -31,13 +31,24 @@ def _progress(verbose: bool):
     return lambda message: print(f"[kiln] {message}", file=sys.stderr, flush=True)
 
 
+Model = Union[torch.nn.Module, str, Path, "onnx.ModelProto"]
+
+
 def capture(
-    model: torch.nn.Module,
+    model: Model,
     example_inputs: Sequence[Any],
     example_kwargs: dict[str, Any] | None = None,
     dynamic_batch: bool = False,
+    input_shapes: dict[str, Sequence[int]] | None = None,
 ) -> tuple[Graph, list[torch.Tensor], list[torch.Tensor]]:
-    """The model's graph, its flat example inputs, and the eager outputs every drift is measured against."""
+    """The model's graph, its flat example inputs, and the eager outputs every drift is measured
+    against. An ONNX model (path or ModelProto) becomes a torch module first (onnx_frontend.py);
+    its example inputs default to random tensors of the graph's input shapes."""
+    if not isinstance(model, torch.nn.Module):
+        from kiln.ir.onnx_frontend import onnx_module
+
+        model, generated = onnx_module(model, input_shapes)
+        example_inputs = example_inputs or generated
     model = model.eval()
     with torch.no_grad():
         reference = pytree.tree_leaves(model(*example_inputs, **(example_kwargs or {})))
@@ -46,7 +57,7 @@ def capture(
 
 
 def compile(  # noqa: A001 - the public name users expect
-    model: torch.nn.Module,
+    model: Model,
     example_inputs: Sequence[Any] = (),
     *,
     example_kwargs: dict[str, Any] | None = None,
@@ -60,9 +71,10 @@ def compile(  # noqa: A001 - the public name users expect
     threads: int | None = None,
     tuning_dir: str | Path | None = None,
     remote: str | None = None,
+    input_shapes: dict[str, Sequence[int]] | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
-    """Compile `model` for `target`.
+    """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
 
     The report (`.report`) has a row per pass, Kiln's and the backend's, with time, statistics and
     the drift of the outputs from the eager model on `example_inputs`. With `debug_dir`, the IR
@@ -73,14 +85,15 @@ def compile(  # noqa: A001 - the public name users expect
     databases are (default: $KILN_TUNING_DIR, else ~/.cache/kiln/tuning).
     Edge-board targets ("rpi4", "aarch64", ...) are cross-compiled here; with `remote="host:port"`
     the module is uploaded to the board's TVM RPC server, runs there, and its drift from eager is
-    measured on the board (the report's "remote" row).
+    measured on the board (the report's "remote" row). For an ONNX model, `input_shapes` gives the
+    shapes of inputs the graph leaves symbolic ({"input": [1, 3, 224, 224]}).
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 
-    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch)
+    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes)
     manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
     graph, report = manager.run(graph)
 

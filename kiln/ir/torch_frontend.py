@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 
-from kiln.errors import FrontendError
+from kiln.errors import FrontendError, KilnError
 from kiln.ir.graph import Graph
 
 BATCH = "batch"
@@ -37,6 +37,8 @@ def from_torch(
     try:
         with torch.no_grad():
             exported = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes)
+    except KilnError:
+        raise  # already names the problem (an unsupported ONNX op, say)
     except Exception as error:
         raise FrontendError(f"torch.export could not capture {type(model).__name__}: {error}") from error
     return from_exported_program(exported, {BATCH: BATCH} if dynamic_batch else None)

@@ -1,0 +1,195 @@
+"""ONNX → Kiln IR. The ONNX graph becomes a torch module that calls one torch operator per ONNX
+node; `torch.export` captures it like any PyTorch model, so every Kiln pass applies to ONNX models
+exactly as to PyTorch ones.
+
+Why Kiln's own importer: onnx2torch imports torchvision when it loads, and no torchvision release
+installs beside the pinned torch here; TVM's ONNX importer goes straight to Relax, past Kiln's passes.
+
+Values computable at import time (initializers, `Constant`, `Shape` of a statically shaped tensor,
+and whatever is computed from those alone: the shape arithmetic exporters emit) are folded with
+ONNX's reference evaluator when the module is built; the ones the graph still needs become buffers
+(weights). Operators' shape-like inputs (Reshape's shape, Slice's starts, ...) must be such values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper, shape_inference
+from onnx.reference import ReferenceEvaluator
+
+from kiln.errors import FrontendError, UnsupportedOpError
+from kiln.ir.graph import Graph
+from kiln.ir.onnx_ops import CONVERTERS, NodeContext
+from kiln.ir.torch_frontend import from_torch
+
+SUPPORTED_OPSETS = range(7, 24)  # the default domain's opsets the converters follow
+
+
+def load_onnx(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model and a name for messages; malformed, truncated or invalid files are FrontendErrors."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "the ONNX model"
+    path = Path(model)
+    if not path.is_file():
+        raise FrontendError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise FrontendError(f"{path}: not a readable ONNX model (truncated or malformed: {error})") from error
+    if not proto.graph.node:
+        raise FrontendError(f"{path}: the ONNX file holds no graph (truncated or not an ONNX model)")
+    return proto, str(path)
+
+
+def _check(model: onnx.ModelProto, source: str) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version not in SUPPORTED_OPSETS:
+            raise FrontendError(
+                f"{source}: opset {opset.version} of the default ONNX domain is not supported "
+                f"(Kiln reads opsets {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})"
+            )
+    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        for name in node.input:
+            if name not in known:
+                raise FrontendError(
+                    f"{source}: node '{node.name or node.op_type}' ({node.op_type}) reads '{name}', which no "
+                    f"input, initializer or earlier node provides (a missing initializer?)"
+                )
+        known.update(node.output)
+
+
+def _input_shapes(model: onnx.ModelProto, given: dict[str, Sequence[int]] | None, source: str) -> dict[str, list[int]]:
+    initializers = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        if given and value.name in given:
+            shapes[value.name] = [int(d) for d in given[value.name]]
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            symbolic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+            raise FrontendError(
+                f"{source}: input '{value.name}' has symbolic dimensions {symbolic}: "
+                f"give its shape with input_shapes={{'{value.name}': [...]}}"
+            )
+        shapes[value.name] = [d.dim_value for d in dims]
+    return shapes
+
+
+def _static_shapes(model: onnx.ModelProto, inputs: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Every tensor's shape where ONNX shape inference can tell it statically."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        if value.name in inputs:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in inputs[value.name]:
+                shape.dim.add().dim_value = size
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # inference is an optimization here: without it Shape() is traced, not folded
+        inferred = model
+    shapes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+        elif value.type.tensor_type.HasField("shape") and not dims:
+            shapes[value.name] = []
+    return {**shapes, **inputs}
+
+
+class OnnxModule(torch.nn.Module):
+    """Calls the torch operators of each ONNX node in order; constants are folded beforehand."""
+
+    def __init__(self, model: onnx.ModelProto, source: str, input_shapes: dict[str, list[int]]) -> None:
+        super().__init__()
+        self.source = source
+        self.graph_proto = model.graph
+        self.input_names = list(input_shapes)
+        self.input_dtypes = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+        self.output_names = [o.name for o in model.graph.output]
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), SUPPORTED_OPSETS.stop - 1)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        shapes = _static_shapes(model, input_shapes)
+        self.traced_nodes = []
+        for node in model.graph.node:
+            if not self._fold(node, shapes):
+                self.traced_nodes.append(node)
+        needed = {name for node in self.traced_nodes for name in node.input} | set(self.output_names)
+        self.buffer_names = {}
+        for index, name in enumerate(sorted(n for n in needed if n in self.constants)):
+            self.buffer_names[name] = f"onnx_constant_{index}"
+            self.register_buffer(self.buffer_names[name], torch.from_numpy(np.array(self.constants[name])), persistent=False)
+
+    def _fold(self, node: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
+        """Evaluate `node` now if it depends on constants only; True if it was."""
+        if node.op_type == "Shape" and node.input[0] in shapes and node.input[0] not in self.constants:
+            shape = np.array(shapes[node.input[0]], dtype=np.int64)
+            start = next((a.i for a in node.attribute if a.name == "start"), 0)
+            end = next((a.i for a in node.attribute if a.name == "end"), len(shape))
+            self.constants[node.output[0]] = shape[start:end]
+            return True
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
+            return False
+        if not all(name == "" or name in self.constants for name in node.input):
+            return False
+        try:
+            results = ReferenceEvaluator(node).run(None, {n: self.constants[n] for n in node.input if n})
+        except Exception:
+            return False  # the converter will handle (or name) it
+        for name, value in zip(node.output, results):
+            self.constants[name] = np.asarray(value)
+        return True
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values: dict[str, Any] = dict(zip(self.input_names, inputs))
+        for name, buffer in self.buffer_names.items():
+            values[name] = getattr(self, buffer)
+        for node in self.traced_nodes:
+            converter = CONVERTERS.get(node.op_type)
+            if converter is None or node.domain not in ("", "ai.onnx"):
+                raise UnsupportedOpError(
+                    f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
+                    node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "ONNX frontend",
+                )
+            context = NodeContext(node, [values.get(name) if name else None for name in node.input], self.constants, self.opset)
+            outputs = converter(context)
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            values.update(zip(node.output, outputs))
+        return tuple(values[name] if name in values else torch.from_numpy(self.constants[name]) for name in self.output_names)
+
+    def example_inputs(self, shapes: dict[str, list[int]]) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        examples = []
+        for name in self.input_names:
+            dtype = torch.from_numpy(np.empty(0, onnx.helper.tensor_dtype_to_np_dtype(self.input_dtypes[name]))).dtype
+            if dtype.is_floating_point:
+                examples.append(torch.randn(shapes[name], generator=generator).to(dtype))
+            else:
+                examples.append(torch.zeros(shapes[name], dtype=dtype))
+        return tuple(examples)
+
+
+def onnx_module(
+    model: str | Path | onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None
+) -> tuple[OnnxModule, tuple[torch.Tensor, ...]]:
+    """The ONNX model as a torch module, with example inputs of its input shapes."""
+    proto, source = load_onnx(model)
+    _check(proto, source)
+    shapes = _input_shapes(proto, input_shapes, source)
+    module = OnnxModule(proto, source, shapes)
+    return module, module.example_inputs(shapes)
+
+
+def from_onnx(model: str | Path | onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None) -> Graph:
+    module, inputs = onnx_module(model, input_shapes)
+    return from_torch(module, inputs)

@@ -1,0 +1,438 @@
+"""ONNX operator → torch operators, one converter per ONNX op type (`CONVERTERS`).
+
+A converter receives a `NodeContext`: the node's tensor inputs (None for omitted optional ones),
+its attributes, and `constant(i)` for inputs that must be known at import time (shapes, axes).
+It returns one tensor or a tuple, in the order of the node's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from kiln.errors import FrontendError
+
+
+@dataclass
+class NodeContext:
+    node: onnx.NodeProto
+    inputs: list[Any]
+    constants: dict[str, np.ndarray]
+    opset: int  # of the default domain: some ops changed meaning between opsets
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        for attribute in self.node.attribute:
+            if attribute.name == name:
+                value = onnx.helper.get_attribute_value(attribute)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def constant(self, index: int) -> np.ndarray | None:
+        """Input `index` as a value known at import time; None when the optional input is omitted."""
+        if index >= len(self.node.input) or not self.node.input[index]:
+            return None
+        name = self.node.input[index]
+        if name not in self.constants:
+            raise FrontendError(
+                f"ONNX {self.node.op_type} node '{self.node.name or self.node.output[0]}': input '{name}' must be "
+                f"known at import time (a shape or axes computed from data is not supported)"
+            )
+        return self.constants[name]
+
+    def tensor(self, index: int) -> torch.Tensor | None:
+        value = self.inputs[index] if index < len(self.inputs) else None
+        if value is None and index < len(self.node.input) and self.node.input[index] in self.constants:
+            return torch.from_numpy(np.array(self.constants[self.node.input[index]]))
+        return value
+
+
+Converter = Callable[[NodeContext], Any]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converts(*op_types: str) -> Callable[[Converter], Converter]:
+    def register(function: Converter) -> Converter:
+        for op_type in op_types:
+            CONVERTERS[op_type] = function
+        return function
+
+    return register
+
+
+def _unary(op_type: str, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    CONVERTERS[op_type] = lambda c: function(c.tensor(0))
+
+
+def _binary(op_type: str, function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    CONVERTERS[op_type] = lambda c: function(c.tensor(0), c.tensor(1))
+
+
+for _name, _function in {
+    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp, "Log": torch.log,
+    "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Erf": torch.erf,
+    "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin, "Cos": torch.cos, "Sign": torch.sign,
+    "Not": torch.logical_not, "Softsign": F.softsign, "Round": torch.round, "Tan": torch.tan,
+    "Identity": lambda x: x, "IsNaN": torch.isnan,
+}.items():
+    _unary(_name, _function)
+
+for _name, _function in {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Equal": torch.eq,
+    "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor, "MatMul": torch.matmul,
+    "PRelu": lambda x, slope: torch.where(x >= 0, x, x * slope),
+}.items():
+    _binary(_name, _function)
+
+
+@converts("Div")
+def _div(c: NodeContext) -> torch.Tensor:
+    a, b = c.tensor(0), c.tensor(1)
+    if not a.dtype.is_floating_point and not b.dtype.is_floating_point:
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+@converts("Sum", "Max", "Min", "Mean")
+def _variadic(c: NodeContext) -> torch.Tensor:
+    combine = {"Sum": torch.add, "Max": torch.maximum, "Min": torch.minimum, "Mean": torch.add}[c.node.op_type]
+    result = c.tensor(0)
+    for index in range(1, len(c.node.input)):
+        result = combine(result, c.tensor(index))
+    return result / len(c.node.input) if c.node.op_type == "Mean" else result
+
+
+@converts("LeakyRelu")
+def _leaky_relu(c: NodeContext) -> torch.Tensor:
+    return F.leaky_relu(c.tensor(0), c.attr("alpha", 0.01))
+
+
+@converts("Elu")
+def _elu(c: NodeContext) -> torch.Tensor:
+    return F.elu(c.tensor(0), c.attr("alpha", 1.0))
+
+
+@converts("Selu")
+def _selu(c: NodeContext) -> torch.Tensor:
+    alpha, gamma = c.attr("alpha", 1.67326319217681884765625), c.attr("gamma", 1.05070102214813232421875)
+    x = c.tensor(0)
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+@converts("HardSigmoid")
+def _hard_sigmoid(c: NodeContext) -> torch.Tensor:
+    return torch.clamp(c.attr("alpha", 0.2) * c.tensor(0) + c.attr("beta", 0.5), 0, 1)
+
+
+@converts("HardSwish")
+def _hard_swish(c: NodeContext) -> torch.Tensor:
+    return F.hardswish(c.tensor(0))
+
+
+@converts("Softplus")
+def _softplus(c: NodeContext) -> torch.Tensor:
+    return F.softplus(c.tensor(0))
+
+
+@converts("Gelu")
+def _gelu(c: NodeContext) -> torch.Tensor:
+    return F.gelu(c.tensor(0), approximate=c.attr("approximate", "none"))
+
+
+@converts("Clip")
+def _clip(c: NodeContext) -> torch.Tensor:
+    low = c.constant(1) if len(c.node.input) > 1 else c.attr("min")
+    high = c.constant(2) if len(c.node.input) > 2 else c.attr("max")
+    return torch.clamp(c.tensor(0), None if low is None else float(low), None if high is None else float(high))
+
+
+@converts("Where")
+def _where(c: NodeContext) -> torch.Tensor:
+    return torch.where(c.tensor(0), c.tensor(1), c.tensor(2))
+
+
+@converts("Cast")
+def _cast(c: NodeContext) -> torch.Tensor:
+    return c.tensor(0).to(_torch_dtype(c.attr("to")))
+
+
+def _torch_dtype(onnx_type: int) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, onnx.helper.tensor_dtype_to_np_dtype(onnx_type))).dtype
+
+
+@converts("Dropout")
+def _dropout(c: NodeContext):
+    x = c.tensor(0)
+    return (x, torch.ones_like(x, dtype=torch.bool)) if len(c.node.output) > 1 else x
+
+
+# ---- tensor manipulation ----
+
+@converts("Reshape")
+def _reshape(c: NodeContext) -> torch.Tensor:
+    x, shape = c.tensor(0), [int(s) for s in c.constant(1)]
+    if not c.attr("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return torch.reshape(x, shape)
+
+
+@converts("Flatten")
+def _flatten(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    axis = c.attr("axis", 1) % max(x.dim(), 1) if c.attr("axis", 1) < 0 else c.attr("axis", 1)
+    leading = int(np.prod(x.shape[:axis])) if axis else 1
+    return torch.reshape(x, (leading, -1))
+
+
+@converts("Transpose")
+def _transpose(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    return x.permute(*(c.attr("perm") or range(x.dim() - 1, -1, -1)))
+
+
+@converts("Concat")
+def _concat(c: NodeContext) -> torch.Tensor:
+    return torch.cat([c.tensor(i) for i in range(len(c.node.input))], dim=c.attr("axis"))
+
+
+def _axes(c: NodeContext, input_index: int) -> list[int] | None:
+    axes = c.attr("axes")
+    if axes is None and len(c.node.input) > input_index:
+        constant = c.constant(input_index)
+        axes = None if constant is None else constant.tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+@converts("Unsqueeze")
+def _unsqueeze(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    rank = x.dim() + len(_axes(c, 1))
+    for axis in sorted(a % rank for a in _axes(c, 1)):
+        x = x.unsqueeze(axis)
+    return x
+
+
+@converts("Squeeze")
+def _squeeze(c: NodeContext) -> torch.Tensor:
+    x, axes = c.tensor(0), _axes(c, 1)
+    return x.squeeze() if axes is None else x.squeeze(tuple(a % x.dim() for a in axes))
+
+
+@converts("Split")
+def _split(c: NodeContext):
+    x, axis = c.tensor(0), c.attr("axis", 0)
+    sizes = c.attr("split") or (c.constant(1).tolist() if len(c.node.input) > 1 and c.node.input[1] else None)
+    if sizes is None:
+        parts = c.attr("num_outputs", len(c.node.output))
+        sizes = [-(-x.shape[axis] // parts)] * parts
+        sizes[-1] = x.shape[axis] - sum(sizes[:-1])
+    return torch.split(x, [int(s) for s in sizes], dim=axis)
+
+
+@converts("Slice")
+def _slice(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    if len(c.node.input) > 1:
+        starts, ends = c.constant(1).tolist(), c.constant(2).tolist()
+        axes = c.constant(3).tolist() if c.constant(3) is not None else list(range(len(starts)))
+        steps = c.constant(4).tolist() if c.constant(4) is not None else [1] * len(starts)
+    else:
+        starts, ends = c.attr("starts"), c.attr("ends")
+        axes, steps = c.attr("axes") or list(range(len(starts))), [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 0:
+            raise FrontendError(f"ONNX Slice node '{c.node.name}': negative steps are not supported")
+        index[axis % x.dim()] = slice(max(int(start), -x.shape[axis]), min(int(end), x.shape[axis]) if end >= 0 else int(end), int(step))
+    return x[tuple(index)]
+
+
+@converts("Gather")
+def _gather(c: NodeContext) -> torch.Tensor:
+    x, indices, axis = c.tensor(0), c.tensor(1), c.attr("axis", 0) % c.tensor(0).dim()
+    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+    return torch.index_select(x, axis, indices.reshape(-1)).reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+
+
+@converts("Expand")
+def _expand(c: NodeContext) -> torch.Tensor:
+    x, shape = c.tensor(0), [int(s) for s in c.constant(1)]
+    return x * torch.ones(shape, dtype=x.dtype) if x.dtype != torch.bool else x.expand(torch.broadcast_shapes(x.shape, shape))
+
+
+@converts("Tile")
+def _tile(c: NodeContext) -> torch.Tensor:
+    return c.tensor(0).repeat(*[int(r) for r in c.constant(1)])
+
+
+@converts("Shape")
+def _shape(c: NodeContext) -> torch.Tensor:
+    return torch._shape_as_tensor(c.tensor(0))
+
+
+@converts("Pad")
+def _pad(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    pads = (c.constant(1) if len(c.node.input) > 1 else np.array(c.attr("pads"))).tolist()
+    value = c.constant(2) if len(c.node.input) > 2 and c.node.input[2] else c.attr("value", 0.0)
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[c.attr("mode", "constant")]
+    rank = x.dim()
+    torch_pads = []
+    for axis in reversed(range(rank)):
+        torch_pads += [int(pads[axis]), int(pads[axis + rank])]
+    return F.pad(x, torch_pads, mode=mode, value=float(value) if mode == "constant" else None)
+
+
+# ---- neural-network operators ----
+
+def _same_pads(c: NodeContext, spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
+    """ONNX pads (begins then ends) for auto_pad, or the explicit ones."""
+    auto = c.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        return list(c.attr("pads", [0] * 2 * len(kernel))) if auto == "NOTSET" else [0] * 2 * len(kernel)
+    begins, ends = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begins.append(large if auto == "SAME_LOWER" else small)
+        ends.append(small if auto == "SAME_LOWER" else large)
+    return begins + ends
+
+
+def _pad_spatial(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+    """Symmetric pads stay with the operator; asymmetric ones are applied first."""
+    n = len(pads) // 2
+    if pads[:n] == pads[n:]:
+        return x, pads[:n]
+    torch_pads = []
+    for axis in reversed(range(n)):
+        torch_pads += [pads[axis], pads[axis + n]]
+    return F.pad(x, torch_pads, value=value), [0] * n
+
+
+@converts("Conv")
+def _conv(c: NodeContext) -> torch.Tensor:
+    x, weight, bias = c.tensor(0), c.tensor(1), c.tensor(2)
+    n = weight.dim() - 2
+    strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
+    pads = _same_pads(c, list(x.shape[2:]), list(weight.shape[2:]), strides, dilations)
+    x, padding = _pad_spatial(x, pads)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    return conv(x, weight, bias, strides, padding, dilations, c.attr("group", 1))
+
+
+@converts("ConvTranspose")
+def _conv_transpose(c: NodeContext) -> torch.Tensor:
+    x, weight, bias = c.tensor(0), c.tensor(1), c.tensor(2)
+    n = weight.dim() - 2
+    pads = c.attr("pads", [0] * 2 * n)
+    if pads[:n] != pads[n:] or c.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or c.attr("output_shape"):
+        raise FrontendError(f"ONNX ConvTranspose node '{c.node.name}': asymmetric/auto pads and output_shape are not supported")
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+    return conv(x, weight, bias, c.attr("strides", [1] * n), pads[:n], c.attr("output_padding", [0] * n), c.attr("group", 1), c.attr("dilations", [1] * n))
+
+
+@converts("MaxPool", "AveragePool")
+def _pool(c: NodeContext):
+    x, kernel = c.tensor(0), c.attr("kernel_shape")
+    n = len(kernel)
+    strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
+    pads = _same_pads(c, list(x.shape[2:]), kernel, strides, dilations)
+    ceil = bool(c.attr("ceil_mode", 0))
+    if c.node.op_type == "MaxPool":
+        x, padding = _pad_spatial(x, pads, value=float("-inf"))
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+        return pool(x, kernel, strides, padding, dilations, ceil_mode=ceil)
+    include_pad = bool(c.attr("count_include_pad", 0))
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+    if pads[:n] == pads[n:]:
+        return pool(x, kernel, strides, pads[:n], ceil_mode=ceil, count_include_pad=include_pad)
+    padded, _ = _pad_spatial(x, pads)
+    window_sums = pool(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    if include_pad:
+        return window_sums
+    # average over the real elements only: the same pooling of a padded mask counts them
+    mask, _ = _pad_spatial(torch.ones_like(x[:1, :1]), pads)
+    return window_sums / pool(mask, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+
+
+@converts("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    dims = tuple(range(2, x.dim()))
+    return x.mean(dims, keepdim=True) if c.node.op_type == "GlobalAveragePool" else x.amax(dims, keepdim=True)
+
+
+@converts("BatchNormalization")
+def _batch_norm(c: NodeContext) -> torch.Tensor:
+    x, scale, bias, mean, var = (c.tensor(i) for i in range(5))
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, c.attr("epsilon", 1e-5))
+
+
+@converts("InstanceNormalization")
+def _instance_norm(c: NodeContext) -> torch.Tensor:
+    return F.instance_norm(c.tensor(0), weight=c.tensor(1), bias=c.tensor(2), eps=c.attr("epsilon", 1e-5))
+
+
+@converts("LayerNormalization")
+def _layer_norm(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    axis = c.attr("axis", -1) % x.dim()
+    return F.layer_norm(x, x.shape[axis:], c.tensor(1), c.tensor(2), c.attr("epsilon", 1e-5))
+
+
+@converts("LRN")
+def _lrn(c: NodeContext) -> torch.Tensor:
+    return F.local_response_norm(c.tensor(0), c.attr("size"), c.attr("alpha", 1e-4), c.attr("beta", 0.75), c.attr("bias", 1.0))
+
+
+@converts("Gemm")
+def _gemm(c: NodeContext) -> torch.Tensor:
+    a, b, bias = c.tensor(0), c.tensor(1), c.tensor(2)
+    a = a.t() if c.attr("transA", 0) else a
+    b = b.t() if c.attr("transB", 0) else b
+    result = torch.matmul(a, b) * c.attr("alpha", 1.0)
+    return result if bias is None else result + c.attr("beta", 1.0) * bias
+
+
+@converts("Softmax", "LogSoftmax")
+def _softmax(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    function = torch.softmax if c.node.op_type == "Softmax" else torch.log_softmax
+    if c.opset < 13:
+        axis = c.attr("axis", 1) % x.dim()  # opset < 13: softmax over the flattened trailing dims
+        return function(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)
+    return function(x, dim=c.attr("axis", -1))
+
+
+@converts("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+def _reduce(c: NodeContext) -> torch.Tensor:
+    x, keep = c.tensor(0), bool(c.attr("keepdims", 1))
+    from_input = c.opset >= (13 if c.node.op_type == "ReduceSum" else 18)  # axes moved from attribute to input
+    axes = _axes(c, 1) if from_input else c.attr("axes")
+    if axes is None or (not axes and not c.attr("noop_with_empty_axes", 0)):
+        axes = list(range(x.dim()))
+    if not axes:
+        return x
+    axes = tuple(a % x.dim() for a in axes)
+    if c.node.op_type == "ReduceMean":
+        return x.mean(axes, keepdim=keep)
+    if c.node.op_type == "ReduceSum":
+        return x.sum(axes, keepdim=keep)
+    if c.node.op_type == "ReduceProd":
+        for axis in sorted(axes, reverse=True):
+            x = x.prod(axis, keepdim=keep)
+        return x
+    return x.amax(axes, keepdim=keep) if c.node.op_type == "ReduceMax" else x.amin(axes, keepdim=keep)
+
+
+@converts("ArgMax", "ArgMin")
+def _arg(c: NodeContext) -> torch.Tensor:
+    x, axis, keep = c.tensor(0), c.attr("axis", 0), bool(c.attr("keepdims", 1))
+    function = torch.argmax if c.node.op_type == "ArgMax" else torch.argmin
+    return function(x, dim=axis, keepdim=keep)
