@@ -34,6 +34,7 @@ def main() -> None:
         address = timing_board.address
         untuned = kiln.compile(model, (x,), target="rpi4", tuning_dir=database).to_remote(address)
         before = untuned.benchmark(x, repeat=20)
+        del untuned  # an RPC server serves one session at a time: close this one
         start = time.perf_counter()
         summary = kiln.tune(model, (x,), trials=args.trials, target="rpi4", tracker=boards.address, key="rpi4", tuning_dir=database)
         seconds = time.perf_counter() - start
