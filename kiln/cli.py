@@ -62,6 +62,25 @@ def tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_command(args: argparse.Namespace) -> int:
+    import kiln
+
+    if args.model in _demo_models():
+        model, inputs = _demo_models()[args.model]()
+    else:
+        model, inputs = args.model, ()  # an .onnx file: example inputs come from its input shapes
+    compiled = kiln.compile(
+        model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True
+    )
+    print(compiled.report.table())
+    if args.emit == "onnx":
+        print(f"\noptimized graph written to {compiled.export_onnx(args.output)}")
+    else:
+        compiled.save(args.output)
+        print(f"\ncompiled module written to {args.output} (kiln.load it)")
+    return 0
+
+
 def passes(_: argparse.Namespace) -> int:
     from kiln.passes import PASSES, PIPELINES
 
@@ -111,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     run_tune.add_argument("--tracker", default=None, help="time candidates on every board registered with this TVM RPC tracker (host:port)")
     run_tune.add_argument("--key", default=None, help="the boards' key at the tracker, e.g. rpi4")
     run_tune.set_defaults(run=tune)
+    run_compile = commands.add_parser("compile", help="compile an .onnx file (or a bundled model) and save the result")
+    run_compile.add_argument("model", help=f"an .onnx file, or one of: {', '.join(sorted(_demo_models()))}")
+    run_compile.add_argument("-o", "--output", required=True, help="the .kiln artifact, or the .onnx file with --emit onnx")
+    run_compile.add_argument("--target", default="llvm")
+    run_compile.add_argument("--opt-level", default="O3")
+    run_compile.add_argument("--emit", choices=["kiln", "onnx"], default="kiln", help="onnx: the graph after Kiln's passes, for Netron or other runtimes")
+    run_compile.add_argument("--debug-dir", default=None, help="write the IR after every pass here")
+    run_compile.set_defaults(run=compile_command)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)
     args = parser.parse_args(argv)

@@ -100,7 +100,7 @@ def compile(  # noqa: A001 - the public name users expect
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
     executable = get_backend(resolved.backend).build(graph, context)
     signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
-    compiled = CompiledModule(executable, signature, resolved, report, threads)
+    compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
     if remote is not None:
         context.say(f"upload to the board at {remote}")
         start = time.perf_counter()

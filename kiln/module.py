@@ -10,6 +10,7 @@ import torch
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
 from kiln.errors import TargetError
+from kiln.ir.graph import Graph
 from kiln.passes.instrument import Report
 from kiln.signature import Signature
 
@@ -18,9 +19,16 @@ class CompiledModule:
     """Call it like the original model: torch tensors (or numpy arrays) in, torch tensors out."""
 
     def __init__(
-        self, executable: Executable, signature: Signature, target: ResolvedTarget, report: Report, threads: int | None = None
+        self,
+        executable: Executable,
+        signature: Signature,
+        target: ResolvedTarget,
+        report: Report,
+        threads: int | None = None,
+        graph: Graph | None = None,
     ) -> None:
         self.executable = executable
+        self.graph = graph  # the optimized Kiln graph, kept in the compiling process only
         self.threads = threads
         self.signature = signature
         self.target = target
@@ -36,7 +44,7 @@ class CompiledModule:
         from kiln.backends.tvm.remote import RemoteExecutable
 
         remote = RemoteExecutable(self._built("to_remote"), address)
-        return CompiledModule(remote, self.signature, self.target, self.report, self.threads)
+        return CompiledModule(remote, self.signature, self.target, self.report, self.threads, self.graph)
 
     def export(self, folder: str | Path) -> Path:
         """A deployable folder: the shared library (weights inside), a manifest of inputs, outputs
@@ -44,6 +52,14 @@ class CompiledModule:
         from kiln.backends.tvm.bundle import export_bundle
 
         return export_bundle(self._built("export"), self.signature, Path(folder))
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """The optimized graph (after Kiln's passes) as an ONNX file, e.g. for Netron."""
+        from kiln.ir.onnx_export import save_onnx
+
+        if self.graph is None:
+            raise TargetError("export_onnx needs the graph, which a loaded .kiln artifact does not keep: compile again")
+        return save_onnx(self.graph, path)
 
     def benchmark(self, *args: Any, repeat: int = 10, **kwargs: Any) -> float:
         """Median latency in milliseconds where the module runs (on the board for a remote one);

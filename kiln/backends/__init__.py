@@ -13,6 +13,10 @@ def get_backend(name: str) -> Backend:
         from kiln.backends.tvm import TVMBackend
 
         return TVMBackend()
+    if name == "onnxruntime":
+        from kiln.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend()
     if name == "eager":
         from kiln.backends.eager import EagerBackend
 

@@ -85,7 +85,7 @@ def _arm(mtriple: str, mcpu: str | None = None, **extra: Any) -> Callable[[], di
 @dataclass(frozen=True)
 class TargetPreset:
     name: str
-    backend: str  # "tvm" or "eager"
+    backend: str  # "tvm", "onnxruntime" or "eager"
     description: str
     make_target: Callable[[], dict[str, Any]] = field(default=lambda: {})
 
@@ -107,6 +107,7 @@ TARGETS: dict[str, TargetPreset] = {
             "armv7", "tvm", "32-bit ARMv7 Linux board, NEON, hard-float ABI",
             _arm("armv7a-linux-gnueabihf", mattr=["+neon"], **{"mfloat-abi": "hard"}),
         ),
+        TargetPreset("onnxruntime", "onnxruntime", "the optimized graph exported to ONNX and run by ONNX Runtime (CUDA provider where present)"),
         TargetPreset("eager", "eager", "the optimized graph run by PyTorch: the numerical reference"),
     )
 }

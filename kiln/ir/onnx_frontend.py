@@ -13,6 +13,7 @@ ONNX's reference evaluator when the module is built; the ones the graph still ne
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -179,6 +180,24 @@ class OnnxModule(torch.nn.Module):
         return tuple(examples)
 
 
+def _identifier(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in name)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"input_{cleaned}"
+
+
+def _with_input_names(names: list[str]) -> type[OnnxModule]:
+    """An OnnxModule class whose forward names its parameters after the ONNX inputs, so that the
+    captured graph and the compiled module's signature carry the model's own input names."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return OnnxModule.forward(self, *inputs)
+
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(_identifier(n), inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    forward.__signature__ = inspect.Signature(parameters)
+    return type("OnnxModule", (OnnxModule,), {"forward": forward})
+
+
 def onnx_module(
     model: str | Path | onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None
 ) -> tuple[OnnxModule, tuple[torch.Tensor, ...]]:
@@ -186,7 +205,7 @@ def onnx_module(
     proto, source = load_onnx(model)
     _check(proto, source)
     shapes = _input_shapes(proto, input_shapes, source)
-    module = OnnxModule(proto, source, shapes)
+    module = _with_input_names(list(shapes))(proto, source, shapes)
     return module, module.example_inputs(shapes)
 
 

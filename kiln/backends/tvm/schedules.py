@@ -86,9 +86,12 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) 
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, row_inner, column_inner)
     tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
     sch.parallel(tile)
-    # "global", not "local": TVM puts small global-scope buffers on the stack but fetches every
-    # local-scope one from the workspace allocator, once per tile (MobileNetV2: 15.5 -> 12.3 ms)
-    write_back = sch.cache_write(block, 0, "global")
+    # TVM fetches every local-scope tile from the workspace allocator, once per tile, and puts small
+    # global-scope buffers on the stack. For a short reduction (depthwise: 9 steps) that call costs
+    # more than the reduction itself (MobileNetV2, 1 thread: 19.6 -> 13.8 ms with a global tile); for
+    # a long one the global tile is the slower (ResNet-18: 58 -> 76 ms), so it stays local there.
+    short = _reduction_steps(sch.get(block)) <= SHORT_REDUCTION
+    write_back = sch.cache_write(block, 0, "global" if short else "local")
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.unroll(row_inner)

@@ -1,0 +1,58 @@
+"""The ONNX Runtime backend: the optimized Kiln graph, exported to ONNX, run by ONNX Runtime (CUDA
+provider where a GPU is present, else CPU). An independent cross-check of the TVM backend, and a
+way to ship Kiln's graph optimizations to ONNX Runtime users."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from kiln.backends.base import BuildContext
+from kiln.backends.targets import ResolvedTarget
+from kiln.ir.graph import Graph
+from kiln.timing import median_seconds
+
+MODEL_FILE = "model.onnx"
+
+
+def _session(model_bytes: bytes, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(model_bytes, options, providers=providers)
+
+
+class OnnxRuntimeExecutable:
+    def __init__(self, model_bytes: bytes, threads: int | None) -> None:
+        self.model_bytes = model_bytes
+        self.session = _session(model_bytes, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self.input_names, inputs)}
+        return [torch.from_numpy(value) for value in self.session.run(None, feeds)]
+
+    def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
+        return median_seconds(lambda: self(inputs), repeat)
+
+    def save(self, folder: Path) -> None:
+        (folder / MODEL_FILE).write_bytes(self.model_bytes)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def build(self, graph: Graph, context: BuildContext) -> OnnxRuntimeExecutable:
+        from kiln.ir.onnx_export import to_onnx
+
+        context.say("export to ONNX for ONNX Runtime")
+        return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)
+
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> OnnxRuntimeExecutable:
+        return OnnxRuntimeExecutable((folder / MODEL_FILE).read_bytes(), threads)
