@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (a smoke run)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    import onnxruntime.backend as ort_backend
+    from onnxruntime.backend.backend import OnnxRuntimeBackend as ort_backend
     from onnx.backend.test.case.node import collect_testcases
 
     from kiln.ir.onnx_backend import KilnBackend

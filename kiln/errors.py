@@ -13,9 +13,10 @@ class UnsupportedOpError(KilnError):
     """
 
     def __init__(self, op: str, node: str, source: str, backend: str) -> None:
+        """`backend` names what refused it, as it reads in a sentence: "the TVM backend"."""
         self.op, self.node, self.source, self.backend = op, node, source, backend
         where = f"\n  from the model at:\n{source}" if source else " (no source location recorded)"
-        super().__init__(f"operator {op} (node '{node}') is not supported by the {backend} backend{where}")
+        super().__init__(f"operator {op} (node '{node}') is not supported by {backend}{where}")
 
 
 class InputMismatchError(KilnError, ValueError):

@@ -160,7 +160,7 @@ class OnnxModule(torch.nn.Module):
             if converter is None or node.domain not in ("", "ai.onnx"):
                 raise UnsupportedOpError(
                     f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
-                    node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "ONNX frontend",
+                    node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "Kiln's ONNX frontend",
                 )
             context = NodeContext(node, [values.get(name) if name else None for name in node.input], self.constants, self.opset)
             outputs = converter(context)

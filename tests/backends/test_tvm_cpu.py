@@ -7,6 +7,7 @@ import torch
 import kiln
 from kiln import models
 from kiln.backends.targets import host_llvm_target, resolve_target
+from tests.conftest import assert_matches, eager
 
 
 def test_host_target_is_detected_not_hard_coded():
@@ -40,3 +41,14 @@ def test_threads_setting_is_kept_and_saved(tmp_path):
     assert kiln.load(tmp_path / "mlp.kiln").threads == 1
     kiln.compile(model, (x,))(x)  # default: every core the pool was sized for
     assert tvm_ffi.get_global_func("runtime.NumThreads")() == int(os.environ["TVM_NUM_THREADS"])
+
+
+def test_input_not_64_byte_aligned_is_accepted():
+    # TVM's DLPack import refuses data under 64-byte alignment; a numpy view can be anywhere
+    import numpy as np
+
+    model = torch.nn.Linear(3, 4).eval()
+    compiled = kiln.compile(model, (torch.randn(2, 3),))
+    view = np.arange(7, dtype=np.float32)[1:].reshape(2, 3)
+    assert torch.from_numpy(view).data_ptr() % 64 != 0
+    assert_matches(compiled(view), eager(model, torch.from_numpy(view)))

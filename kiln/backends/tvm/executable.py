@@ -27,6 +27,16 @@ def _device(target: ResolvedTarget) -> tvm.runtime.Device:
     return tvm.cuda(0) if target.device == "cuda" else tvm.cpu(0)
 
 
+TVM_ALIGNMENT = 64  # bytes: TVM's DLPack import refuses less-aligned data (e.g. a numpy view)
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, or an aligned copy of it where its data is not 64-byte aligned."""
+    if tensor.data_ptr() % TVM_ALIGNMENT == 0:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 class TVMExecutable:
     def __init__(
         self,
@@ -70,7 +80,7 @@ class TVMExecutable:
             use_threads(self._thread_count)
         else:
             inputs = [t.to("cuda") for t in inputs]  # CPU tensors are copied over; CUDA ones are not
-        result = main(*[tvm.runtime.from_dlpack(t.detach().contiguous()) for t in inputs])
+        result = main(*[tvm.runtime.from_dlpack(_aligned(t.detach().contiguous())) for t in inputs])
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
         return [torch.from_dlpack(t) for t in flat]
 

@@ -93,7 +93,7 @@ def check_supported(program: torch.export.ExportedProgram) -> None:
     known = supported_ops()
     for node in program.graph.nodes:
         if node.op == "call_function" and node.target.__name__ not in known:
-            raise UnsupportedOpError(str(node.target), node.name, model_source(node), "TVM")
+            raise UnsupportedOpError(str(node.target), node.name, model_source(node), "the TVM backend")
 
 
 def to_relax(graph: Graph):
