@@ -4,6 +4,7 @@ way to ship Kiln's graph optimizations to ONNX Runtime users."""
 
 from __future__ import annotations
 
+import ctypes.util
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,10 @@ def _session(model_bytes: bytes, threads: int | None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    # onnxruntime-gpu lists its CUDA provider even where no GPU driver exists, then logs an error
+    # per session: offer it only where the CUDA driver library is present
+    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider") if ctypes.util.find_library("cuda") else ("CPUExecutionProvider",)
+    providers = [p for p in wanted if p in ort.get_available_providers()]
     return ort.InferenceSession(model_bytes, options, providers=providers)
 
 
