@@ -167,6 +167,9 @@ def _torch_dtype(onnx_type: int) -> torch.dtype:
 
 @converts("Dropout")
 def _dropout(c: NodeContext):
+    training = c.constant(2) if len(c.node.input) > 2 and c.node.input[2] else None
+    if training is not None and bool(training):
+        raise FrontendError(f"ONNX Dropout node '{c.node.name or c.node.output[0]}': training mode (random masks) is not supported")
     x = c.tensor(0)
     return (x, torch.ones_like(x, dtype=torch.bool)) if len(c.node.output) > 1 else x
 
@@ -348,6 +351,8 @@ def _pool(c: NodeContext):
         x, padding = _pad_spatial(x, pads, value=float("-inf"))
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
         return pool(x, kernel, strides, padding, dilations, ceil_mode=ceil)
+    if any(d != 1 for d in dilations):
+        raise FrontendError(f"ONNX AveragePool node '{c.node.name or c.node.output[0]}': dilations are not supported")
     include_pad = bool(c.attr("count_include_pad", 0))
     pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
     if pads[:n] == pads[n:]:
@@ -435,4 +440,7 @@ def _reduce(c: NodeContext) -> torch.Tensor:
 def _arg(c: NodeContext) -> torch.Tensor:
     x, axis, keep = c.tensor(0), c.attr("axis", 0), bool(c.attr("keepdims", 1))
     function = torch.argmax if c.node.op_type == "ArgMax" else torch.argmin
+    if c.attr("select_last_index", 0):  # ties resolve to the last index: search the reversed axis
+        axis = axis % x.dim()
+        return x.shape[axis] - 1 - function(torch.flip(x, (axis,)), dim=axis, keepdim=keep)
     return function(x, dim=axis, keepdim=keep)

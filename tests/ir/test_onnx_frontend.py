@@ -95,3 +95,25 @@ def test_symbolic_input_needs_input_shapes(cnn_onnx, tmp_path):
         kiln.compile(proto)
     compiled = kiln.compile(proto, input_shapes={"image": [1, 3, 32, 32]})
     assert_matches(compiled(x), (eager(model, x),))
+
+
+def _single_node_model(node, inputs, output_shape):
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, output_shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_argmax_select_last_index_picks_the_last_tie():
+    node = helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0, select_last_index=1)
+    x = torch.tensor([[2.0, 5.0, 5.0, 1.0], [7.0, 7.0, 0.0, 7.0]])
+    compiled = kiln.compile(_single_node_model(node, [("x", [2, 4])], [2]), target="eager")
+    assert compiled(x)[0].tolist() == [2, 3]
+
+
+def test_ignored_attribute_is_an_error_not_wrong_numbers():
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])
+    with pytest.raises(FrontendError, match="AveragePool.*dilations"):
+        kiln.compile(_single_node_model(node, [("x", [1, 1, 6, 6])], [1, 1, 4, 4]))
