@@ -35,11 +35,12 @@ def _fold(graph: Graph, bn: fx.Node) -> fx.Node | None:
 
     weight = graph.constant(weight_node)
     channels = weight.shape[0]
-    constant = lambda node, fill: graph.constant(node) if node is not None else torch.full((channels,), fill)
+    # folded in fp32 and stored in the layer's dtype: fp16/bf16 layers stay fp16/bf16
+    constant = lambda node, fill: (graph.constant(node) if node is not None else torch.full((channels,), fill)).float()
     scale = constant(gamma, 1.0) / torch.sqrt(constant(var, 1.0) + eps)
     bias = constant(bias_node, 0.0)
-    new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    new_bias = (bias - constant(mean, 0.0)) * scale + constant(beta, 0.0)
+    new_weight = (weight.float() * scale.reshape(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
+    new_bias = ((bias - constant(mean, 0.0)) * scale + constant(beta, 0.0)).to(weight.dtype)
 
     new_args = list(producer.args) + [None] * max(0, 3 - len(producer.args))
     new_args[1] = graph.add_constant(new_weight, f"{weight_node.name}_bn", before=producer)

@@ -37,3 +37,11 @@ def test_leaves_batch_norm_whose_input_has_other_users():
 
     _, result = run_pass("fold_batch_norm", Shared().eval(), torch.randn(1, 3, 4, 4))
     assert result.changes == 0 and "aten.batch_norm" in ops(result.graph)
+
+
+def test_half_precision_layers_stay_half_precision():
+    model = models.SmallCNN().half().eval()
+    _, result = run_pass("fold_batch_norm", model, torch.randn(1, 3, 16, 16).half())
+    assert result.changes == 2
+    weights = [result.graph.constant(n) for n in result.graph.nodes if n.op == "get_attr"]
+    assert weights and all(w.dtype == torch.float16 for w in weights if w.is_floating_point())
