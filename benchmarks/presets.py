@@ -20,15 +20,6 @@ from kiln.models import resnet18
 RESULTS = Path(__file__).parent / "results" / "presets.md"
 
 
-def module_kinds(compiled) -> list[str]:
-    kinds, pending = set(), [compiled.executable.library.mod]
-    while pending:
-        module = pending.pop()
-        kinds.add(module.kind)
-        pending.extend(module.imports)
-    return sorted(kinds)
-
-
 def main() -> None:
     model, x = resnet18().eval(), torch.randn(1, 3, 224, 224)
     rows = ["| preset | build s | library | `file` says | modules |", "|---|---|---|---|---|"]
@@ -40,7 +31,7 @@ def main() -> None:
         library = compiled.export(Path(tempfile.mkdtemp()) / name) / "module.so"
         seconds = time.perf_counter() - start
         described = ",".join(subprocess.run(["file", "-b", str(library)], capture_output=True, text=True).stdout.split(",")[:2])
-        rows.append(f"| {name} | {seconds:.1f} | {library.stat().st_size / 1e6:.1f} MB | {described} | {', '.join(module_kinds(compiled))} |")
+        rows.append(f"| {name} | {seconds:.1f} | {library.stat().st_size / 1e6:.1f} MB | {described} | {', '.join(sorted(compiled.executable.module_kinds()))} |")
         print(rows[-1], flush=True)
     cpu = host_cpu()
     header = f"# ResNet-18 built for every preset\n\nBuilt on {cpu['mcpu']} ({', '.join(cpu['simd'])}).\n\n"

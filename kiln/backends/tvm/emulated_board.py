@@ -55,8 +55,12 @@ def ensure_host_tools() -> None:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise BoardUnavailable(f"needs Debian packages {', '.join(missing)} (apt-get install {' '.join(missing)})")
-    print(f"[board] apt-get install {' '.join(missing)}", file=sys.stderr, flush=True)
+    _say(f"apt-get install {' '.join(missing)}")
     _run(["apt-get", "install", "-y", "-q", *missing], "installing " + ", ".join(missing))
+
+
+def _say(message: str) -> None:
+    print(f"[board] {message}", file=sys.stderr, flush=True)
 
 
 def prepare(folder: Path | None = None) -> Path:
@@ -68,12 +72,11 @@ def prepare(folder: Path | None = None) -> Path:
     ensure_host_tools()
     folder.mkdir(parents=True, exist_ok=True)
     rootfs, site, wheels = folder / "rootfs", folder / "site-packages", folder / "wheels"
-    say = lambda message: print(f"[board] {message}", file=sys.stderr, flush=True)  # noqa: E731
     if not (rootfs / "usr" / "bin" / f"python{BOARD_PYTHON}").exists():
-        say(f"arm64 {DEBIAN_RELEASE} root filesystem (mmdebstrap)")
+        _say(f"arm64 {DEBIAN_RELEASE} root filesystem (mmdebstrap)")
         shutil.rmtree(rootfs, ignore_errors=True)
         _run(["mmdebstrap", "--variant=extract", "--architectures=arm64", "--include=python3,libstdc++6", DEBIAN_RELEASE, str(rootfs)], "mmdebstrap")
-    say("aarch64 wheels: " + ", ".join(BOARD_PACKAGES))
+    _say("aarch64 wheels: " + ", ".join(BOARD_PACKAGES))
     platforms = [flag for p in WHEEL_PLATFORMS for flag in ("--platform", p)]
     common = ["--only-binary=:all:", "--python-version", BOARD_PYTHON, *platforms]
     _run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels), *common, *BOARD_PACKAGES], "downloading the board's wheels")

@@ -87,6 +87,16 @@ class TVMExecutable:
     def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
         return median_seconds(lambda: self(inputs), repeat)
 
+    def module_kinds(self) -> set[str]:
+        """Kinds of the built module and of every module it imports ("llvm", "cuda", ...): the CUDA
+        kernels hang under the host code. Empty for a board library loaded as bytes."""
+        kinds, pending = set(), [self.library.mod] if self.library is not None else []
+        while pending:
+            module = pending.pop()
+            kinds.add(module.kind)
+            pending.extend(module.imports)
+        return kinds
+
     @property
     def built(self) -> "TVMExecutable":
         """The module as built (a remote one wraps it); what exports and uploads are made from."""
