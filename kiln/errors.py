@@ -37,3 +37,12 @@ class TargetError(KilnError, ValueError):
 
 class FrontendError(KilnError):
     """The model could not be captured into Kiln's IR."""
+
+
+class ValueRequiredError(FrontendError):
+    """An operator needs the value of `name` (a shape, axes, pads) at import time, and the graph
+    computes it from an input. Compiling for one value of that input (`onnx_backend` does) works."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name

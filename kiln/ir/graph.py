@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from kiln.errors import PassError
@@ -155,7 +156,7 @@ class Graph:
             if name not in used:
                 _delete_attr(gm, name)
         placeholders = [n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")]
-        mode = detect_fake_mode(placeholders)
+        mode = detect_fake_mode(placeholders) or FakeTensorMode()  # a graph without inputs has no mode to find
         try:
             with mode:
                 FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*placeholders)

@@ -3,6 +3,10 @@ through `kiln.compile` like any user's `.onnx` file would.
 
     from kiln.ir.onnx_backend import KilnBackend
     outputs = KilnBackend.run_model(model_proto, [numpy arrays])
+
+Kiln compiles for static shapes. Where an operator needs a value at import time (Reshape's shape,
+Reduce's axes, Pad's pads) and the graph takes it as an input, the rep compiles a module for the
+value given at run time (the input becomes an initializer), and keeps one module per such value.
 """
 
 from __future__ import annotations
@@ -11,19 +15,81 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
-import torch
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
+
+from kiln.errors import ValueRequiredError
+from kiln.ir.onnx_frontend import check_model
+from kiln.ir.onnx_ops import tensor_from_numpy, tensor_to_numpy
+
+
+def _bind(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with the inputs in `values` turned into initializers holding those values."""
+    bound = onnx.ModelProto.FromString(model.SerializeToString())
+    kept = [i for i in bound.graph.input if i.name not in values]
+    del bound.graph.input[:]
+    bound.graph.input.extend(kept)
+    bound.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in values.items())
+    return bound
+
+
+def _value_sources(model: onnx.ModelProto, name: str) -> list[str]:
+    """The graph inputs whose values (not only shapes: Shape and Size stop the walk) `name` is computed from."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    sources, seen, pending = [], set(), [name]
+    while pending:
+        value = pending.pop()
+        if value in seen or not value:
+            continue
+        seen.add(value)
+        node = producers.get(value)
+        if node is None:
+            sources.append(value)
+        elif node.op_type not in ("Shape", "Size"):
+            pending.extend(node.input)
+    return sources
 
 
 class KilnRep(BackendRep):
-    def __init__(self, compiled) -> None:
-        self.compiled = compiled
+    def __init__(self, model: onnx.ModelProto, target: str | dict, options: dict[str, Any]) -> None:
+        self.model = model
+        self.target = target
+        self.options = options
+        initializers = {t.name for t in model.graph.initializer}
+        self.input_names = [i.name for i in model.graph.input if i.name not in initializers]
+        self.value_inputs: list[str] = []  # inputs the graph needs as import-time values
+        self.compiled: dict[tuple, Any] = {}
+
+    def _compile(self, arrays: dict[str, np.ndarray]):
+        import kiln
+
+        while True:
+            key = tuple(arrays[name].tobytes() for name in self.value_inputs)
+            if key in self.compiled:
+                return self.compiled[key]
+            bound = {name: arrays[name] for name in self.value_inputs}
+            free = [name for name in self.input_names if name not in bound]
+            examples = [tensor_from_numpy(arrays[name], name) for name in free]  # the run's own data: drift on real values
+            shapes = {name: list(arrays[name].shape) for name in free}
+            try:
+                module = kiln.compile(_bind(self.model, bound), examples, target=self.target, input_shapes=shapes, **self.options)
+            except ValueRequiredError as error:
+                sources = [name for name in _value_sources(self.model, error.name) if name in arrays and name not in self.value_inputs]
+                if not sources:
+                    raise
+                self.value_inputs.extend(sources)
+                continue
+            self.compiled[key] = module
+            return module
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
-        arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        outputs = self.compiled(*[torch.from_numpy(np.asarray(a)) for a in arrays])
+        given = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        arrays = {name: np.asarray(a) for name, a in zip(self.input_names, given)}
+        module = self._compile(arrays)
+        tensors = [tensor_from_numpy(arrays[name], name) for name in self.input_names if name not in self.value_inputs]
+        outputs = module(*tensors)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return tuple(o.detach().cpu().numpy() for o in outputs)
+        return tuple(tensor_to_numpy(o.detach().cpu()) for o in outputs)
 
 
 class KilnBackend(Backend):
@@ -31,19 +97,13 @@ class KilnBackend(Backend):
 
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> KilnRep:
-        import kiln
-
-        initializers = {t.name for t in model.graph.initializer}
-        shapes = kwargs.pop("input_shapes", None)
-        inputs = kwargs.pop("example_inputs", None)
-        if inputs is not None:
-            names = [i.name for i in model.graph.input if i.name not in initializers]
-            shapes = {name: list(np.shape(a)) for name, a in zip(names, inputs)}
-        return KilnRep(kiln.compile(model, target=kwargs.pop("target", cls.target), input_shapes=shapes, **kwargs))
+        """Compilation waits for the first run, which gives the input shapes and values."""
+        check_model(model, model.graph.name or "the ONNX model")
+        return KilnRep(model, kwargs.pop("target", cls.target), kwargs)
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Sequence[Any], device: str = "CPU", **kwargs: Any):
-        return cls.prepare(model, device, example_inputs=list(inputs), **kwargs).run(inputs)
+        return cls.prepare(model, device, **kwargs).run(inputs)
 
     @classmethod
     def supports_device(cls, device: str) -> bool:

@@ -25,10 +25,13 @@ from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError, UnsupportedOpError
 from kiln.ir.graph import Graph
-from kiln.ir.onnx_ops import CONVERTERS, NodeContext
+from kiln.ir import onnx_ops_nn  # noqa: F401 - registers the composite operators' converters
+from kiln.ir.onnx_ops import CONVERTERS, NodeContext, tensor_from_numpy, torch_dtype
 from kiln.ir.torch_frontend import from_torch
 
-SUPPORTED_OPSETS = range(7, 24)  # the default domain's opsets the converters follow
+# The default domain's opsets read: from 7 up to the newest the installed onnx package defines.
+# Converters check the opset themselves where an operator's meaning changed (not only its types).
+SUPPORTED_OPSETS = range(7, onnx.defs.onnx_opset_version() + 1)
 
 
 def load_onnx(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -47,13 +50,18 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str
     return proto, str(path)
 
 
-def _check(model: onnx.ModelProto, source: str) -> None:
+def check_model(model: onnx.ModelProto, source: str) -> None:
+    """Opsets, value types and inputs every node reads: what Kiln can import, checked up front."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version not in SUPPORTED_OPSETS:
             raise FrontendError(
                 f"{source}: opset {opset.version} of the default ONNX domain is not supported "
                 f"(Kiln reads opsets {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})"
             )
+    for value in [*model.graph.input, *model.graph.output]:
+        if not value.type.HasField("tensor_type"):
+            kind = value.type.WhichOneof("value") or "untyped"
+            raise FrontendError(f"{source}: '{value.name}' has {kind.replace('_type', '')} type: Kiln compiles tensors only")
     known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
     for node in model.graph.node:
         for name in node.input:
@@ -122,62 +130,89 @@ class OnnxModule(torch.nn.Module):
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         shapes = _static_shapes(model, input_shapes)
         self.traced_nodes = []
-        for node in model.graph.node:
-            if not self._fold(node, shapes):
+        pending = list(reversed(model.graph.node))
+        while pending:
+            node = pending.pop()
+            if node.op_type == "If" and node.input[0] in self.constants:
+                pending.extend(reversed(_inlined_branch(node, bool(self.constants[node.input[0]]))))
+            elif not _fold(node, shapes, self.constants):
                 self.traced_nodes.append(node)
         needed = {name for node in self.traced_nodes for name in node.input} | set(self.output_names)
         self.buffer_names = {}
         for index, name in enumerate(sorted(n for n in needed if n in self.constants)):
             self.buffer_names[name] = f"onnx_constant_{index}"
-            self.register_buffer(self.buffer_names[name], torch.from_numpy(np.array(self.constants[name])), persistent=False)
-
-    def _fold(self, node: onnx.NodeProto, shapes: dict[str, list[int]]) -> bool:
-        """Evaluate `node` now if it depends on constants only; True if it was."""
-        if node.op_type == "Shape" and node.input[0] in shapes and node.input[0] not in self.constants:
-            shape = np.array(shapes[node.input[0]], dtype=np.int64)
-            start = next((a.i for a in node.attribute if a.name == "start"), 0)
-            end = next((a.i for a in node.attribute if a.name == "end"), len(shape))
-            self.constants[node.output[0]] = shape[start:end]
-            return True
-        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
-            return False
-        if not all(name == "" or name in self.constants for name in node.input):
-            return False
-        try:
-            results = ReferenceEvaluator(node).run(None, {n: self.constants[n] for n in node.input if n})
-        except Exception:
-            return False  # the converter will handle (or name) it
-        for name, value in zip(node.output, results):
-            self.constants[name] = np.asarray(value)
-        return True
+            self.register_buffer(self.buffer_names[name], tensor_from_numpy(self.constants[name], name), persistent=False)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values: dict[str, Any] = dict(zip(self.input_names, inputs))
         for name, buffer in self.buffer_names.items():
             values[name] = getattr(self, buffer)
+        known = dict(self.constants)  # grows by what tracing makes known: the shapes of traced tensors
         for node in self.traced_nodes:
+            traced = values.get(node.input[0]) if node.op_type in ("Shape", "Size") else None
+            if traced is not None and all(isinstance(d, int) for d in traced.shape):
+                if _fold(node, {node.input[0]: list(traced.shape)}, known):
+                    values[node.output[0]] = tensor_from_numpy(known[node.output[0]], node.output[0])
+                    continue
+            elif node.input and _fold(node, {}, known):
+                values.update((name, tensor_from_numpy(known[name], name)) for name in node.output if name)
+                continue
             converter = CONVERTERS.get(node.op_type)
             if converter is None or node.domain not in ("", "ai.onnx"):
                 raise UnsupportedOpError(
                     f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
                     node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "Kiln's ONNX frontend",
                 )
-            context = NodeContext(node, [values.get(name) if name else None for name in node.input], self.constants, self.opset)
+            context = NodeContext(node, [values.get(name) if name else None for name in node.input], known, self.opset)
             outputs = converter(context)
             outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
             values.update(zip(node.output, outputs))
-        return tuple(values[name] if name in values else torch.from_numpy(self.constants[name]) for name in self.output_names)
+        return tuple(values[name] if name in values else tensor_from_numpy(known[name], name) for name in self.output_names)
 
     def example_inputs(self, shapes: dict[str, list[int]]) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
         examples = []
         for name in self.input_names:
-            dtype = torch.from_numpy(np.empty(0, onnx.helper.tensor_dtype_to_np_dtype(self.input_dtypes[name]))).dtype
+            dtype = torch_dtype(self.input_dtypes[name], f"input '{name}'")
             if dtype.is_floating_point:
                 examples.append(torch.randn(shapes[name], generator=generator).to(dtype))
             else:
                 examples.append(torch.zeros(shapes[name], dtype=dtype))
         return tuple(examples)
+
+
+_RANDOM = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+
+
+def _fold(node: onnx.NodeProto, shapes: dict[str, list[int]], constants: dict[str, np.ndarray]) -> bool:
+    """Evaluate `node` into `constants` if its inputs are constants (or, for Shape and Size, its
+    input's shape is in `shapes`); True if it was. ONNX's reference evaluator computes it."""
+    if node.op_type in ("Shape", "Size") and node.input[0] in shapes and node.input[0] not in constants:
+        shape = np.array(shapes[node.input[0]], dtype=np.int64)
+        if node.op_type == "Size":
+            constants[node.output[0]] = np.array(np.prod(shape), dtype=np.int64)
+            return True
+        start = next((a.i for a in node.attribute if a.name == "start"), 0)
+        end = next((a.i for a in node.attribute if a.name == "end"), len(shape))
+        constants[node.output[0]] = shape[start:end]
+        return True
+    if node.op_type in _RANDOM or not all(name == "" or name in constants for name in node.input):
+        return False
+    try:
+        results = ReferenceEvaluator(node).run(None, {n: constants[n] for n in node.input if n})
+    except Exception:
+        return False  # the converter will handle (or name) it
+    for name, value in zip(node.output, results):
+        constants[name] = np.asarray(value)
+    return True
+
+
+def _inlined_branch(node: onnx.NodeProto, condition: bool) -> list[onnx.NodeProto]:
+    """The nodes of the branch an If with a condition known at import time takes, then Identity
+    nodes that give the branch's outputs the If's output names."""
+    branch = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == ("then_branch" if condition else "else_branch"))
+    renames = [onnx.helper.make_node("Identity", [inner.name], [outer]) for inner, outer in zip(branch.output, node.output)]
+    return [*branch.node, *renames]
 
 
 def _identifier(name: str) -> str:
@@ -203,7 +238,7 @@ def onnx_module(
 ) -> tuple[OnnxModule, tuple[torch.Tensor, ...]]:
     """The ONNX model as a torch module, with example inputs of its input shapes."""
     proto, source = load_onnx(model)
-    _check(proto, source)
+    check_model(proto, source)
     shapes = _input_shapes(proto, input_shapes, source)
     module = _with_input_names(list(shapes))(proto, source, shapes)
     return module, module.example_inputs(shapes)

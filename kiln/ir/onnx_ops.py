@@ -15,7 +15,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from kiln.errors import FrontendError
+from kiln.errors import FrontendError, ValueRequiredError
 
 
 @dataclass
@@ -38,17 +38,38 @@ class NodeContext:
             return None
         name = self.node.input[index]
         if name not in self.constants:
-            raise FrontendError(
+            raise ValueRequiredError(
                 f"ONNX {self.node.op_type} node '{self.node.name or self.node.output[0]}': input '{name}' must be "
-                f"known at import time (a shape or axes computed from data is not supported)"
+                f"known at import time (a shape or axes computed from data is not supported)",
+                name,
             )
         return self.constants[name]
 
     def tensor(self, index: int) -> torch.Tensor | None:
         value = self.inputs[index] if index < len(self.inputs) else None
         if value is None and index < len(self.node.input) and self.node.input[index] in self.constants:
-            return torch.from_numpy(np.array(self.constants[self.node.input[index]]))
+            return tensor_from_numpy(self.constants[self.node.input[index]], self.node.input[index])
         return value
+
+
+def tensor_from_numpy(array: Any, name: str) -> torch.Tensor:
+    """A torch copy of an ONNX value (bfloat16 included); string tensors are a clear FrontendError."""
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":
+        raise FrontendError(f"ONNX value '{name}' is a string tensor: Kiln compiles numeric tensors only")
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
+    if array.dtype.kind == "V" or array.dtype.name.startswith(("float8", "float4", "int4", "uint4", "int2", "uint2")):
+        raise FrontendError(f"ONNX value '{name}' has element type {array.dtype.name}, which Kiln does not compute in")
+    return torch.from_numpy(np.array(array))
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes  # onnx's own dependency for its bfloat16 arrays
+
+        return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
 
 
 Converter = Callable[[NodeContext], Any]
@@ -68,8 +89,24 @@ def _unary(op_type: str, function: Callable[[torch.Tensor], torch.Tensor]) -> No
     CONVERTERS[op_type] = lambda c: function(c.tensor(0))
 
 
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _widened(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`function` computed in int64 for uint16/32/64 operands, which torch has no kernels for."""
+
+    def compute(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.dtype not in _WIDE_UNSIGNED:
+            return function(a, b)
+        result = function(a.to(torch.int64), b.to(torch.int64))
+        return result.to(a.dtype) if result.dtype == torch.int64 else result
+
+    return compute
+
+
 def _binary(op_type: str, function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    CONVERTERS[op_type] = lambda c: function(c.tensor(0), c.tensor(1))
+    widened = _widened(function)
+    CONVERTERS[op_type] = lambda c: widened(c.tensor(0), c.tensor(1))
 
 
 for _name, _function in {
@@ -77,7 +114,9 @@ for _name, _function in {
     "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Erf": torch.erf,
     "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin, "Cos": torch.cos, "Sign": torch.sign,
     "Not": torch.logical_not, "Softsign": F.softsign, "Round": torch.round, "Tan": torch.tan,
-    "Identity": lambda x: x, "IsNaN": torch.isnan,
+    "Identity": lambda x: x, "IsNaN": torch.isnan, "Acos": torch.acos, "Acosh": torch.acosh, "Asin": torch.asin,
+    "Asinh": torch.asinh, "Atan": torch.atan, "Atanh": torch.atanh, "Cosh": torch.cosh, "Sinh": torch.sinh,
+    "Mish": F.mish, "BitwiseNot": torch.bitwise_not,
 }.items():
     _unary(_name, _function)
 
@@ -85,7 +124,8 @@ for _name, _function in {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Equal": torch.eq,
     "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
     "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor, "MatMul": torch.matmul,
-    "PRelu": lambda x, slope: torch.where(x >= 0, x, x * slope),
+    "PRelu": lambda x, slope: torch.where(x >= 0, x, x * slope), "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor,
 }.items():
     _binary(_name, _function)
 
@@ -94,17 +134,64 @@ for _name, _function in {
 def _div(c: NodeContext) -> torch.Tensor:
     a, b = c.tensor(0), c.tensor(1)
     if not a.dtype.is_floating_point and not b.dtype.is_floating_point:
-        return torch.div(a, b, rounding_mode="trunc")
+        return _widened(lambda x, y: torch.div(x, y, rounding_mode="trunc"))(a, b)
     return a / b
 
 
 @converts("Sum", "Max", "Min", "Mean")
 def _variadic(c: NodeContext) -> torch.Tensor:
-    combine = {"Sum": torch.add, "Max": torch.maximum, "Min": torch.minimum, "Mean": torch.add}[c.node.op_type]
+    combine = _widened({"Sum": torch.add, "Max": torch.maximum, "Min": torch.minimum, "Mean": torch.add}[c.node.op_type])
     result = c.tensor(0)
     for index in range(1, len(c.node.input)):
         result = combine(result, c.tensor(index))
     return result / len(c.node.input) if c.node.op_type == "Mean" else result
+
+
+@converts("Mod")
+def _mod(c: NodeContext) -> torch.Tensor:
+    a, b = c.tensor(0), c.tensor(1)
+    if c.attr("fmod", 0):
+        return _widened(torch.fmod)(a, b)
+    if not a.dtype.is_floating_point:
+        return _widened(torch.remainder)(a, b)
+    # the divisor's sign, from fmod: a - floor(a/b)*b (TVM's float remainder) is NaN for a finite a and b = ±inf
+    truncated = torch.fmod(a, b)
+    return torch.where((truncated != 0) & ((truncated < 0) != (b < 0)), truncated + b, truncated)
+
+
+@converts("IsInf")
+def _is_inf(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    positive, negative = c.attr("detect_positive", 1), c.attr("detect_negative", 1)
+    if positive and negative:
+        return torch.isinf(x)
+    if positive:
+        return x == float("inf")
+    return x == float("-inf") if negative else torch.zeros_like(x, dtype=torch.bool)
+
+
+@converts("Swish")
+def _swish(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    return x * torch.sigmoid(c.attr("alpha", 1.0) * x)
+
+
+@converts("ThresholdedRelu")
+def _thresholded_relu(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    return torch.where(x > c.attr("alpha", 1.0), x, torch.zeros_like(x))
+
+
+@converts("Shrink")
+def _shrink(c: NodeContext) -> torch.Tensor:
+    x, bias, lambd = c.tensor(0), c.attr("bias", 0.0), c.attr("lambd", 0.5)
+    zero = torch.zeros_like(x)
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero)).to(x.dtype)
+
+
+@converts("Celu")
+def _celu(c: NodeContext) -> torch.Tensor:
+    return F.celu(c.tensor(0), c.attr("alpha", 1.0))
 
 
 @converts("LeakyRelu")
@@ -158,11 +245,37 @@ def _where(c: NodeContext) -> torch.Tensor:
 
 @converts("Cast")
 def _cast(c: NodeContext) -> torch.Tensor:
-    return c.tensor(0).to(_torch_dtype(c.attr("to")))
+    return _cast_to(c, c.tensor(0), torch_dtype(c.attr("to"), c.node))
 
 
-def _torch_dtype(onnx_type: int) -> torch.dtype:
-    return torch.from_numpy(np.empty(0, onnx.helper.tensor_dtype_to_np_dtype(onnx_type))).dtype
+@converts("CastLike")
+def _cast_like(c: NodeContext) -> torch.Tensor:
+    return _cast_to(c, c.tensor(0), c.tensor(1).dtype)
+
+
+def _cast_to(c: NodeContext, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype.is_floating_point and dtype in _INTEGERS:
+        x = torch.trunc(x)  # ONNX casts round toward zero; TVM's float→int cast agrees only for in-range values
+    return x.to(dtype)
+
+
+_TORCH_DTYPES = {
+    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64, onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16, onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.UINT16: torch.uint16, onnx.TensorProto.UINT32: torch.uint32, onnx.TensorProto.UINT64: torch.uint64,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+_INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64)
+
+
+def torch_dtype(onnx_type: int, where: Any = None) -> torch.dtype:
+    """The torch dtype of an ONNX element type; a FrontendError for the ones Kiln cannot compute in."""
+    if onnx_type not in _TORCH_DTYPES:
+        name = onnx.TensorProto.DataType.Name(onnx_type)
+        place = f" (node '{where.name or where.output[0]}', {where.op_type})" if isinstance(where, onnx.NodeProto) else (f" ({where})" if where else "")
+        raise FrontendError(f"ONNX element type {name}{place} is not supported by Kiln")
+    return _TORCH_DTYPES[onnx_type]
 
 
 @converts("Dropout")
@@ -249,9 +362,12 @@ def _slice(c: NodeContext) -> torch.Tensor:
         axes, steps = c.attr("axes") or list(range(len(starts))), [1] * len(starts)
     index = [slice(None)] * x.dim()
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        if step < 0:
-            raise FrontendError(f"ONNX Slice node '{c.node.name}': negative steps are not supported")
-        index[axis % x.dim()] = slice(max(int(start), -x.shape[axis]), min(int(end), x.shape[axis]) if end >= 0 else int(end), int(step))
+        axis = axis % x.dim()
+        start, stop, stride = slice(int(start), int(end), int(step)).indices(x.shape[axis])
+        if stride < 0:  # a reversed range: flip the axis, then slice it forwards
+            x, size = torch.flip(x, (axis,)), x.shape[axis]
+            start, stop, stride = size - 1 - start, size - 1 - stop, -stride
+        index[axis] = slice(start, max(stop, start), stride)
     return x[tuple(index)]
 
 
@@ -283,17 +399,28 @@ def _pad(c: NodeContext) -> torch.Tensor:
     x = c.tensor(0)
     pads = (c.constant(1) if len(c.node.input) > 1 else np.array(c.attr("pads"))).tolist()
     value = c.constant(2) if len(c.node.input) > 2 and c.node.input[2] else c.attr("value", 0.0)
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[c.attr("mode", "constant")]
     rank = x.dim()
+    axes = c.constant(3) if len(c.node.input) > 3 and c.node.input[3] else None
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    begins, ends = [0] * rank, [0] * rank
+    for index, axis in enumerate(axes):
+        begins[axis], ends[axis] = int(pads[index]), int(pads[index + len(axes)])
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[c.attr("mode", "constant")]
     torch_pads = []
     for axis in reversed(range(rank)):
-        torch_pads += [int(pads[axis]), int(pads[axis + rank])]
-    return F.pad(x, torch_pads, mode=mode, value=float(value) if mode == "constant" else None)
+        torch_pads += [begins[axis], ends[axis]]
+    if mode == "constant":
+        return F.pad(x, torch_pads, value=float(value))
+    leading = next((axis for axis in range(rank) if begins[axis] or ends[axis]), rank)
+    # torch pads the trailing dims only in these modes (and wants a batch dim before them)
+    torch_pads = torch_pads[: 2 * (rank - leading)]
+    padded = F.pad(x.unsqueeze(0) if leading == 0 else x, torch_pads, mode=mode)
+    return padded.squeeze(0) if leading == 0 else padded
 
 
 # ---- neural-network operators ----
 
-def _same_pads(c: NodeContext, spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
+def same_pads(c: NodeContext, spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
     """ONNX pads (begins then ends) for auto_pad, or the explicit ones."""
     auto = c.attr("auto_pad", "NOTSET")
     if auto in ("NOTSET", "VALID"):
@@ -323,7 +450,7 @@ def _conv(c: NodeContext) -> torch.Tensor:
     x, weight, bias = c.tensor(0), c.tensor(1), c.tensor(2)
     n = weight.dim() - 2
     strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
-    pads = _same_pads(c, list(x.shape[2:]), list(weight.shape[2:]), strides, dilations)
+    pads = same_pads(c, list(x.shape[2:]), list(weight.shape[2:]), strides, dilations)
     x, padding = _pad_spatial(x, pads)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
     return conv(x, weight, bias, strides, padding, dilations, c.attr("group", 1))
@@ -345,7 +472,7 @@ def _pool(c: NodeContext):
     x, kernel = c.tensor(0), c.attr("kernel_shape")
     n = len(kernel)
     strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
-    pads = _same_pads(c, list(x.shape[2:]), kernel, strides, dilations)
+    pads = same_pads(c, list(x.shape[2:]), kernel, strides, dilations)
     ceil = bool(c.attr("ceil_mode", 0))
     if c.node.op_type == "MaxPool":
         x, padding = _pad_spatial(x, pads, value=float("-inf"))
@@ -382,13 +509,6 @@ def _batch_norm(c: NodeContext) -> torch.Tensor:
 @converts("InstanceNormalization")
 def _instance_norm(c: NodeContext) -> torch.Tensor:
     return F.instance_norm(c.tensor(0), weight=c.tensor(1), bias=c.tensor(2), eps=c.attr("epsilon", 1e-5))
-
-
-@converts("LayerNormalization")
-def _layer_norm(c: NodeContext) -> torch.Tensor:
-    x = c.tensor(0)
-    axis = c.attr("axis", -1) % x.dim()
-    return F.layer_norm(x, x.shape[axis:], c.tensor(1), c.tensor(2), c.attr("epsilon", 1e-5))
 
 
 @converts("LRN")
@@ -444,3 +564,188 @@ def _arg(c: NodeContext) -> torch.Tensor:
         axis = axis % x.dim()
         return x.shape[axis] - 1 - function(torch.flip(x, (axis,)), dim=axis, keepdim=keep)
     return function(x, dim=axis, keepdim=keep)
+
+
+_REDUCTIONS: dict[str, Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]] = {
+    "ReduceL1": lambda x, axes, keep: x.abs().sum(axes, keepdim=keep),
+    "ReduceL2": lambda x, axes, keep: (x * x).sum(axes, keepdim=keep).sqrt(),
+    "ReduceSumSquare": lambda x, axes, keep: (x * x).sum(axes, keepdim=keep),
+    "ReduceLogSum": lambda x, axes, keep: x.sum(axes, keepdim=keep).log(),
+    "ReduceLogSumExp": lambda x, axes, keep: torch.logsumexp(x, axes, keepdim=keep),
+}
+
+
+@converts(*_REDUCTIONS)
+def _reduce_composite(c: NodeContext) -> torch.Tensor:
+    x, keep = c.tensor(0), bool(c.attr("keepdims", 1))
+    axes = _axes(c, 1) if c.opset >= 18 else c.attr("axes")
+    if axes is None or (not axes and not c.attr("noop_with_empty_axes", 0)):
+        axes = list(range(x.dim()))
+    if not axes:
+        return x
+    return _REDUCTIONS[c.node.op_type](x, tuple(a % x.dim() for a in axes), keep).to(x.dtype)
+
+
+@converts("ConstantOfShape")
+def _constant_of_shape(c: NodeContext) -> torch.Tensor:
+    value = c.attr("value")
+    fill = tensor_from_numpy(onnx.numpy_helper.to_array(value), c.node.output[0]) if value is not None else torch.zeros(1)
+    return fill.reshape(()).expand([int(s) for s in c.constant(0)]).clone()
+
+
+@converts("Range")
+def _range(c: NodeContext) -> torch.Tensor:
+    start, limit, delta = (c.constant(i) for i in range(3))
+    dtype = tensor_from_numpy(start, c.node.input[0]).dtype
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=dtype)
+
+
+@converts("Trilu")
+def _trilu(c: NodeContext) -> torch.Tensor:
+    k = int(c.constant(1)) if len(c.node.input) > 1 and c.node.input[1] else 0
+    return torch.triu(c.tensor(0), k) if c.attr("upper", 1) else torch.tril(c.tensor(0), k)
+
+
+@converts("CumSum", "CumProd")
+def _cumulative(c: NodeContext) -> torch.Tensor:
+    x, axis = c.tensor(0), int(c.constant(1)) % c.tensor(0).dim()
+    function, identity = (torch.cumsum, 0) if c.node.op_type == "CumSum" else (torch.cumprod, 1)
+    if c.attr("reverse", 0):
+        x = torch.flip(x, (axis,))
+    if c.attr("exclusive", 0):  # shift by one: the identity first, the last element dropped
+        x = torch.cat([torch.full_like(x.narrow(axis, 0, 1), identity), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
+    result = function(x, axis).to(x.dtype)
+    return torch.flip(result, (axis,)) if c.attr("reverse", 0) else result
+
+
+@converts("Hardmax")
+def _hardmax(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    if c.opset < 13:  # over the flattened trailing dims
+        axis = c.attr("axis", 1) % x.dim()
+        flat = x.reshape(*x.shape[:axis], -1)
+        return F.one_hot(torch.argmax(flat, -1), flat.shape[-1]).to(x.dtype).reshape(x.shape)
+    axis = c.attr("axis", -1) % x.dim()
+    return F.one_hot(torch.argmax(x, axis), x.shape[axis]).to(x.dtype).movedim(-1, axis)
+
+
+@converts("LpNormalization")
+def _lp_normalization(c: NodeContext) -> torch.Tensor:
+    x, p = c.tensor(0), c.attr("p", 2)
+    norm = x.abs().sum(c.attr("axis", -1), keepdim=True) if p == 1 else (x * x).sum(c.attr("axis", -1), keepdim=True).sqrt()
+    return x / norm
+
+
+def _positive_indices(indices: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
+    return torch.where(indices < 0, indices + size, indices)
+
+
+@converts("GatherElements")
+def _gather_elements(c: NodeContext) -> torch.Tensor:
+    x, axis = c.tensor(0), c.attr("axis", 0) % c.tensor(0).dim()
+    return torch.gather(x, axis, _positive_indices(c.tensor(1), x.shape[axis]).to(torch.int64))
+
+
+@converts("ScatterElements", "Scatter")
+def _scatter_elements(c: NodeContext) -> torch.Tensor:
+    x, indices, updates = c.tensor(0), c.tensor(1), c.tensor(2)
+    axis = c.attr("axis", 0) % x.dim()
+    indices = _positive_indices(indices, x.shape[axis]).to(torch.int64)
+    reduction = c.attr("reduction", "none")
+    if reduction == "none":
+        return torch.scatter(x, axis, indices, updates)
+    return torch.scatter_reduce(x, axis, indices, updates, {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction])
+
+
+@converts("GatherND")
+def _gather_nd(c: NodeContext) -> torch.Tensor:
+    x, indices, batch = c.tensor(0), c.tensor(1).to(torch.int64), c.attr("batch_dims", 0)
+    depth = indices.shape[-1]
+    batch_shape = x.shape[:batch]
+    x = x.reshape(-1, *x.shape[batch:])
+    indices = indices.reshape(x.shape[0], -1, depth)
+    picks = [torch.arange(x.shape[0]).reshape(-1, 1)]
+    picks += [_positive_indices(indices[..., i], x.shape[1 + i]) for i in range(depth)]
+    gathered = x[tuple(picks)]
+    return gathered.reshape(*batch_shape, *c.tensor(1).shape[batch:-1], *x.shape[1 + depth:])
+
+
+@converts("ScatterND")
+def _scatter_nd(c: NodeContext) -> torch.Tensor:
+    """Rows of x (over its first `depth` dims, flattened) scattered by their linear index."""
+    x, indices, updates = c.tensor(0), c.tensor(1).to(torch.int64), c.tensor(2)
+    depth = indices.shape[-1]
+    leading, trailing = x.shape[:depth], x.shape[depth:]
+    strides = torch.tensor([int(np.prod(leading[i + 1:])) for i in range(depth)], dtype=torch.int64)
+    positive = torch.stack([_positive_indices(indices[..., i], leading[i]) for i in range(depth)], -1)
+    rows = (positive * strides).sum(-1).reshape(-1)
+    flat_x = x.reshape(-1, *trailing)
+    flat_updates = updates.reshape(-1, *trailing)
+    index = rows.reshape(-1, *([1] * len(trailing))).expand(flat_updates.shape)
+    reduction = c.attr("reduction", "none")
+    if reduction == "none":
+        return torch.scatter(flat_x, 0, index, flat_updates).reshape(x.shape)
+    reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return torch.scatter_reduce(flat_x, 0, index, flat_updates, reduce).reshape(x.shape)
+
+
+@converts("OneHot")
+def _one_hot(c: NodeContext) -> torch.Tensor:
+    indices, depth, values = c.tensor(0), int(c.constant(1)), c.tensor(2)
+    indices = _positive_indices(indices.to(torch.int64), depth)
+    axis = c.attr("axis", -1) % (indices.dim() + 1)
+    hot = (indices.unsqueeze(-1) == torch.arange(depth)).movedim(-1, axis)
+    return torch.where(hot, values[1], values[0])
+
+
+@converts("TopK")
+def _top_k(c: NodeContext):
+    x, axis = c.tensor(0), c.attr("axis", -1)
+    k = int(c.constant(1)) if c.opset >= 10 else c.attr("k")
+    values, indices = torch.topk(x, k, axis, largest=bool(c.attr("largest", 1)), sorted=True)
+    return values, indices
+
+
+@converts("EyeLike")
+def _eye_like(c: NodeContext) -> torch.Tensor:
+    x = c.tensor(0)
+    dtype = torch_dtype(c.attr("dtype"), c.node) if c.attr("dtype") is not None else x.dtype
+    rows, columns, k = x.shape[0], x.shape[1], c.attr("k", 0)
+    return (torch.arange(columns).unsqueeze(0) - torch.arange(rows).unsqueeze(1) == k).to(dtype)
+
+
+@converts("DepthToSpace")
+def _depth_to_space(c: NodeContext) -> torch.Tensor:
+    x, block = c.tensor(0), c.attr("blocksize")
+    n, channels, height, width = x.shape
+    if c.attr("mode", "DCR") == "DCR":
+        x = x.reshape(n, block, block, channels // block**2, height, width).permute(0, 3, 4, 1, 5, 2)
+    else:
+        x = x.reshape(n, channels // block**2, block, block, height, width).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, channels // block**2, height * block, width * block)
+
+
+@converts("SpaceToDepth")
+def _space_to_depth(c: NodeContext) -> torch.Tensor:
+    x, block = c.tensor(0), c.attr("blocksize")
+    n, channels, height, width = x.shape
+    x = x.reshape(n, channels, height // block, block, width // block, block).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(n, channels * block**2, height // block, width // block)
+
+
+@converts("Einsum")
+def _einsum(c: NodeContext) -> torch.Tensor:
+    return torch.einsum(c.attr("equation").replace(" ", ""), *[c.tensor(i) for i in range(len(c.node.input))])
+
+
+@converts("Size")
+def _size(c: NodeContext) -> torch.Tensor:
+    return torch.tensor(c.tensor(0).numel(), dtype=torch.int64)
+
+
+@converts("If")
+def _if(c: NodeContext):
+    """Reached only when the condition is computed from data: Kiln inlines the branch of a
+    condition known at import time, and compiles no data-dependent control flow."""
+    c.constant(0)
+    raise FrontendError(f"ONNX If node '{c.node.name or c.node.output[0]}': a branch chosen at run time is not supported")

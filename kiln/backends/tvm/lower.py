@@ -63,6 +63,33 @@ def _reduce(op_name: str):
     return convert
 
 
+def _grid_sampler_2d(node: fx.Node, importer) -> Any:
+    """grid_sample with the grid moved to the [N, 2, H, W] layout TVM's kernel reads: the stock
+    converter passes torch's [N, H, W, 2] grid as it is, and the result comes out transposed."""
+    from tvm import relax
+
+    data, grid = importer.env[node.args[0]], importer.env[node.args[1]]
+    method = {0: "bilinear", 1: "nearest", 2: "bicubic"}[node.args[2]]
+    padding = {0: "zeros", 1: "border", 2: "reflection"}[node.args[3]]
+    grid = importer.block_builder.emit(relax.op.permute_dims(grid, [0, 3, 1, 2]))
+    return importer.block_builder.emit(
+        relax.op.image.grid_sample(data, grid, method=method, layout="NCHW", padding_mode=padding, align_corners=bool(node.args[4]))
+    )
+
+
+def _scatter_reduce(node: fx.Node, importer) -> Any:
+    """scatter_reduce (ONNX ScatterElements/ScatterND with a reduction) as Relax's scatter_elements,
+    which folds the existing values in, as torch does with include_self=True."""
+    from tvm import relax
+
+    if not node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True):
+        raise UnsupportedOpError("aten.scatter_reduce.two with include_self=False", node.name, model_source(node), "the TVM backend")
+    data, dim, index, source, reduce = (node.args[i] for i in range(5))
+    reduction = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min", "mean": "mean"}[reduce]
+    env = importer.env
+    return importer.block_builder.emit(relax.op.scatter_elements(env[data], env[index], env[source], dim, reduction))
+
+
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
 # Kiln's own ops, added by later passes, register theirs here too.
 CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
@@ -71,6 +98,8 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "gelu.default": _gelu,
     "amax.default": _reduce("max"),
     "amin.default": _reduce("min"),
+    "grid_sampler_2d.default": _grid_sampler_2d,
+    "scatter_reduce.two": _scatter_reduce,
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
