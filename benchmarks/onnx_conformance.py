@@ -42,9 +42,17 @@ def _matches(outputs, expected, case) -> bool:
     return True
 
 
+def _array(value):
+    """Cases hold numpy arrays, or TensorProtos where numpy has no dtype (float8, int4, ...)."""
+    import onnx
+
+    return onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+
+
 def _run(backend, case) -> tuple[bool, str]:
     try:
         for inputs, expected in case.data_sets:
+            inputs, expected = [_array(v) for v in inputs], [_array(v) for v in expected]
             outputs = backend.run_model(case.model, inputs)
             if not _matches(outputs, expected, case):
                 return False, "wrong numbers"

@@ -25,7 +25,7 @@ from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError, UnsupportedOpError
 from kiln.ir.graph import Graph
-from kiln.ir import onnx_ops_nn  # noqa: F401 - registers the composite operators' converters
+from kiln.ir import onnx_ops_nn, onnx_ops_quant  # noqa: F401 - they register their converters
 from kiln.ir.onnx_ops import CONVERTERS, NodeContext, tensor_from_numpy, torch_dtype
 from kiln.ir.torch_frontend import from_torch
 

@@ -55,10 +55,10 @@ class NodeContext:
 def tensor_from_numpy(array: Any, name: str) -> torch.Tensor:
     """A torch copy of an ONNX value (bfloat16 included); string tensors are a clear FrontendError."""
     array = np.asarray(array)
-    if array.dtype.kind in "OSU":
-        raise FrontendError(f"ONNX value '{name}' is a string tensor: Kiln compiles numeric tensors only")
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
+    if array.dtype.kind in "OSU":
+        raise FrontendError(f"ONNX value '{name}' is a string tensor: Kiln compiles numeric tensors only")
     if array.dtype.kind == "V" or array.dtype.name.startswith(("float8", "float4", "int4", "uint4", "int2", "uint2")):
         raise FrontendError(f"ONNX value '{name}' has element type {array.dtype.name}, which Kiln does not compute in")
     return torch.from_numpy(np.array(array))
@@ -406,15 +406,13 @@ def _pad(c: NodeContext) -> torch.Tensor:
     for index, axis in enumerate(axes):
         begins[axis], ends[axis] = int(pads[index]), int(pads[index + len(axes)])
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[c.attr("mode", "constant")]
-    torch_pads = []
-    for axis in reversed(range(rank)):
-        torch_pads += [begins[axis], ends[axis]]
+    widths = torch_pads(begins + ends)
     if mode == "constant":
-        return F.pad(x, torch_pads, value=float(value))
+        return F.pad(x, widths, value=float(value))
     leading = next((axis for axis in range(rank) if begins[axis] or ends[axis]), rank)
     # torch pads the trailing dims only in these modes (and wants a batch dim before them)
-    torch_pads = torch_pads[: 2 * (rank - leading)]
-    padded = F.pad(x.unsqueeze(0) if leading == 0 else x, torch_pads, mode=mode)
+    widths = widths[: 2 * (rank - leading)]
+    padded = F.pad(x.unsqueeze(0) if leading == 0 else x, widths, mode=mode)
     return padded.squeeze(0) if leading == 0 else padded
 
 
@@ -434,15 +432,18 @@ def same_pads(c: NodeContext, spatial: list[int], kernel: list[int], strides: li
     return begins + ends
 
 
+def torch_pads(pads: list[int]) -> list[int]:
+    """ONNX pads (all begins, then all ends) in F.pad's order (last axis first, begin and end)."""
+    n = len(pads) // 2
+    return [p for axis in reversed(range(n)) for p in (pads[axis], pads[axis + n])]
+
+
 def _pad_spatial(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[torch.Tensor, list[int]]:
     """Symmetric pads stay with the operator; asymmetric ones are applied first."""
     n = len(pads) // 2
     if pads[:n] == pads[n:]:
         return x, pads[:n]
-    torch_pads = []
-    for axis in reversed(range(n)):
-        torch_pads += [pads[axis], pads[axis + n]]
-    return F.pad(x, torch_pads, value=value), [0] * n
+    return F.pad(x, torch_pads(pads), value=value), [0] * n
 
 
 @converts("Conv")
@@ -467,30 +468,78 @@ def _conv_transpose(c: NodeContext) -> torch.Tensor:
     return conv(x, weight, bias, c.attr("strides", [1] * n), pads[:n], c.attr("output_padding", [0] * n), c.attr("group", 1), c.attr("dilations", [1] * n))
 
 
+def ceil_pads(x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> list[int]:
+    """`pads` with the ends grown so that a floor-mode window count equals ceil_mode's (ONNX's
+    rule: a last window must start inside the input or its begin padding)."""
+    n, pads = len(kernel), list(pads)
+    for axis in range(n):
+        span = (kernel[axis] - 1) * dilations[axis] + 1
+        padded = x.shape[2 + axis] + pads[axis] + pads[axis + n]
+        windows = -(-(padded - span) // strides[axis]) + 1
+        if (windows - 1) * strides[axis] >= x.shape[2 + axis] + pads[axis]:
+            windows -= 1
+        pads[axis + n] += max((windows - 1) * strides[axis] + span - padded, 0)
+    return pads
+
+
+def window_sums(x: torch.Tensor, kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> torch.Tensor:
+    """The sum of each pooling window (zero padding): a depthwise convolution with ones, which,
+    unlike torch's pools, takes dilations and any padding."""
+    ones = torch.ones((x.shape[1], 1, *kernel), dtype=x.dtype)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel)]
+    return conv(F.pad(x, torch_pads(pads)), ones, None, strides, 0, dilations, x.shape[1])
+
+
+def _native_padding(kernel: list[int], dilations: list[int], pads: list[int]) -> bool:
+    """torch's pools take symmetric pads of at most half the (dilated) window."""
+    n = len(kernel)
+    return pads[:n] == pads[n:] and all(p <= ((k - 1) * d + 1) // 2 for p, k, d in zip(pads[:n], kernel, dilations))
+
+
 @converts("MaxPool", "AveragePool")
 def _pool(c: NodeContext):
-    x, kernel = c.tensor(0), c.attr("kernel_shape")
+    x, kernel = c.tensor(0), list(c.attr("kernel_shape"))
     n = len(kernel)
     strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
     pads = same_pads(c, list(x.shape[2:]), kernel, strides, dilations)
     ceil = bool(c.attr("ceil_mode", 0))
     if c.node.op_type == "MaxPool":
-        x, padding = _pad_spatial(x, pads, value=float("-inf"))
-        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-        return pool(x, kernel, strides, padding, dilations, ceil_mode=ceil)
-    if any(d != 1 for d in dilations):
-        raise FrontendError(f"ONNX AveragePool node '{c.node.name or c.node.output[0]}': dilations are not supported")
+        return _max_pool(c, x, kernel, strides, dilations, pads, ceil)
     include_pad = bool(c.attr("count_include_pad", 0))
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    if pads[:n] == pads[n:]:
+    if all(d == 1 for d in dilations) and _native_padding(kernel, dilations, pads):
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
         return pool(x, kernel, strides, pads[:n], ceil_mode=ceil, count_include_pad=include_pad)
-    padded, _ = _pad_spatial(x, pads)
-    window_sums = pool(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    grown = ceil_pads(x, kernel, strides, dilations, pads) if ceil else pads
+    sums = window_sums(x, kernel, strides, dilations, grown)
+    # the divisor: the real elements in each window, or those plus the given pads (not ceil's)
+    counted = torch.ones_like(x[:1, :1])
     if include_pad:
-        return window_sums
-    # average over the real elements only: the same pooling of a padded mask counts them
-    mask, _ = _pad_spatial(torch.ones_like(x[:1, :1]), pads)
-    return window_sums / pool(mask, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+        counted = F.pad(counted, torch_pads(pads), value=1.0)
+        grown = [0] * n + [g - p for g, p in zip(grown[n:], pads[n:])]
+    return sums / window_sums(counted, kernel, strides, dilations, grown)
+
+
+def _max_pool(c: NodeContext, x: torch.Tensor, kernel, strides, dilations, pads, ceil):
+    n = len(kernel)
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+    native = _native_padding(kernel, dilations, pads)
+    padded, padding = (x, pads[:n]) if native else (F.pad(x, torch_pads(pads), value=float("-inf")), [0] * n)
+    if len(c.node.output) < 2 or not c.node.output[1]:
+        return pool(padded, kernel, strides, padding, dilations, ceil_mode=ceil)
+    values, indices = pool(padded, kernel, strides, padding, dilations, ceil_mode=ceil, return_indices=True)
+    # torch indexes each (padded) plane; ONNX indexes the whole input tensor, row- or column-major
+    spatial = list(x.shape[2:])
+    padded_spatial = list(padded.shape[2:])
+    coordinates, remainder = [], indices
+    for axis in reversed(range(n)):
+        coordinates.insert(0, remainder % padded_spatial[axis] - (0 if native else pads[axis]))
+        remainder = remainder // padded_spatial[axis]
+    order = reversed(range(n)) if c.attr("storage_order", 0) else range(n)
+    flat = torch.zeros_like(indices)
+    for axis in order:
+        flat = flat * spatial[axis] + coordinates[axis]
+    planes = torch.arange(x.shape[0] * x.shape[1], dtype=torch.int64).reshape(x.shape[0], x.shape[1], *([1] * n))
+    return values, flat + planes * int(np.prod(spatial))
 
 
 @converts("GlobalAveragePool", "GlobalMaxPool")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError
-from kiln.ir.onnx_ops import NodeContext, converts, same_pads, torch_dtype
+from kiln.ir.onnx_ops import NodeContext, ceil_pads, converts, same_pads, torch_dtype, window_sums
 
 
 def _refuse(c: NodeContext, what: str) -> FrontendError:
@@ -72,25 +72,14 @@ def _mean_variance_norm(c: NodeContext) -> torch.Tensor:
 
 @converts("LpPool")
 def _lp_pool(c: NodeContext) -> torch.Tensor:
-    """(Σ|x|^p)^(1/p) over each window: a depthwise convolution with a kernel of ones sums the
-    windows, with strides, dilations and pads as given (ceil_mode pads the ends further)."""
+    """(Σ|x|^p)^(1/p) over each window."""
     x, kernel, p = c.tensor(0), list(c.attr("kernel_shape")), c.attr("p", 2)
     n = len(kernel)
     strides, dilations = c.attr("strides", [1] * n), c.attr("dilations", [1] * n)
     pads = same_pads(c, list(x.shape[2:]), kernel, strides, dilations)
     if c.attr("ceil_mode", 0):
-        for axis in range(n):
-            span = (kernel[axis] - 1) * dilations[axis] + 1
-            padded = x.shape[2 + axis] + pads[axis] + pads[axis + n]
-            remainder = (padded - span) % strides[axis]
-            pads[axis + n] += (strides[axis] - remainder) % strides[axis]
-    torch_pads = []
-    for axis in reversed(range(n)):
-        torch_pads += [pads[axis], pads[axis + n]]
-    powered = F.pad(x.abs() ** p, torch_pads)
-    ones = torch.ones((x.shape[1], 1, *kernel), dtype=x.dtype)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-    return conv(powered, ones, None, strides, 0, dilations, x.shape[1]) ** (1.0 / p)
+        pads = ceil_pads(x, kernel, strides, dilations, pads)
+    return window_sums(x.abs() ** p, kernel, strides, dilations, pads) ** (1.0 / p)
 
 
 def _negative_log_likelihood(c: NodeContext, log_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
