@@ -35,7 +35,7 @@ def _bind(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelPr
 
 def _value_sources(model: onnx.ModelProto, name: str) -> list[str]:
     """The graph inputs whose values (not only shapes: Shape and Size stop the walk) `name` is computed from."""
-    producers = {output: node for node in model.graph.node for output in node.output}
+    producers = {output: node for node in _all_nodes(model.graph) for output in node.output}
     sources, seen, pending = [], set(), [name]
     while pending:
         value = pending.pop()
@@ -47,7 +47,18 @@ def _value_sources(model: onnx.ModelProto, name: str) -> list[str]:
             sources.append(value)
         elif node.op_type not in ("Shape", "Size"):
             pending.extend(node.input)
+            for branch in _subgraphs(node):  # an If's outputs come from its branches' outputs
+                pending.extend(output.name for output in branch.output)
     return sources
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [onnx.helper.get_attribute_value(a) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes and those of its subgraphs (If branches), at any depth."""
+    return [inner for node in graph.node for inner in [node, *(n for g in _subgraphs(node) for n in _all_nodes(g))]]
 
 
 class KilnRep(BackendRep):

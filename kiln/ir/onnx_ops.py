@@ -235,6 +235,8 @@ def _gelu(c: NodeContext) -> torch.Tensor:
 def _clip(c: NodeContext) -> torch.Tensor:
     low = c.constant(1) if len(c.node.input) > 1 else c.attr("min")
     high = c.constant(2) if len(c.node.input) > 2 else c.attr("max")
+    if low is None and high is None:
+        return c.tensor(0)
     return torch.clamp(c.tensor(0), None if low is None else float(low), None if high is None else float(high))
 
 
@@ -320,7 +322,7 @@ def _axes(c: NodeContext, input_index: int) -> list[int] | None:
     axes = c.attr("axes")
     if axes is None and len(c.node.input) > input_index:
         constant = c.constant(input_index)
-        axes = None if constant is None else constant.tolist()
+        axes = None if constant is None else np.atleast_1d(constant).tolist()  # a scalar axis is one axis
     return None if axes is None else [int(a) for a in axes]
 
 
@@ -682,7 +684,7 @@ def _hardmax(c: NodeContext) -> torch.Tensor:
 def _lp_normalization(c: NodeContext) -> torch.Tensor:
     x, p = c.tensor(0), c.attr("p", 2)
     norm = x.abs().sum(c.attr("axis", -1), keepdim=True) if p == 1 else (x * x).sum(c.attr("axis", -1), keepdim=True).sqrt()
-    return x / norm
+    return torch.where(norm == 0, torch.zeros_like(x), x / norm)  # a zero vector stays zero
 
 
 def _positive_indices(indices: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:

@@ -24,14 +24,30 @@ def test_the_nine_shipped_light_models_are_found():
     assert len(LIGHT_MODELS) == 9, LIGHT_MODELS
 
 
+def _with_pre_softmax_output(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model with the input of its last Softmax as a second output: with constant weights the
+    softmax output is nearly uniform, the logits before it are what prove the numerics."""
+    softmax = [node for node in model.graph.node if node.op_type == "Softmax"][-1]
+    logits = softmax.input[0]
+    model.graph.output.append(helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    return model, logits
+
+
 @pytest.mark.parametrize("name", LIGHT_MODELS)
-def test_light_model_matches_its_reference_output(name):
-    compiled = kiln.compile(LIGHT / f"{name}.onnx", opt_level="O2")
+def test_light_model_matches_its_reference_output_and_onnxruntime_before_softmax(name):
+    import onnxruntime
+
+    model, logits = _with_pre_softmax_output(onnx.load(str(LIGHT / f"{name}.onnx")))
+    compiled = kiln.compile(model, opt_level="O2")
     spec = compiled.signature.inputs[0]
-    output = compiled(torch.randn(*spec.shape))  # the weights are constants: any input gives the reference
-    output = output[0] if isinstance(output, (tuple, list)) else output
+    x = torch.randn(*spec.shape)
+    output, pre_softmax = compiled(x)
     reference = numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"{name}_output_0.pb")))
     np.testing.assert_allclose(output.numpy(), reference, rtol=1e-3, atol=1e-7)  # the ONNX suite's tolerances
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ort_logits,) = session.run([logits], {model.graph.input[0].name: x.numpy()})
+    scale = np.abs(ort_logits).max()
+    np.testing.assert_allclose(pre_softmax.numpy(), ort_logits, rtol=1e-3, atol=1e-4 * scale)
 
 
 @pytest.fixture
@@ -114,6 +130,44 @@ def test_argmax_select_last_index_picks_the_last_tie():
 
 
 def test_ignored_attribute_is_an_error_not_wrong_numbers():
-    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])
-    with pytest.raises(FrontendError, match="AveragePool.*dilations"):
-        kiln.compile(_single_node_model(node, [("x", [1, 1, 6, 6])], [1, 1, 4, 4]))
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], output_shape=[7, 7])
+    model = _single_node_model(node, [("x", [1, 1, 3, 3]), ("w", [1, 1, 3, 3])], [1, 1, 7, 7])
+    with pytest.raises(FrontendError, match="ConvTranspose.*output_shape"):
+        kiln.compile(model)
+
+
+# One or more cases of ONNX's node suite per converter family, run through Kiln's backend
+# interface against the suite's expected outputs (benchmarks/onnx_conformance.py runs all of them).
+NODE_CASES = [
+    "test_resize_downsample_scales_cubic_antialias", "test_resize_tf_crop_and_resize", "test_resize_upsample_sizes_nearest_floor_align_corners",
+    "test_attention_4d_gqa_causal", "test_attention_3d_with_past_and_present_qk_matmul_softcap", "test_rotary_embedding_interleaved",
+    "test_gridsample_bicubic", "test_scatternd_max", "test_scatter_elements_with_negative_indices", "test_gather_elements_negative_indices",
+    "test_qlinearconv", "test_qlinearmatmul_3D_int8_float32", "test_dynamicquantizelinear", "test_quantizelinear_blocked_asymmetric",
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True", "test_maxpool_2d_pads", "test_lppool_2d_dilations",
+    "test_layer_normalization_4d_axis0", "test_rms_normalization_3d_axis1_epsilon", "test_group_normalization_example",
+    "test_sce_mean_weight_ii_4d_log_prob", "test_nllloss_NCd1d2_with_weight_reduction_sum_ii", "test_reduce_log_sum_exp_keepdims_random",
+    "test_slice_neg_steps", "test_center_crop_pad_crop_and_pad", "test_cumsum_2d_negative_axis", "test_tril_out_neg",
+    "test_mod_mixed_sign_float32", "test_onehot_negative_indices", "test_depthtospace_crd_mode_example", "test_einsum_batch_matmul",
+    "test_reduce_sum_keepdims_random", "test_clip_default_inbounds", "test_if", "test_affine_grid_2d_align_corners_expanded",
+]
+
+
+@pytest.fixture(scope="module")
+def node_cases():
+    from onnx.backend.test.case.node import collect_testcases
+
+    return {case.name: case for case in collect_testcases(None) if case.name in NODE_CASES}
+
+
+@pytest.mark.parametrize("name", NODE_CASES)
+def test_onnx_node_case_matches_its_expected_output(name, node_cases):
+    from kiln.ir.onnx_backend import KilnBackend
+
+    case = node_cases[name]
+    for inputs, expected in case.data_sets:
+        inputs = [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in inputs]
+        outputs = KilnBackend.run_model(case.model, inputs)
+        for got, want in zip(outputs, expected):
+            want = numpy_helper.to_array(want) if isinstance(want, onnx.TensorProto) else np.asarray(want)
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got.astype(want.dtype), want, rtol=case.rtol, atol=case.atol)

@@ -90,6 +90,21 @@ def _scatter_reduce(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.scatter_elements(env[data], env[index], env[source], dim, reduction))
 
 
+def _scan(topi_name: str):
+    """cumsum/cumprod through TOPI's scan kernels: the importer emits Relax's cumsum, which
+    LegalizeOps leaves unlowered on CPU targets (the VM then refuses the module)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import topi
+
+        x = importer.env[node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+        dtype = node.kwargs.get("dtype")
+        return importer.block_builder.emit_te(getattr(topi, topi_name), x, dim % len(x.ty.shape), str(dtype).removeprefix("torch.") if dtype else None)
+
+    return convert
+
+
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
 # Kiln's own ops, added by later passes, register theirs here too.
 CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
@@ -100,6 +115,8 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "amin.default": _reduce("min"),
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
+    "cumsum.default": _scan("cumsum"),
+    "cumprod.default": _scan("cumprod"),
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')

@@ -25,7 +25,8 @@ from kiln.backends.tvm.tuning_database import TuningDatabase
 from kiln.passes.instrument import PassRecord
 
 
-NamedPasses = list[tuple[str, Callable[[], tvm.transform.Pass]]]
+# (name, factory): a factory makes a pass, or a function of a module to a module
+NamedPasses = list[tuple[str, Callable[[], Callable[[tvm.IRModule], tvm.IRModule]]]]
 
 
 def fusion_passes(target: Target) -> NamedPasses:
@@ -36,7 +37,7 @@ def fusion_passes(target: Target) -> NamedPasses:
         # channels-last: the output channel, the axis the schedules vectorize, is contiguous in
         # activations and weights; weight transposes fold into constants, activation ones sit at
         # the graph's edges
-        ("ConvertLayout", lambda: _optional(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}))),
+        ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
         ("FoldConstantWeights", relax.transform.FoldConstant),  # W.T of linear layers becomes a constant
         ("PackWeights", lambda: pack_weights(vector_lanes(target))),
     ]
@@ -55,17 +56,28 @@ def fusion_passes(target: Target) -> NamedPasses:
     ]
 
 
-def _optional(layout_pass: tvm.transform.Pass) -> Callable[[tvm.IRModule], tvm.IRModule]:
-    """A layout pass whose failure keeps the module as it was: TVM's ConvertLayout runs out of
-    memory on 1-D pooling (std::bad_alloc), and a graph left in NCHW still compiles correctly."""
+def _conv2d_layout(layouts: dict[str, list[str]]) -> Callable[[tvm.IRModule], tvm.IRModule]:
+    """ConvertLayout for graphs with a 2-D convolution; others keep their layout. TVM's pass only
+    pays for convolutions, and it fails on some graphs without one (std::bad_alloc on 1-D
+    pooling, an illegal instruction on ONNX's expanded AffineGrid)."""
 
     def run(mod: tvm.IRModule) -> tvm.IRModule:
-        try:
-            return layout_pass(mod)
-        except tvm.error.InternalError:
-            return mod
+        return relax.transform.ConvertLayout(layouts)(mod) if _calls(mod, "relax.nn.conv2d") else mod
 
     return run
+
+
+def _calls(mod: tvm.IRModule, op_name: str) -> bool:
+    found = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name:
+            found.append(expr)
+
+    for function in mod.functions.values():
+        if isinstance(function, relax.Function):
+            relax.analysis.post_order_visit(function.body, visit)
+    return bool(found)
 
 
 def schedule_rules(target: Target) -> list[ScheduleRule]:
