@@ -18,11 +18,12 @@ from kiln.errors import (
 )
 from kiln.module import CompiledModule, load
 from kiln.passes import PASSES, PIPELINES, register_pass
+from kiln.passes.quantize import Quantize
 from kiln.tune import tune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "CompiledModule", "FrontendError", "InputMismatchError",
-    "KilnError", "PassError", "TargetError", "UnsupportedOpError", "bisect", "compile", "load", "register_pass", "tune",
+    "KilnError", "PassError", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "load", "register_pass", "tune",
 ]

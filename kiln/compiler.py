@@ -17,6 +17,7 @@ from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
 from kiln.passes.instrument import PassRecord
 from kiln.passes.bisect import bisect as bisect_pipeline
+from kiln.passes.quantize import Quantize, quantization_passes
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
 
@@ -72,6 +73,8 @@ def compile(  # noqa: A001 - the public name users expect
     tuning_dir: str | Path | None = None,
     remote: str | None = None,
     input_shapes: dict[str, Sequence[int]] | None = None,
+    quantize: str | Quantize | None = None,
+    calibration: Sequence[Any] | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -87,9 +90,13 @@ def compile(  # noqa: A001 - the public name users expect
     the module is uploaded to the board's TVM RPC server, runs there, and its drift from eager is
     measured on the board (the report's "remote" row). For an ONNX model, `input_shapes` gives the
     shapes of inputs the graph leaves symbolic ({"input": [1, 3, 224, 224]}).
+    `quantize="int8"` (or `kiln.Quantize(method="mse", keep_float=(...))`) adds static int8
+    quantization, calibrated on `calibration` (a few batches of real inputs, each a tuple of the
+    model's arguments); the report's quantize_int8 row shows the layers quantized, the weight
+    bytes before and after, and the drift from fp32.
     """
     resolved = resolve_target(target)
-    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
+    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after) + quantization_passes(quantize, calibration)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 

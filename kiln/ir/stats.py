@@ -37,13 +37,13 @@ def _shape(node: Any) -> list[int]:
     return [_size(d) for d in node.meta["val"].shape]
 
 
-def _conv_flops(node: fx.Node) -> int:
-    weight = _shape(node.args[1])
+def _conv_flops(node: fx.Node, weight_arg: int = 1) -> int:
+    weight = _shape(node.args[weight_arg])
     return 2 * _numel(node.meta["val"]) * math.prod(weight[1:])
 
 
-def _linear_flops(node: fx.Node) -> int:
-    return 2 * _numel(node.meta["val"]) * _shape(node.args[1])[-1]
+def _linear_flops(node: fx.Node, weight_arg: int = 1) -> int:
+    return 2 * _numel(node.meta["val"]) * _shape(node.args[weight_arg])[-1]
 
 
 def _matmul_flops(node: fx.Node) -> int:
@@ -70,6 +70,9 @@ FLOP_COUNTERS: dict[str, Callable[[fx.Node], int]] = {
     "aten.bmm": _matmul_flops,
     "aten.addmm": _addmm_flops,
     "aten.scaled_dot_product_attention": _attention_flops,
+    # Kiln's integer ops (x, zero point, weight, ...): integer multiply-adds, counted alike
+    "kiln.qconv2d": lambda node: _conv_flops(node, weight_arg=2),
+    "kiln.qlinear": lambda node: _linear_flops(node, weight_arg=2),
 }
 
 

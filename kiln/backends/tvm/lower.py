@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
+from kiln.backends.tvm.quantized import QUANTIZED_CONVERTERS
 from kiln.errors import UnsupportedOpError
 from kiln.ir.graph import Graph
 
@@ -117,6 +118,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "scatter_reduce.two": _scatter_reduce,
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
+    **QUANTIZED_CONVERTERS,
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')

@@ -1,0 +1,61 @@
+"""Kiln's integer operators, as torch custom ops so that quantized graphs stay ordinary Kiln IR:
+they run eagerly (the numerical reference the pass manager measures drift against), trace through
+torch.export, and lower to TVM integer compute (kiln/backends/tvm/quantized.py).
+
+Activations are uint8 with a zero point (what x86's u8×s8 dot products take), weights int8
+symmetric per output channel; products accumulate in int32. The zero point is handled without
+widening the activations: the input is padded with its zero point (so padding contributes
+nothing after the correction) and `zero_point × Σw` per output channel is subtracted from the
+integer result.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+UINT8_RANGE = (0, 255)
+INT8_RANGE = (-127, 127)  # symmetric: −128 unused, so that −w is representable
+
+
+@torch.library.custom_op("kiln::quantize", mutates_args=())
+def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float → uint8: round(x / scale) + zero_point, saturated."""
+    return torch.clamp(torch.round(x / scale) + zero_point, *UINT8_RANGE).to(torch.uint8)
+
+
+@quantize.register_fake
+def _(x, scale, zero_point):
+    return torch.empty_like(x, dtype=torch.uint8)
+
+
+def _exact(tensor: torch.Tensor) -> torch.Tensor:
+    """Integers as float64: exact for int8 products summed over any realistic reduction."""
+    return tensor.to(torch.float64)
+
+
+@torch.library.custom_op("kiln::qconv2d", mutates_args=())
+def qconv2d(
+    x: torch.Tensor, zero_point: int, weight: torch.Tensor,
+    stride: list[int], padding: list[int], dilation: list[int], groups: int,
+) -> torch.Tensor:
+    """int32 convolution of (x − zero_point) with int8 weights."""
+    padded = F.pad(_exact(x), [padding[1], padding[1], padding[0], padding[0]], value=float(zero_point))
+    return F.conv2d(padded - zero_point, _exact(weight), None, stride, 0, dilation, groups).to(torch.int32)
+
+
+@qconv2d.register_fake
+def _(x, zero_point, weight, stride, padding, dilation, groups):
+    shape = F.conv2d(torch.empty(x.shape, device="meta"), torch.empty(weight.shape, device="meta"), None, stride, padding, dilation, groups).shape
+    return x.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.custom_op("kiln::qlinear", mutates_args=())
+def qlinear(x: torch.Tensor, zero_point: int, weight: torch.Tensor) -> torch.Tensor:
+    """int32 (x − zero_point) @ weightᵀ, weight int8 [out, in]."""
+    return torch.matmul(_exact(x) - zero_point, _exact(weight).t()).to(torch.int32)
+
+
+@qlinear.register_fake
+def _(x, zero_point, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.int32)

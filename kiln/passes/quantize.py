@@ -1,0 +1,158 @@
+"""Post-training static int8 quantization of convolutions and linear layers.
+
+Calibration runs the graph on the user's data and records the range of every quantized layer's
+input (min-max, a percentile, or the clipping range with the least quantization error). Each
+layer then becomes: quantize the input to uint8 (per-tensor, affine) → integer conv/matmul with
+int8 weights (symmetric, per output channel) accumulating in int32 → one float multiply by
+input scale × weight scale, plus the bias. The integer ops are Kiln's (kiln/ir/quantized_ops.py);
+TVM compiles them to integer kernels, not to float emulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+
+from kiln.errors import PassError
+from kiln.ir import quantized_ops  # noqa: F401 - registers torch.ops.kiln.*
+from kiln.ir.graph import Graph
+from kiln.passes.registry import register_pass
+from kiln.passes.rewrite import is_constant
+
+aten, kiln_ops = torch.ops.aten, torch.ops.kiln
+METHODS = ("minmax", "percentile", "mse")
+SAMPLE = 1 << 16  # values kept per layer and batch for the percentile and MSE searches
+
+
+class _Observer(fx.Interpreter):
+    """Runs the graph and keeps what the watched nodes produce: a running min/max and a sample."""
+
+    def __init__(self, module: fx.GraphModule, watched: set[fx.Node]) -> None:
+        super().__init__(module)
+        self.watched = watched
+        self.low: dict[fx.Node, float] = {}
+        self.high: dict[fx.Node, float] = {}
+        self.samples: dict[fx.Node, list[torch.Tensor]] = {}
+
+    def run_node(self, node: fx.Node) -> Any:
+        value = super().run_node(node)
+        if node in self.watched:
+            flat = value.detach().float().reshape(-1)
+            self.low[node] = min(self.low.get(node, 0.0), flat.min().item())
+            self.high[node] = max(self.high.get(node, 0.0), flat.max().item())
+            step = max(flat.numel() // SAMPLE, 1)
+            self.samples.setdefault(node, []).append(flat[::step])
+        return value
+
+
+def _range(observer: _Observer, node: fx.Node, method: str, percentile: float) -> tuple[float, float]:
+    low, high = observer.low[node], observer.high[node]
+    if method == "minmax":
+        return low, high
+    values = torch.cat(observer.samples[node])
+    if method == "percentile":
+        q = torch.tensor([1 - percentile / 100, percentile / 100])
+        low, high = torch.quantile(values, q).tolist()
+        return min(low, 0.0), max(high, 0.0)
+    # mse: the clipping of [low, high] whose uint8 rounding loses the least
+    best, best_error = (low, high), float("inf")
+    for ratio in torch.linspace(0.3, 1.0, 36).tolist():
+        scale, zero_point = _affine(low * ratio, high * ratio)
+        restored = (torch.clamp(torch.round(values / scale) + zero_point, 0, 255) - zero_point) * scale
+        error = torch.mean((restored - values) ** 2).item()
+        if error < best_error:
+            best, best_error = (low * ratio, high * ratio), error
+    return best
+
+
+def _affine(low: float, high: float) -> tuple[float, int]:
+    """uint8 scale and zero point for [low, high] (widened to hold 0 exactly)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / 255.0, 1e-8)
+    return scale, int(min(max(round(-low / scale), 0), 255))
+
+
+def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = weight.float().abs().amax(dim=tuple(range(1, weight.dim()))).clamp(min=1e-12) / 127.0
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return torch.clamp(torch.round(weight.float() / scale.reshape(shape)), -127, 127).to(torch.int8), scale
+
+
+def _quantizable(node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in (aten.conv2d.default, aten.linear.default):
+        return False
+    bias = node.args[2] if len(node.args) > 2 else None
+    return is_constant(node.args[1]) and (bias is None or is_constant(bias)) and node.args[0].meta["val"].dtype == torch.float32
+
+
+def _rewrite(graph: Graph, node: fx.Node, scale: float, zero_point: int) -> None:
+    g = graph.module.graph
+    x, weight_node = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else None
+    weight, weight_scale = _per_channel_int8(graph.constant(weight_node))
+    conv = node.target == aten.conv2d.default
+    channel_shape = (1, -1, 1, 1) if conv else (-1,)
+    multiplier = graph.add_constant((scale * weight_scale).reshape(channel_shape), f"{weight_node.name}_requant", before=node)
+    quantized_weight = graph.add_constant(weight, f"{weight_node.name}_int8", before=node)
+    with g.inserting_before(node):
+        quantized = g.call_function(kiln_ops.quantize.default, (x, scale, zero_point))
+        if conv:
+            stride, padding, dilation = (list(node.args[i]) if i < len(node.args) else d for i, d in ((3, [1, 1]), (4, [0, 0]), (5, [1, 1])))
+            groups = node.args[6] if len(node.args) > 6 else 1
+            accumulated = g.call_function(kiln_ops.qconv2d.default, (quantized, zero_point, quantized_weight, stride, padding, dilation, groups))
+        else:
+            accumulated = g.call_function(kiln_ops.qlinear.default, (quantized, zero_point, quantized_weight))
+        result = g.call_function(aten.mul.Tensor, (accumulated, multiplier))
+        if bias is not None:
+            bias_shape = graph.constant(bias).reshape(channel_shape)
+            result = g.call_function(aten.add.Tensor, (result, graph.add_constant(bias_shape, f"{bias.name}_bias", before=node)))
+    node.replace_all_uses_with(result)
+    g.erase_node(node)
+
+
+@register_pass("quantize_int8", "Post-training static int8: calibrated uint8 activations, per-channel int8 weights, int32 accumulation")
+def quantize_int8(
+    graph: Graph,
+    calibration: Sequence[Any] | None = None,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    keep_float: Iterable[str] = (),
+) -> int:
+    if not calibration:
+        raise PassError("quantize_int8 needs calibration data: a few batches of real inputs (calibration=[(x,), ...])")
+    if method not in METHODS:
+        raise PassError(f"quantize_int8: unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+    kept = set(keep_float)
+    layers = [n for n in graph.module.graph.nodes if _quantizable(n) and n.name not in kept]
+    observer = _Observer(graph.module, {layer.args[0] for layer in layers})
+    with torch.no_grad():
+        for batch in calibration:
+            observer.run(*graph.flatten_inputs(batch if isinstance(batch, (tuple, list)) else (batch,)))
+    for layer in layers:
+        _rewrite(graph, layer, *_affine(*_range(observer, layer.args[0], method, percentile)))
+    return len(layers)
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """`kiln.compile(..., quantize=Quantize(...))`: what to quantize and how to calibrate.
+    `quantize="int8"` means Quantize()."""
+
+    mode: str = "int8"
+    method: str = "minmax"  # calibration: "minmax", "percentile" or "mse"
+    percentile: float = 99.99
+    keep_float: tuple[str, ...] = ()  # node names of layers to leave in float (sensitive ones)
+
+
+def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """What `kiln.compile(quantize=...)` appends to the pipeline."""
+    if quantize is None:
+        return []
+    config = Quantize(quantize) if isinstance(quantize, str) else quantize
+    if config.mode != "int8":
+        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated)")
+    options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float}
+    return [("quantize_int8", options), ("cse", {}), ("dce", {})]

@@ -1,0 +1,86 @@
+"""Static int8: accuracy on real data (scikit-learn's digits, a CNN trained here), the structure of
+the quantized IR, integer compute in the compiled module, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kiln
+from kiln.errors import PassError
+from kiln.ir.stats import op_name
+from tests.digits import DigitsCNN, accuracy, load_digits, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(digits):
+    return train(DigitsCNN(), digits)
+
+
+def _calibration(digits, batches: int = 8):
+    return [(digits.train_x[i: i + 64],) for i in range(0, 64 * batches, 64)]
+
+
+def test_static_int8_keeps_digits_accuracy_within_half_a_point(digits, digits_cnn):
+    fp32 = accuracy(digits_cnn, digits)
+    compiled = kiln.compile(digits_cnn, (digits.test_x,), quantize="int8", calibration=_calibration(digits))
+    int8 = accuracy(compiled, digits)
+    assert fp32 > 95.0, f"the fp32 model itself is poor ({fp32:.1f}%)"
+    assert abs(int8 - fp32) <= 0.5, f"int8 {int8:.2f}% vs fp32 {fp32:.2f}%"
+
+
+def test_quantized_ir_has_integer_layers_and_a_quarter_of_the_weight_bytes(digits, digits_cnn):
+    compiled = kiln.compile(digits_cnn, (digits.test_x[:8],), quantize="int8", calibration=_calibration(digits, 2))
+    ops = [op_name(n) for n in compiled.graph.nodes if n.op == "call_function"]
+    assert ops.count("kiln.qconv2d") == 3 and ops.count("kiln.qlinear") == 2
+    assert "aten.conv2d" not in ops and "aten.linear" not in ops
+    rows = [row for row in compiled.report.rows if row.stage == "kiln"]
+    quantized = next(i for i, row in enumerate(rows) if row.name == "quantize_int8")
+    assert rows[quantized].changes == 5
+    before, after = rows[quantized - 1].stats.param_bytes, rows[-1].stats.param_bytes
+    assert after <= 0.3 * before, f"weights {before} → {after} bytes"  # int8 weights, fp32 scales and biases
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_every_calibration_method_agrees_with_fp32(digits, digits_cnn, method):
+    x = digits.test_x[:64]
+    compiled = kiln.compile(digits_cnn, (x,), quantize=kiln.Quantize(method=method), calibration=_calibration(digits, 4))
+    with torch.no_grad():
+        reference = digits_cnn(x)
+    cosine = torch.nn.functional.cosine_similarity(compiled(x).flatten(), reference.flatten(), dim=0).item()
+    assert cosine > 0.999, f"{method}: cosine {cosine:.5f}"
+
+
+def test_compiled_module_computes_in_integers(digits, digits_cnn, tmp_path):
+    kiln.compile(digits_cnn, (digits.test_x[:8],), quantize="int8", calibration=_calibration(digits, 2), debug_dir=tmp_path)
+    imported = next(tmp_path.glob("*tvm_import.py")).read_text()
+    # uint8 activations × int8 weights accumulating in int32, in TVM's own IR (not float emulation)
+    assert imported.count('out_dtype="int32"') == 5
+    assert 'R.Tensor((8, 1, 8, 8), dtype="uint8")' in imported
+    assert 'dtype="int8"' in imported
+
+
+def test_kept_layer_stays_float(digits, digits_cnn):
+    x = digits.test_x[:8]
+    plain = kiln.compile(digits_cnn, (x,), target="eager", quantize="int8", calibration=_calibration(digits, 2))
+    first = next(n.name for n in kiln.compile(digits_cnn, (x,), target="eager").graph.nodes if op_name(n) == "aten.conv2d")
+    kept = kiln.compile(digits_cnn, (x,), target="eager", quantize=kiln.Quantize(keep_float=(first,)), calibration=_calibration(digits, 2))
+    count = lambda c, name: sum(op_name(n) == name for n in c.graph.nodes)
+    assert count(plain, "kiln.qconv2d") == 3 and count(kept, "kiln.qconv2d") == 2 and count(kept, "aten.conv2d") == 1
+
+
+def test_missing_calibration_data_is_a_clear_error(digits_cnn):
+    with pytest.raises(PassError, match="calibration data"):
+        kiln.compile(digits_cnn, (torch.randn(2, 1, 8, 8),), quantize="int8")
+
+
+def test_unknown_mode_and_method_are_named(digits, digits_cnn):
+    with pytest.raises(PassError, match="int4"):
+        kiln.compile(digits_cnn, (torch.randn(2, 1, 8, 8),), quantize="int4", calibration=_calibration(digits, 1))
+    with pytest.raises(PassError, match="entropy"):
+        kiln.compile(digits_cnn, (torch.randn(2, 1, 8, 8),), quantize=kiln.Quantize(method="entropy"), calibration=_calibration(digits, 1))
