@@ -50,9 +50,23 @@ def _(x, zero_point, weight, stride, padding, dilation, groups):
     return x.new_empty(shape, dtype=torch.int32)
 
 
+@torch.library.custom_op("kiln::quantize_dynamic", mutates_args=())
+def quantize_dynamic(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float → symmetric int8 with scales measured on x itself at run time, one per row (token):
+    returns (int8 values, float32 scales shaped [..., 1]). Per-row scales keep one outlier token
+    from coarsening every other token's grid."""
+    scale = torch.clamp(x.abs().amax(-1, keepdim=True), min=1e-8) / 127.0
+    return torch.clamp(torch.round(x / scale), *INT8_RANGE).to(torch.int8), scale.to(torch.float32)
+
+
+@quantize_dynamic.register_fake
+def _(x):
+    return torch.empty_like(x, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
 @torch.library.custom_op("kiln::qlinear", mutates_args=())
 def qlinear(x: torch.Tensor, zero_point: int, weight: torch.Tensor) -> torch.Tensor:
-    """int32 (x − zero_point) @ weightᵀ, weight int8 [out, in]."""
+    """int32 (x − zero_point) @ weightᵀ, weight int8 [out, in]; x uint8, or int8 with zero point 0."""
     return torch.matmul(_exact(x) - zero_point, _exact(weight).t()).to(torch.int32)
 
 

@@ -1,4 +1,5 @@
-"""Post-training static int8 quantization of convolutions and linear layers.
+"""Post-training int8 quantization: static (calibrated) for convolutions and linear layers, and
+dynamic (activation scales measured at run time) for the linear layers of transformers.
 
 Calibration runs the graph on the user's data and records the range of every quantized layer's
 input (min-max, a percentile, or the clipping range with the least quantization error). Each
@@ -10,6 +11,7 @@ TVM compiles them to integer kernels, not to float emulation.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -141,10 +143,38 @@ class Quantize:
     """`kiln.compile(..., quantize=Quantize(...))`: what to quantize and how to calibrate.
     `quantize="int8"` means Quantize()."""
 
-    mode: str = "int8"
+    mode: str = "int8"  # or "dynamic_int8" (linear layers; no calibration)
     method: str = "minmax"  # calibration: "minmax", "percentile" or "mse"
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()  # node names of layers to leave in float (sensitive ones)
+
+
+def _rewrite_dynamic(graph: Graph, node: fx.Node) -> None:
+    g = graph.module.graph
+    x, weight_node = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else None
+    weight, weight_scale = _per_channel_int8(graph.constant(weight_node))
+    quantized_weight = graph.add_constant(weight, f"{weight_node.name}_int8", before=node)
+    scales = graph.add_constant(weight_scale, f"{weight_node.name}_scale", before=node)
+    with g.inserting_before(node):
+        measured = g.call_function(kiln_ops.quantize_dynamic.default, (x,))
+        values = g.call_function(operator.getitem, (measured, 0))
+        scale = g.call_function(operator.getitem, (measured, 1))
+        accumulated = g.call_function(kiln_ops.qlinear.default, (values, 0, quantized_weight))
+        result = g.call_function(aten.mul.Tensor, (g.call_function(aten.mul.Tensor, (accumulated, scales)), scale))
+        if bias is not None:
+            result = g.call_function(aten.add.Tensor, (result, bias))
+    node.replace_all_uses_with(result)
+    g.erase_node(node)
+
+
+@register_pass("quantize_dynamic_int8", "Dynamic int8 for linear layers: int8 weights, activations quantized at run time by their own range")
+def quantize_dynamic_int8(graph: Graph, keep_float: Iterable[str] = ()) -> int:
+    kept = set(keep_float)
+    layers = [n for n in graph.module.graph.nodes if _quantizable(n) and n.target == aten.linear.default and n.name not in kept]
+    for layer in layers:
+        _rewrite_dynamic(graph, layer)
+    return len(layers)
 
 
 def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[Any] | None) -> list[tuple[str, dict[str, Any]]]:
@@ -152,7 +182,9 @@ def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[A
     if quantize is None:
         return []
     config = Quantize(quantize) if isinstance(quantize, str) else quantize
+    if config.mode == "dynamic_int8":
+        return [("quantize_dynamic_int8", {"keep_float": config.keep_float}), ("dce", {})]
     if config.mode != "int8":
-        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated)")
+        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated) and 'dynamic_int8'")
     options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float}
     return [("quantize_int8", options), ("cse", {}), ("dce", {})]

@@ -17,6 +17,18 @@ def _quantize(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.astype(relax.op.clip(scaled, 0, 255), "uint8"))
 
 
+def _quantize_dynamic(node: fx.Node, importer) -> Any:
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    bb = importer.block_builder
+    dtype = x.ty.dtype
+    row_max = relax.op.max(relax.op.abs(x), axis=-1, keepdims=True)
+    scale = bb.emit(relax.op.divide(relax.op.maximum(row_max, relax.const(1e-8, dtype)), relax.const(127.0, dtype)))
+    values = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(relax.op.divide(x, scale)), -127, 127), "int8"))
+    return bb.emit(relax.Tuple([values, scale]))
+
+
 def _zero_point_correction(bb, weight, zero_point: int, axes: list[int]):
     """zero_point × Σw over each output channel's reduction: (x − zp)·w = x·w − zp·Σw (a
     constant that FoldConstant computes at build time)."""
@@ -56,4 +68,5 @@ QUANTIZED_CONVERTERS = {
     "quantize.default": _quantize,
     "qconv2d.default": _qconv2d,
     "qlinear.default": _qlinear,
+    "quantize_dynamic.default": _quantize_dynamic,
 }
