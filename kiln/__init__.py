@@ -7,6 +7,7 @@
 
 from kiln.backends.targets import TARGETS
 from kiln.compiler import bisect, compile
+from kiln.distill import distill
 from kiln.errors import (
     ArtifactError,
     FrontendError,
@@ -18,6 +19,7 @@ from kiln.errors import (
 )
 from kiln.module import CompiledModule, load
 from kiln.passes import PASSES, PIPELINES, register_pass
+from kiln.passes.prune import Prune
 from kiln.passes.quantize import Quantize
 from kiln.tune import tune
 
@@ -25,5 +27,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "CompiledModule", "FrontendError", "InputMismatchError",
-    "KilnError", "PassError", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "load", "register_pass", "tune",
+    "KilnError", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "distill", "load", "register_pass", "tune",
 ]

@@ -17,6 +17,7 @@ from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
 from kiln.passes.instrument import PassRecord
 from kiln.passes.bisect import bisect as bisect_pipeline
+from kiln.passes.prune import Prune, pruning_passes
 from kiln.passes.quantize import Quantize, quantization_passes
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
@@ -75,6 +76,7 @@ def compile(  # noqa: A001 - the public name users expect
     input_shapes: dict[str, Sequence[int]] | None = None,
     quantize: str | Quantize | None = None,
     calibration: Sequence[Any] | None = None,
+    prune: Prune | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -93,10 +95,13 @@ def compile(  # noqa: A001 - the public name users expect
     `quantize="int8"` (or `kiln.Quantize(method="mse", keep_float=(...))`) adds static int8
     quantization, calibrated on `calibration` (a few batches of real inputs, each a tuple of the
     model's arguments); the report's quantize_int8 row shows the layers quantized, the weight
-    bytes before and after, and the drift from fp32.
+    bytes before and after, and the drift from fp32. `prune=kiln.Prune(ratio=0.5)` removes that
+    fraction of the channels of every conv/linear layer whose channels can go (with everything that
+    depends on them), keeping channel counts a multiple of the target's vector width.
     """
     resolved = resolve_target(target)
-    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after) + quantization_passes(quantize, calibration)
+    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
+    pipeline += pruning_passes(prune, _vector_lanes(resolved)) + quantization_passes(quantize, calibration)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 
@@ -116,6 +121,17 @@ def compile(  # noqa: A001 - the public name users expect
         report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
     debug.write_report(report)
     return compiled
+
+
+def _vector_lanes(resolved) -> int:
+    """fp32 lanes of the target's widest vectors: the multiple pruned channel counts keep."""
+    if resolved.backend == "tvm" and resolved.device == "cpu":
+        import tvm
+
+        from kiln.backends.tvm.schedules import vector_lanes
+
+        return vector_lanes(tvm.target.Target(resolved.cpu_target))
+    return 8
 
 
 def bisect(

@@ -1,0 +1,229 @@
+"""Structured channel pruning on the IR: removes whole output channels of convolutions and linear
+layers, and the matching input channels of everything that reads them.
+
+Dependency analysis: every producer (a conv2d or linear with constant weights) opens a channel
+space; ops that keep channels where they are (activations, pooling, batch norm, dropout, spatial
+means, depthwise convolutions, flatten) carry it on; a residual add or multiply of two spaces
+joins them (their channels must be pruned alike); a convolution or linear reading a space is its
+consumer (input channels pruned; after flatten, in blocks of H×W features). A space that reaches
+anything else (the graph's output, a concat, a reshape Kiln cannot follow) is left whole.
+
+Importance: the L1 norm of each channel's filters, summed over a space's producers (each
+normalized), or their L2 norm. Kept channel counts are rounded up to `align` (the target's vector
+width by default), so that pruning never leaves the odd counts that vectorize badly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from kiln.errors import PassError
+from kiln.ir.graph import Graph
+from kiln.passes.registry import register_pass
+from kiln.passes.rewrite import is_constant
+
+aten = torch.ops.aten
+
+CARRIERS = {  # ops that keep channels on the same axis, elementwise or per channel
+    aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default, aten.hardswish.default,
+    aten.gelu.default, aten.silu.default, aten.sigmoid.default, aten.tanh.default, aten.max_pool2d.default,
+    aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.dropout.default, aten.clone.default,
+    aten.contiguous.default, aten.batch_norm.default,
+}
+JOINERS = {aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor}
+FLATTENERS = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
+
+
+@dataclass
+class _Space:
+    """Channels that must be pruned together, and every place that holds them."""
+
+    channels: int
+    producers: list[fx.Node] = field(default_factory=list)  # output channels: weight[keep], bias[keep]
+    depthwise: list[fx.Node] = field(default_factory=list)  # weight[keep], bias[keep], groups = keep
+    consumers: list[tuple[fx.Node, int]] = field(default_factory=list)  # (conv/linear, features per channel)
+    norms: list[fx.Node] = field(default_factory=list)  # batch norms: their four vectors
+    constants: list[tuple[fx.Node, int, int]] = field(default_factory=list)  # (joiner, operand index, channel axis)
+    reshapes: list[fx.Node] = field(default_factory=list)  # views to (N, C·H·W): their size becomes -1
+    blocked: bool = False
+
+
+class _Spaces:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.spaces: dict[int, _Space] = {}
+
+    def new(self, channels: int) -> int:
+        key = len(self.parent)
+        self.parent[key], self.spaces[key] = key, _Space(channels)
+        return key
+
+    def find(self, key: int) -> int:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def get(self, key: int) -> _Space:
+        return self.spaces[self.find(key)]
+
+    def join(self, a: int, b: int) -> int:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            first, second = self.spaces[a], self.spaces.pop(b)
+            first.blocked |= second.blocked or first.channels != second.channels
+            for name in ("producers", "depthwise", "consumers", "norms", "constants", "reshapes"):
+                getattr(first, name).extend(getattr(second, name))
+            self.parent[b] = a
+        return a
+
+
+def _shape(node) -> tuple:
+    return tuple(node.meta["val"].shape) if isinstance(node, fx.Node) and "val" in node.meta else ()
+
+
+def _is_producer(node: fx.Node) -> bool:
+    if node.target == aten.conv2d.default:
+        return is_constant(node.args[1]) and (node.args[6] if len(node.args) > 6 else 1) == 1
+    return node.target == aten.linear.default and is_constant(node.args[1]) and len(_shape(node)) == 2
+
+
+def _is_depthwise(node: fx.Node) -> bool:
+    groups = node.args[6] if len(node.args) > 6 else 1
+    return node.target == aten.conv2d.default and groups > 1 and groups == _shape(node.args[0])[1] == _shape(node)[1]
+
+
+def _analyse(graph: Graph) -> list[_Space]:
+    spaces = _Spaces()
+    space_of: dict[fx.Node, tuple[int, int]] = {}  # node -> (space, features per channel)
+    for node in graph.module.graph.nodes:
+        carried = [(arg, space_of[arg]) for arg in node.all_input_nodes if arg in space_of]
+        if node.op == "call_function" and _is_depthwise(node) and node.args[0] in space_of and not carried[1:]:
+            key, _ = space_of[node.args[0]]
+            spaces.get(key).depthwise.append(node)
+            space_of[node] = (key, 1)
+            continue
+        if node.op == "call_function" and _is_producer(node):
+            if node.args[0] in space_of:
+                key, factor = space_of[node.args[0]]
+                spaces.get(key).consumers.append((node, factor))
+            key = spaces.new(_shape(node)[1])
+            spaces.get(key).producers.append(node)
+            space_of[node] = (key, 1)
+            continue
+        if not carried:
+            continue
+        (first, (key, factor)), others = carried[0], carried[1:]
+        if node.target in CARRIERS and first is node.args[0] and not others:
+            if node.target == aten.batch_norm.default:
+                spaces.get(key).norms.append(node)
+            space_of[node] = (key, factor)
+        elif node.target == aten.mean.dim and first is node.args[0] and all(d % len(_shape(first)) >= 2 for d in node.args[1]):
+            space_of[node] = (key, factor)
+        elif node.target in JOINERS and len(node.args) == 2:
+            for index, operand in enumerate(node.args):
+                if operand in space_of:
+                    key = spaces.join(key, space_of[operand][0])
+                elif isinstance(operand, fx.Node):
+                    _join_constant(spaces.get(key), node, index, len(_shape(node)))
+            space_of[node] = (key, factor)
+        elif node.target in FLATTENERS and len(_shape(node)) == 2 and len(_shape(first)) == 4:
+            height, width = _shape(first)[2:]
+            if node.target != aten.flatten.using_ints:
+                spaces.get(key).reshapes.append(node)
+            space_of[node] = (key, factor * height * width)
+        else:
+            for _, (key, _) in carried:
+                spaces.get(key).blocked = True
+    for node in graph.output_node.all_input_nodes:
+        if node in space_of:
+            spaces.get(space_of[node][0]).blocked = True
+    return [space for space in spaces.spaces.values() if not space.blocked]
+
+
+def _join_constant(space: _Space, node: fx.Node, index: int, rank: int) -> None:
+    """A per-channel constant operand is sliced with the channels; a broadcast scalar-like one
+    needs nothing; any other tensor operand blocks the space."""
+    operand = node.args[index]
+    shape = _shape(operand)
+    axis = 1 - (rank - len(shape))
+    if is_constant(operand) and (not shape or 0 <= axis < len(shape) and shape[axis] == 1 or axis < 0):
+        return
+    if is_constant(operand) and 0 <= axis < len(shape) and shape[axis] == space.channels:
+        space.constants.append((node, index, axis))
+        return
+    space.blocked = True
+
+
+def _importance(graph: Graph, space: _Space, criterion: str) -> torch.Tensor:
+    score = torch.zeros(space.channels)
+    for node in space.producers + space.depthwise:
+        weight = graph.constant(node.args[1]).float().flatten(1)
+        per_channel = weight.abs().sum(1) if criterion == "l1" else weight.pow(2).sum(1).sqrt()
+        score += per_channel / per_channel.sum().clamp(min=1e-12)
+    return score
+
+
+def _slice_argument(graph: Graph, node: fx.Node, index: int, keep: torch.Tensor, dim: int) -> None:
+    argument = node.args[index]
+    if argument is None:
+        return
+    sliced = graph.constant(argument).index_select(dim, keep).contiguous()
+    replacement = graph.add_constant(sliced, f"{argument.name}_pruned", before=node)
+    node.update_arg(index, replacement)
+
+
+def _prune(graph: Graph, space: _Space, keep: torch.Tensor) -> None:
+    for node in space.producers + space.depthwise:
+        _slice_argument(graph, node, 1, keep, 0)
+        if len(node.args) > 2:
+            _slice_argument(graph, node, 2, keep, 0)
+    for node in space.depthwise:
+        node.update_arg(6, len(keep))
+    for node, factor in space.consumers:
+        features = (keep.unsqueeze(1) * factor + torch.arange(factor)).reshape(-1)
+        _slice_argument(graph, node, 1, features, 1)
+    for node in space.norms:
+        for index in range(1, 5):
+            _slice_argument(graph, node, index, keep, 0)
+    for node, index, axis in space.constants:
+        _slice_argument(graph, node, index, keep, axis)
+    for node in space.reshapes:
+        node.update_arg(1, [node.args[1][0], -1])
+
+
+@register_pass("prune_channels", "Structured pruning: remove the least important output channels of conv/linear layers, with every dependent layer")
+def prune_channels(graph: Graph, ratio: float = 0.5, align: int = 8, criterion: str = "l1") -> int:
+    if not 0.0 <= ratio < 1.0:
+        raise PassError(f"prune_channels: ratio {ratio} must be in [0, 1): the fraction of channels removed")
+    if criterion not in ("l1", "l2"):
+        raise PassError(f"prune_channels: unknown criterion '{criterion}'; choose 'l1' or 'l2'")
+    removed = 0
+    for space in _analyse(graph):
+        kept = min(space.channels, max(align, -(-round(space.channels * (1 - ratio)) // align) * align))
+        if kept >= space.channels:
+            continue
+        keep = torch.topk(_importance(graph, space, criterion), kept).indices.sort().values
+        _prune(graph, space, keep)
+        removed += space.channels - kept
+    return removed
+
+
+@dataclass(frozen=True)
+class Prune:
+    """`kiln.compile(..., prune=Prune(ratio=0.5))`: remove that fraction of every prunable layer's
+    channels. `align=None` rounds kept channels to the target's vector width."""
+
+    ratio: float = 0.5
+    align: int | None = None
+    criterion: str = "l1"
+
+
+def pruning_passes(prune: Prune | None, vector_lanes: int) -> list[tuple[str, dict]]:
+    if prune is None:
+        return []
+    options = {"ratio": prune.ratio, "align": prune.align or vector_lanes, "criterion": prune.criterion}
+    return [("prune_channels", options), ("dce", {})]

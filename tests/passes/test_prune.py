@@ -1,0 +1,64 @@
+"""Structured channel pruning on the IR, with distillation: real data (the digits CNN), residual
+and depthwise architectures, alignment to the vector width, and the numbers of what it saved."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kiln
+from kiln import models
+from kiln.errors import PassError
+from kiln.ir.stats import op_name
+from tests.conftest import assert_matches
+from tests.digits import DigitsCNN, accuracy, load_digits, train
+
+
+def _stats_around(compiled, name: str):
+    rows = [row for row in compiled.report.rows if row.stage == "kiln"]
+    index = next(i for i, row in enumerate(rows) if row.name == name)
+    return rows[index - 1].stats, rows[-1].stats
+
+
+def test_half_the_channels_and_distillation_keep_digits_accuracy_at_under_a_third_of_the_flops():
+    digits = load_digits()
+    model = train(DigitsCNN(), digits)
+    baseline = accuracy(model, digits)
+    pruned = kiln.compile(model, (digits.test_x,), prune=kiln.Prune(ratio=0.5), target="eager")
+    before, after = _stats_around(pruned, "prune_channels")
+    assert after.flops <= 0.3 * before.flops, f"FLOPs {before.flops} → {after.flops}"
+    batches = [(digits.train_x[i: i + 64], digits.train_y[i: i + 64]) for i in range(0, len(digits.train_y), 64)]
+    student = kiln.distill(model, pruned.graph.module, batches, epochs=15, lr=2e-3, verbose=False)
+    compiled = kiln.compile(student, (digits.test_x,))  # the distilled IR, compiled for llvm
+    with torch.no_grad():
+        assert_matches(compiled(digits.test_x), student(digits.test_x))
+    recovered = accuracy(compiled, digits)
+    assert recovered >= baseline - 1.0, f"pruned + distilled {recovered:.2f}% vs unpruned {baseline:.2f}%"
+
+
+@pytest.mark.parametrize("build", [models.resnet18, models.mobilenet_v2], ids=["resnet18", "mobilenet_v2"])
+def test_residual_and_depthwise_networks_keep_consistent_shapes(build):
+    model, x = build().eval(), torch.randn(1, 3, 64, 64)
+    pruned = kiln.compile(model, (x,), prune=kiln.Prune(ratio=0.5), target="eager")
+    before, after = _stats_around(pruned, "prune_channels")
+    assert after.params < 0.4 * before.params and after.flops < 0.4 * before.flops
+    assert pruned(x).shape == (1, 1000)  # the classifier's outputs are never pruned
+    for node in pruned.graph.nodes:
+        if op_name(node) == "aten.conv2d" and node.args[0].meta["val"].shape[1] > 3:
+            channels = node.meta["val"].shape[1]
+            assert channels % 8 == 0, f"{node.name}: {channels} channels, not a multiple of the vector width"
+
+
+def test_pruned_model_compiles_for_llvm_and_matches_its_own_ir():
+    model, x = models.mobilenet_v2().eval(), torch.randn(1, 3, 32, 32)
+    compiled = kiln.compile(model, (x,), prune=kiln.Prune(ratio=0.3))
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.module(x)[0] if isinstance(compiled.graph.module(x), (tuple, list)) else compiled.graph.module(x))
+
+
+def test_alignment_override_and_ratio_errors():
+    model, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
+    odd = kiln.compile(model, (x,), prune=kiln.Prune(ratio=0.3, align=1), target="eager")
+    assert {node.meta["val"].shape[1] for node in odd.graph.nodes if op_name(node) == "aten.conv2d"} == {22, 45}
+    with pytest.raises(PassError, match="ratio"):
+        kiln.compile(model, (x,), prune=kiln.Prune(ratio=1.5), target="eager")
