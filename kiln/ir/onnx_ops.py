@@ -237,6 +237,8 @@ def _clip(c: NodeContext) -> torch.Tensor:
     high = c.constant(2) if len(c.node.input) > 2 else c.attr("max")
     if low is None and high is None:
         return c.tensor(0)
+    if low is not None and high is not None and float(low) > float(high):  # ONNX (and numpy): everything becomes max
+        return torch.full_like(c.tensor(0), float(high))
     return torch.clamp(c.tensor(0), None if low is None else float(low), None if high is None else float(high))
 
 
@@ -780,7 +782,9 @@ def _depth_to_space(c: NodeContext) -> torch.Tensor:
 def _space_to_depth(c: NodeContext) -> torch.Tensor:
     x, block = c.tensor(0), c.attr("blocksize")
     n, channels, height, width = x.shape
-    x = x.reshape(n, channels, height // block, block, width // block, block).permute(0, 3, 5, 1, 2, 4)
+    x = x.reshape(n, channels, height // block, block, width // block, block)
+    # DCR: the block offset is the outer part of the new channel index; CRD: the inner part
+    x = x.permute(0, 3, 5, 1, 2, 4) if c.attr("mode", "DCR") == "DCR" else x.permute(0, 1, 3, 5, 2, 4)
     return x.reshape(n, channels * block**2, height // block, width // block)
 
 

@@ -155,7 +155,8 @@ def _attention(c: NodeContext):
         qk_output = with_bias
     precision = c.attr("softmax_precision")
     probabilities = torch.softmax(with_bias.to(torch_dtype(precision, c.node)) if precision else with_bias, -1)
-    fully_masked = torch.isneginf(bias.amax(-1, keepdim=True))
+    # rows whose every key is masked (tested per element: TVM's max starts from the lowest finite float)
+    fully_masked = torch.isneginf(bias).all(-1, keepdim=True)
     probabilities = torch.where(fully_masked, torch.zeros((), dtype=probabilities.dtype), probabilities)
     if mode == 3:
         qk_output = probabilities

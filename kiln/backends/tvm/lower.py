@@ -49,8 +49,31 @@ def _gelu(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.multiply(relax.op.multiply(x, c(0.5)), relax.op.add(c(1.0), gate)))
 
 
+def _extremum(x, axes: list[int], keepdims: bool, op_name: str):
+    """max/min over `axes` whose identity is ∓inf: TOPI's starts from the lowest (highest) finite
+    value, so a reduction over values that are all -inf (fully masked attention rows) returned
+    -3.4e38 instead of -inf."""
+    from tvm import te, tirx
+
+    rank = len(x.shape)
+    axes = sorted(a % rank for a in axes)
+    combine = te.max if op_name == "max" else te.min
+    identity = float("-inf") if op_name == "max" else float("inf")
+    reducer = te.comm_reducer(lambda a, b: combine(a, b), lambda dtype: tirx.const(identity, dtype), name=f"{op_name}_inf")
+    reduce_axes = {a: te.reduce_axis((0, x.shape[a]), name=f"k{a}") for a in axes}
+    shape = [1 if i in reduce_axes else d for i, d in enumerate(x.shape)] if keepdims else [d for i, d in enumerate(x.shape) if i not in reduce_axes]
+
+    def element(*index):
+        kept = iter(index)
+        full = [reduce_axes[i] if i in reduce_axes else next(kept) for i in range(rank)] if not keepdims else [
+            reduce_axes[i] if i in reduce_axes else index[i] for i in range(rank)]
+        return reducer(x(*full), axis=list(reduce_axes.values()))
+
+    return te.compute(shape, element, name=f"{op_name}_inf")
+
+
 def _reduce(op_name: str):
-    """amax/amin, which TVM's importer lacks: Relax's max/min over the given dims."""
+    """amax/amin, which TVM's importer lacks: over the given dims, with an infinite identity for floats."""
 
     def convert(node: fx.Node, importer) -> Any:
         from tvm import relax
@@ -58,8 +81,10 @@ def _reduce(op_name: str):
         x = importer.env[node.args[0]]
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        axis = [dims] if isinstance(dims, int) else list(dims) or None
-        return importer.block_builder.emit(getattr(relax.op, op_name)(x, axis, keepdim))
+        axes = [dims] if isinstance(dims, int) else list(dims) or list(range(len(x.ty.shape)))
+        if "float" in str(x.ty.dtype):
+            return importer.block_builder.emit_te(_extremum, x, axes, keepdim, op_name)
+        return importer.block_builder.emit(getattr(relax.op, op_name)(x, axes, keepdim))
 
     return convert
 
@@ -106,6 +131,25 @@ def _scan(topi_name: str):
     return convert
 
 
+def _in_input_dtype(name: str):
+    """The importer's own converter, with the result cast back to the input's dtype: it hard-codes
+    float32 outputs for matmuls and convolutions, so fp16/bf16 models came out float32."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        stock = getattr(importer, "_kiln_stock_converters", None)
+        if stock is None:
+            stock = importer._kiln_stock_converters = importer.create_convert_map()
+        result = stock[name](node)
+        dtype = str(importer.env[node.args[0]].ty.dtype)
+        if dtype in ("float16", "bfloat16") and str(result.ty.dtype) != dtype:
+            return importer.block_builder.emit(relax.op.astype(result, dtype))
+        return result
+
+    return convert
+
+
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
 # Kiln's own ops, added by later passes, register theirs here too.
 CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
@@ -119,6 +163,8 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
+    **{name: _in_input_dtype(name) for name in (
+        "matmul.default", "mm.default", "bmm.default")},
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
