@@ -70,7 +70,8 @@ def compile_command(args: argparse.Namespace) -> int:
     else:
         model, inputs = args.model, ()  # an .onnx file: example inputs come from its input shapes
     compiled = kiln.compile(
-        model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True
+        model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True,
+        prune=kiln.Prune(ratio=args.prune) if args.prune else None, quantize=args.quantize,
     )
     print(compiled.report.table())
     if args.emit == "onnx":
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     run_compile.add_argument("--opt-level", default="O3")
     run_compile.add_argument("--emit", choices=["kiln", "onnx"], default="kiln", help="onnx: the graph after Kiln's passes, for Netron or other runtimes")
     run_compile.add_argument("--debug-dir", default=None, help="write the IR after every pass here")
+    run_compile.add_argument("--prune", type=float, default=None, metavar="RATIO", help="structured pruning: remove this fraction of channels")
+    run_compile.add_argument("--quantize", choices=["dynamic_int8"], default=None,
+                             help="dynamic int8 linear layers (static int8 needs calibration data: use kiln.compile)")
     run_compile.set_defaults(run=compile_command)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)

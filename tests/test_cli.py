@@ -26,3 +26,14 @@ def test_demo_prints_report_and_speed():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "fold_batch_norm" in result.stdout and "FuseTIR" in result.stdout
     assert "PyTorch eager" in result.stdout and "x eager)" in result.stdout
+
+
+def test_compile_prunes_and_the_artifact_loads(tmp_path, capsys):
+    import torch
+
+    import kiln
+
+    output = tmp_path / "cnn.kiln"
+    assert main(["compile", "cnn", "-o", str(output), "--prune", "0.5", "--target", "eager"]) == 0
+    assert "prune_channels" in capsys.readouterr().out
+    assert kiln.load(output)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
