@@ -62,3 +62,14 @@ def test_alignment_override_and_ratio_errors():
     assert {node.meta["val"].shape[1] for node in odd.graph.nodes if op_name(node) == "aten.conv2d"} == {22, 45}
     with pytest.raises(PassError, match="ratio"):
         kiln.compile(model, (x,), prune=kiln.Prune(ratio=1.5), target="eager")
+
+
+def test_onnx_imported_model_is_pruned_like_a_pytorch_one(tmp_path):
+    model, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
+    path = tmp_path / "digits.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
+    pruned = kiln.compile(path, prune=kiln.Prune(ratio=0.5), target="eager")
+    before, after = _stats_around(pruned, "prune_channels")
+    convolutions = [n.meta["val"].shape[1] for n in pruned.graph.nodes if op_name(n) == "aten.conv2d"]
+    assert convolutions == [16, 32, 32] and after.flops < 0.4 * before.flops
+    assert pruned(x)[0].shape == (2, 10)
