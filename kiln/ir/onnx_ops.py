@@ -572,6 +572,9 @@ def _lrn(c: NodeContext) -> torch.Tensor:
 @converts("Gemm")
 def _gemm(c: NodeContext) -> torch.Tensor:
     a, b, bias = c.tensor(0), c.tensor(1), c.tensor(2)
+    if c.attr("transB", 0) and not c.attr("transA", 0) and c.attr("alpha", 1.0) == 1.0 and c.attr("beta", 1.0) == 1.0 \
+            and (bias is None or bias.dim() == 1):
+        return F.linear(a, b, bias)  # a fully connected layer, which the passes (pruning, quantization) know
     a = a.t() if c.attr("transA", 0) else a
     b = b.t() if c.attr("transB", 0) else b
     result = torch.matmul(a, b) * c.attr("alpha", 1.0)
