@@ -19,6 +19,7 @@ from kiln.errors import (
 )
 from kiln.module import CompiledModule, load
 from kiln.passes import PASSES, PIPELINES, register_pass
+from kiln.passes.low_rank import LowRank
 from kiln.passes.prune import Prune
 from kiln.passes.quantize import Quantize
 from kiln.tune import tune
@@ -27,5 +28,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "CompiledModule", "FrontendError", "InputMismatchError",
-    "KilnError", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "distill", "load", "register_pass", "tune",
+    "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "distill", "load", "register_pass", "tune",
 ]

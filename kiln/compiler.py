@@ -17,6 +17,7 @@ from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
 from kiln.passes.instrument import PassRecord
 from kiln.passes.bisect import bisect as bisect_pipeline
+from kiln.passes.low_rank import LowRank, low_rank_passes
 from kiln.passes.prune import Prune, pruning_passes
 from kiln.passes.quantize import Quantize, quantization_passes
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
@@ -77,6 +78,7 @@ def compile(  # noqa: A001 - the public name users expect
     quantize: str | Quantize | None = None,
     calibration: Sequence[Any] | None = None,
     prune: Prune | None = None,
+    low_rank: LowRank | None = None,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -97,11 +99,16 @@ def compile(  # noqa: A001 - the public name users expect
     model's arguments); the report's quantize_int8 row shows the layers quantized, the weight
     bytes before and after, and the drift from fp32. `prune=kiln.Prune(ratio=0.5)` removes that
     fraction of the channels of every conv/linear layer whose channels can go (with everything that
-    depends on them), keeping channel counts a multiple of the target's vector width.
+    depends on them) and of every attention block's heads, keeping channel counts a multiple of
+    the target's vector width. `low_rank=kiln.LowRank(energy=0.9)` factorizes linear and conv
+    layers where that makes them cheaper. Compression runs before the optimization pipeline.
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
-    pipeline += pruning_passes(prune, _vector_lanes(resolved)) + quantization_passes(quantize, calibration)
+    # compress first (the batch norms that rank channels are still there), quantize last (calibrate what runs)
+    lanes = _vector_lanes(resolved)
+    compression = pruning_passes(prune, lanes, calibration) + low_rank_passes(low_rank, lanes)
+    pipeline = compression + pipeline + quantization_passes(quantize, calibration)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 

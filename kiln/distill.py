@@ -44,12 +44,11 @@ class _Unwrapped(torch.nn.Module):
         return outputs[0] if isinstance(outputs, (tuple, list)) and len(outputs) == 1 else outputs
 
 
-def _batches(data: Iterable[Any]):
-    for batch in data:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and not batch[1].is_floating_point():
-            yield (batch[0],), batch[1]
-        else:
-            yield (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)), None
+def split_batch(batch: Any) -> tuple[tuple[Any, ...], torch.Tensor | None]:
+    """(the model's arguments, integer labels or None) of one batch: `x`, `(x, ...)` or `(x, labels)`."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
+        return (batch[0],), batch[1]
+    return (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)), None
 
 
 def distill(
@@ -70,7 +69,7 @@ def distill(
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     for epoch in range(epochs):
         total, count = 0.0, 0
-        for inputs, labels in _batches(data):
+        for inputs, labels in map(split_batch, data):
             with torch.no_grad():
                 soft_targets = F.softmax(teacher(*inputs) / temperature, -1)
             logits = student(*inputs)

@@ -53,6 +53,7 @@ class PassRecord:
     stats: GraphStats | None = None
     drift: Drift | None = None
     note: str = ""
+    layers: dict[str, str] = field(default_factory=dict)  # per-layer lines of compression passes
 
 
 @dataclass
@@ -90,6 +91,10 @@ class Report:
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
         text.append(f"total {self.total_seconds:.2f} s")
+        for r in self.rows:
+            if r.layers:
+                text.append(f"\n{r.name}, per layer:")
+                text += [f"  {layer}: {what}" for layer, what in r.layers.items()]
         return "\n".join(text)
 
     def to_json(self) -> list[dict]:

@@ -11,7 +11,7 @@ import torch
 from kiln.errors import KilnError, PassError
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import DebugDir, Drift, PassRecord, Report
-from kiln.passes.registry import get_pass
+from kiln.passes.registry import PassResult, get_pass
 
 Progress = Callable[[str], None]
 
@@ -57,9 +57,12 @@ class PassManager:
             except Exception as error:
                 raise PassError(f"pass '{name}' failed: {type(error).__name__}: {error}") from error
             graph = result.graph
-            self._record(report, name, graph, time.perf_counter() - start, result.changes)
+            self._record(report, name, graph, time.perf_counter() - start, result)
         return graph, report
 
-    def _record(self, report: Report, name: str, graph: Graph, seconds: float, changes: int | None) -> None:
-        record = report.add(PassRecord(report.next_index(), name, "kiln", seconds, changes, graph.stats(), self.drift(graph)))
+    def _record(self, report: Report, name: str, graph: Graph, seconds: float, result: PassResult | None) -> None:
+        record = report.add(PassRecord(
+            report.next_index(), name, "kiln", seconds, result and result.changes, graph.stats(), self.drift(graph),
+            note=result.note if result else "", layers=result.layers if result else {},
+        ))
         self.debug.dump(record.index, name, graph.text())

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx as fx
 
+from kiln.distill import split_batch
 from kiln.errors import PassError
 from kiln.ir import quantized_ops  # noqa: F401 - registers torch.ops.kiln.*
 from kiln.ir.graph import Graph
@@ -132,7 +133,7 @@ def quantize_int8(
     observer = _Observer(graph.module, {layer.args[0] for layer in layers})
     with torch.no_grad():
         for batch in calibration:
-            observer.run(*graph.flatten_inputs(batch if isinstance(batch, (tuple, list)) else (batch,)))
+            observer.run(*graph.flatten_inputs(split_batch(batch)[0]))
     for layer in layers:
         _rewrite(graph, layer, *_affine(*_range(observer, layer.args[0], method, percentile)))
     return len(layers)

@@ -1,7 +1,8 @@
 """The pass registry: every graph transform registers itself here by name.
 
-A pass is a function `rewrite(graph, **options) -> int` that edits the private copy of the graph it
-is handed and returns how many rewrites it made. `Pass.__call__` supplies the copy and the
+A pass is a function `rewrite(graph, **options) -> int | Outcome` that edits the private copy of
+the graph it is handed and returns how many rewrites it made (an `Outcome` adds a line for the
+report and one line per layer it changed: the rank chosen, the error made). `Pass.__call__` supplies the copy and the
 clean-up, so from the outside every pass is pure: Graph in, new Graph and a record out.
 """
 
@@ -14,13 +15,22 @@ from typing import Any, Callable
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 
-Rewrite = Callable[..., int]
+@dataclass(frozen=True)
+class Outcome:
+    changes: int  # rewrites made; 0 means the graph is unchanged
+    note: str = ""  # one line for the report table
+    layers: dict[str, str] = field(default_factory=dict)  # layer (node name) -> what happened to it
+
+
+Rewrite = Callable[..., "int | Outcome"]
 
 
 @dataclass(frozen=True)
 class PassResult:
     graph: Graph
-    changes: int  # rewrites made; 0 means the graph is unchanged
+    changes: int
+    note: str = ""
+    layers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,10 @@ class Pass:
         if unknown:
             raise PassError(f"pass '{self.name}' has no option(s) {sorted(unknown)}; it takes {sorted(self.options)}")
         work = graph.copy()
-        changes = self.rewrite(work, **{**self.options, **options})
-        return PassResult(work.finalize(), changes)
+        outcome = self.rewrite(work, **{**self.options, **options})
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(outcome)
+        return PassResult(work.finalize(), outcome.changes, outcome.note, dict(outcome.layers))
 
 
 PASSES: dict[str, Pass] = {}

@@ -28,6 +28,16 @@ def _dropout(graph: Graph, node: fx.Node) -> fx.Node | None:
 
 
 def _copy(_graph: Graph, node: fx.Node) -> fx.Node | None:
+    # a view downstream of the copy may rely on its contiguity (view(select(contiguous(
+    # transpose(x))))): as a reshape, it asks only for the values
+    pending, seen = list(node.users), set()
+    while pending:
+        user = pending.pop()
+        if user not in seen:
+            seen.add(user)
+            if user.target == aten.view.default:
+                user.target = aten.reshape.default
+            pending.extend(user.users)
     return node.args[0]
 
 

@@ -27,6 +27,18 @@ def test_removes_dropout_copies_identities_and_chains():
     assert result.changes >= 8
 
 
+def test_copy_removed_before_a_view_that_needed_its_contiguity():
+    class TransposeThenView(nn.Module):
+        def forward(self, x):
+            return x.transpose(0, 1).contiguous()[1:].view(-1) * 2
+
+    x = torch.randn(3, 4)
+    _, result = run_pass("remove_noops", TransposeThenView().eval(), x)
+    assert "aten.contiguous" not in ops(result.graph)
+    (got,) = result.graph.run(x)
+    torch.testing.assert_close(got, x.t()[1:].reshape(-1) * 2)
+
+
 def test_keeps_real_reshapes():
     model = nn.Flatten()
     _, result = run_pass("remove_noops", model, torch.randn(2, 3, 4))
