@@ -71,7 +71,8 @@ def compile_command(args: argparse.Namespace) -> int:
         model, inputs = args.model, ()  # an .onnx file: example inputs come from its input shapes
     compiled = kiln.compile(
         model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True,
-        prune=kiln.Prune(ratio=args.prune) if args.prune else None, quantize=args.quantize,
+        prune=kiln.Prune(ratio=args.prune) if args.prune else kiln.Prune(ratio=args.sparsity, structured=False) if args.sparsity else None,
+        low_rank=kiln.LowRank(energy=args.low_rank) if args.low_rank else None, quantize=args.quantize,
     )
     print(compiled.report.table())
     if args.emit == "onnx":
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     run_compile.add_argument("--opt-level", default="O3")
     run_compile.add_argument("--emit", choices=["kiln", "onnx"], default="kiln", help="onnx: the graph after Kiln's passes, for Netron or other runtimes")
     run_compile.add_argument("--debug-dir", default=None, help="write the IR after every pass here")
-    run_compile.add_argument("--prune", type=float, default=None, metavar="RATIO", help="structured pruning: remove this fraction of channels")
+    compression = run_compile.add_mutually_exclusive_group()
+    compression.add_argument("--prune", type=float, default=None, metavar="RATIO", help="structured pruning: remove this fraction of channels and attention heads")
+    compression.add_argument("--sparsity", type=float, default=None, metavar="RATIO", help="magnitude pruning: zero this fraction of the weights (smaller artifact)")
+    run_compile.add_argument("--low-rank", type=float, default=None, metavar="ENERGY",
+                             help="factorize linear/conv layers, keeping this fraction of each weight's energy (e.g. 0.9)")
     run_compile.add_argument("--quantize", choices=["dynamic_int8"], default=None,
                              help="dynamic int8 linear layers (static int8 needs calibration data: use kiln.compile)")
     run_compile.set_defaults(run=compile_command)

@@ -43,6 +43,22 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class DigitsMLP(nn.Module):
+    """A linear-heavy model: what low-rank factorization is for."""
+
+    def __init__(self, hidden: int = 512) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def batches(digits: Digits, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training split as (images, labels) batches: what kiln.distill and calibration take."""
+    return [(digits.train_x[i: i + size], digits.train_y[i: i + size]) for i in range(0, len(digits.train_y), size)]
+
+
 def train(model: nn.Module, digits: Digits, epochs: int = 8, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

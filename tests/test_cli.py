@@ -34,6 +34,7 @@ def test_compile_prunes_and_the_artifact_loads(tmp_path, capsys):
     import kiln
 
     output = tmp_path / "cnn.kiln"
-    assert main(["compile", "cnn", "-o", str(output), "--prune", "0.5", "--target", "eager"]) == 0
-    assert "prune_channels" in capsys.readouterr().out
+    assert main(["compile", "cnn", "-o", str(output), "--prune", "0.5", "--low-rank", "0.9", "--target", "eager"]) == 0
+    printed = capsys.readouterr().out
+    assert "prune_channels" in printed and "low_rank" in printed and "per layer" in printed
     assert kiln.load(output)(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -305,8 +305,12 @@ def _reshape(c: NodeContext) -> torch.Tensor:
 def _flatten(c: NodeContext) -> torch.Tensor:
     x = c.tensor(0)
     axis = c.attr("axis", 1) % max(x.dim(), 1) if c.attr("axis", 1) < 0 else c.attr("axis", 1)
-    leading = int(np.prod(x.shape[:axis])) if axis else 1
-    return torch.reshape(x, (leading, -1))
+    if axis == 0:
+        return torch.reshape(x, (1, -1))
+    if axis == x.dim():
+        return torch.reshape(x, (-1, 1))
+    # flattens, not a reshape to fixed sizes: a symbolic (dynamic) batch stays symbolic
+    return torch.flatten(torch.flatten(x, axis), 0, axis - 1)
 
 
 @converts("Transpose")

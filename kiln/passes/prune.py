@@ -174,23 +174,23 @@ def _join_constant(space: _Space, node: fx.Node, index: int, rank: int) -> None:
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 
 
-def _importance(graph: Graph, space: _Space, criterion: str, taylor: dict[str, torch.Tensor]) -> torch.Tensor:
+def _importance(graph: Graph, space: _Space, criterion: str, taylor: dict[fx.Node, torch.Tensor]) -> torch.Tensor:
     """Each producer's (or batch norm's) scores normalized to sum 1, then summed over the space."""
     if criterion == "bn_scale" and space.norms:
         scores = [graph.constant(norm.args[1]).float().abs() for norm in space.norms if norm.args[1] is not None]
     elif criterion == "taylor":
-        scores = [taylor[node.args[1].target] for node in space.producers + space.depthwise]
+        scores = [taylor[node] for node in space.producers + space.depthwise]
     else:
         weights = [graph.constant(node.args[1]).float().flatten(1) for node in space.producers + space.depthwise]
         scores = [w.pow(2).sum(1).sqrt() if criterion == "l2" else w.abs().sum(1) for w in weights]
     return sum(score / score.sum().clamp(min=1e-12) for score in scores)
 
 
-def _taylor_scores(graph: Graph, weights: list[fx.Node], data: Iterable[Any]) -> dict[str, torch.Tensor]:
+def _taylor_scores(graph: Graph, layers: list[fx.Node], data: Iterable[Any]) -> dict[fx.Node, torch.Tensor]:
     """First-order Taylor importance (Molchanov et al. 2019): per output channel, (Σ w·∂L/∂w)²
     summed over the batches, L the cross-entropy against the labels (or, without labels, against
     the model's own predictions)."""
-    leaves = {node.target: graph.constant(node).detach().float().clone().requires_grad_() for node in weights}
+    leaves = {layer.args[1].target: graph.constant(layer.args[1]).detach().float().clone().requires_grad_() for layer in layers}
     totals = {name: torch.zeros(leaf.shape[0]) for name, leaf in leaves.items()}
     for batch in data:
         inputs, labels = split_batch(batch)
@@ -200,7 +200,7 @@ def _taylor_scores(graph: Graph, weights: list[fx.Node], data: Iterable[Any]) ->
         loss = F.cross_entropy(logits, labels if labels is not None else logits.argmax(1))
         for (name, leaf), grad in zip(leaves.items(), torch.autograd.grad(loss, list(leaves.values()))):
             totals[name] += (leaf * grad).flatten(1).sum(1).detach() ** 2
-    return totals
+    return {layer: totals[layer.args[1].target] for layer in layers}
 
 
 def _slice_argument(graph: Graph, node: fx.Node, index: int, keep: torch.Tensor, dim: int) -> None:
@@ -244,7 +244,7 @@ def prune_channels(
     spaces = _analyse(graph)
     taylor = {}
     if criterion == "taylor":
-        taylor = _taylor_scores(graph, [node.args[1] for space in spaces for node in space.producers + space.depthwise], data)
+        taylor = _taylor_scores(graph, [node for space in spaces for node in space.producers + space.depthwise], data)
     removed, layers = 0, {}
     for space in spaces:
         kept = min(space.channels, max(align, -(-round(space.channels * (1 - ratio)) // align) * align))

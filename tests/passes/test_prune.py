@@ -11,7 +11,7 @@ from kiln import models
 from kiln.errors import PassError
 from kiln.ir.stats import op_name
 from tests.conftest import assert_matches
-from tests.digits import DigitsCNN, accuracy, load_digits, train
+from tests.digits import DigitsCNN, DigitsMLP, accuracy, batches, load_digits, train
 
 
 def _stats_around(compiled, name: str):
@@ -74,3 +74,49 @@ def test_onnx_imported_model_is_pruned_like_a_pytorch_one(tmp_path):
     convolutions = [n.meta["val"].shape[1] for n in pruned.graph.nodes if op_name(n) == "aten.conv2d"]
     assert convolutions == [16, 32, 32] and after.flops < 0.4 * before.flops
     assert pruned(x)[0].shape == (2, 10)
+
+
+def _first_conv_rows_kept(compiled, model) -> list[int]:
+    """Which output channels of the first convolution survived (its weight rows, found in the original)."""
+    conv = next(n for n in compiled.graph.nodes if op_name(n) == "aten.conv2d")
+    pruned = compiled.graph.constant(conv.args[1]).detach()
+    original = model.features[0].weight.detach()
+    return [int((original - row).abs().flatten(1).sum(1).argmin()) for row in pruned]
+
+
+def test_batch_norm_scale_and_taylor_criteria_rank_channels_by_what_they_measure():
+    digits = load_digits()
+    model = DigitsCNN().eval()
+    with torch.no_grad():
+        model.features[1].weight[:16] = 0.01  # batch-norm scales: the first 16 channels barely pass
+        scaled = kiln.compile(model, (digits.test_x,), passes=[], prune=kiln.Prune(0.5, align=1, criterion="bn_scale"), target="eager")
+        assert _first_conv_rows_kept(scaled, model) == list(range(16, 32))
+        model.features[1].weight[:16] = 1.0
+        model.features[0].weight[:16] *= 10  # large filters (L1 keeps them) ...
+        model.features[3].weight[:, :16] = 0  # ... that nothing downstream reads (Taylor drops them)
+    by_l1 = kiln.compile(model, (digits.test_x,), passes=[], prune=kiln.Prune(0.5, align=1), target="eager")
+    by_taylor = kiln.compile(model, (digits.test_x,), passes=[], prune=kiln.Prune(0.5, align=1, criterion="taylor"),
+                             calibration=batches(digits)[:4], target="eager")
+    assert _first_conv_rows_kept(by_l1, model) == list(range(16))
+    assert _first_conv_rows_kept(by_taylor, model) == list(range(16, 32))
+    with pytest.raises(PassError, match="taylor.*needs data"):
+        kiln.compile(model, (digits.test_x,), prune=kiln.Prune(0.5, criterion="taylor"), target="eager")
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_pruning_zeroes_the_smallest_weights_and_shrinks_the_artifact(scope, tmp_path):
+    digits = load_digits()
+    model = train(DigitsMLP(), digits, epochs=3)
+    sparse = kiln.compile(model, (digits.test_x,), prune=kiln.Prune(0.8, structured=False, scope=scope))
+    row = next(row for row in sparse.report.rows if row.name == "prune_magnitude")
+    assert "compression only" in row.note and len(row.layers) == 3
+    weights = [sparse.graph.constant(n.args[1]) for n in sparse.graph.nodes if op_name(n) == "aten.linear"]
+    zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert abs(zero - 0.8) < 0.01
+    if scope == "layer":
+        assert all(abs((w == 0).float().mean().item() - 0.8) < 0.01 for w in weights)
+    assert accuracy(sparse, digits) >= accuracy(model, digits) - 5.0  # 80% of the weights gone, little accuracy
+    dense = kiln.compile(model, (digits.test_x,))
+    dense.save(tmp_path / "dense.kiln")
+    sparse.save(tmp_path / "sparse.kiln")
+    assert (tmp_path / "sparse.kiln").stat().st_size < 0.6 * (tmp_path / "dense.kiln").stat().st_size
