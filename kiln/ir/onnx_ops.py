@@ -310,7 +310,8 @@ def _flatten(c: NodeContext) -> torch.Tensor:
     if axis == x.dim():
         return torch.reshape(x, (-1, 1))
     # flattens, not a reshape to fixed sizes: a symbolic (dynamic) batch stays symbolic
-    return torch.flatten(torch.flatten(x, axis), 0, axis - 1)
+    inner = torch.flatten(x, axis)
+    return torch.flatten(inner, 0, axis - 1) if axis > 1 else inner
 
 
 @converts("Transpose")

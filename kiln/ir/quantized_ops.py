@@ -73,3 +73,25 @@ def qlinear(x: torch.Tensor, zero_point: int, weight: torch.Tensor) -> torch.Ten
 @qlinear.register_fake
 def _(x, zero_point, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.int32)
+
+
+def dequantize_weight(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """int8 [out, in], or int4 packed two to a byte (uint8 [out, in/2], low nibble first, offset 8),
+    times one scale per group of `in / scales.shape[1]` inputs → float32 [out, in]."""
+    if bits == 4:
+        low, high = (weight & 15).to(torch.int8) - 8, (weight >> 4).to(torch.int8) - 8
+        weight = torch.stack([low, high], dim=-1).reshape(weight.shape[0], -1)
+    group = weight.shape[1] // scales.shape[1]
+    return (weight.float().reshape(weight.shape[0], -1, group) * scales.float()[..., None]).reshape(weight.shape[0], -1)
+
+
+@torch.library.custom_op("kiln::linear_weight_only", mutates_args=())
+def linear_weight_only(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bits: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer whose weight is stored as int8 or int4 with group-wise scales and widened to
+    float inside the matmul: activations stay float (weight-only quantization)."""
+    return F.linear(x, dequantize_weight(weight, scales, bits).to(x.dtype), bias)
+
+
+@linear_weight_only.register_fake
+def _(x, weight, scales, bits, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -9,8 +9,9 @@ consumer (input channels pruned; after flatten, in blocks of H×W features). A s
 anything else (the graph's output, a concat, a reshape Kiln cannot follow) is left whole.
 
 Importance: the L1 (or L2) norm of each channel's filters, the scale of its batch norm, or a
-data-driven first-order Taylor score; summed over a space's producers, each normalized. Kept channel counts are rounded up to `align` (the target's vector
-width by default), so that pruning never leaves the odd counts that vectorize badly.
+data-driven first-order Taylor score; summed over a space's producers, each normalized. Kept
+channel counts are rounded to the nearest multiple of `align` (the target's vector width by
+default), so that pruning never leaves the odd counts that vectorize badly.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _analyse(graph: Graph) -> list[_Space]:
             continue
         (first, (key, factor)), others = carried[0], carried[1:]
         image = spaces.get(key).axis == 1 and len(_shape(first)) == 4
-        if (node.target in ELEMENTWISE or node.target in PER_CHANNEL and image) and first is node.args[0] and not others:
+        identity = node.target in FLATTENERS and _shape(node) == _shape(first)
+        if (node.target in ELEMENTWISE or node.target in PER_CHANNEL and image or identity) and first is node.args[0] and not others:
             if node.target == aten.batch_norm.default:
                 spaces.get(key).norms.append(node)
             space_of[node] = (key, factor)
@@ -247,7 +249,7 @@ def prune_channels(
         taylor = _taylor_scores(graph, [node for space in spaces for node in space.producers + space.depthwise], data)
     removed, layers = 0, {}
     for space in spaces:
-        kept = min(space.channels, max(align, -(-round(space.channels * (1 - ratio)) // align) * align))
+        kept = min(space.channels, max(align, round(space.channels * (1 - ratio) / align) * align))
         if kept >= space.channels:
             continue
         keep = torch.topk(_importance(graph, space, criterion, taylor), kept).indices.sort().values

@@ -20,9 +20,9 @@ import torch.fx as fx
 
 from kiln.distill import split_batch
 from kiln.errors import PassError
-from kiln.ir import quantized_ops  # noqa: F401 - registers torch.ops.kiln.*
+from kiln.ir.quantized_ops import dequantize_weight  # and registers torch.ops.kiln.*
 from kiln.ir.graph import Graph
-from kiln.passes.registry import register_pass
+from kiln.passes.registry import Outcome, register_pass
 from kiln.passes.rewrite import is_constant
 
 aten, kiln_ops = torch.ops.aten, torch.ops.kiln
@@ -144,10 +144,11 @@ class Quantize:
     """`kiln.compile(..., quantize=Quantize(...))`: what to quantize and how to calibrate.
     `quantize="int8"` means Quantize()."""
 
-    mode: str = "int8"  # or "dynamic_int8" (linear layers; no calibration)
+    mode: str = "int8"  # or "dynamic_int8" (linear layers; no calibration), "weight_int8", "weight_int4"
     method: str = "minmax"  # calibration: "minmax", "percentile" or "mse"
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()  # node names of layers to leave in float (sensitive ones)
+    group: int | None = None  # weight-only: inputs per scale (default: the whole row for int8, 32 for int4)
 
 
 def _rewrite_dynamic(graph: Graph, node: fx.Node) -> None:
@@ -178,6 +179,47 @@ def quantize_dynamic_int8(graph: Graph, keep_float: Iterable[str] = ()) -> int:
     return len(layers)
 
 
+def _weight_only(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric group-wise integers (int8, or int4 packed two per byte) and their float32 scales."""
+    out_features, in_features = weight.shape
+    limit = 127 if bits == 8 else 7
+    grouped = weight.detach().float().reshape(out_features, in_features // group, group)
+    scales = grouped.abs().amax(-1).clamp(min=1e-12) / limit
+    values = torch.clamp(torch.round(grouped / scales[..., None]), -limit - (bits == 4), limit).reshape(out_features, in_features)
+    if bits == 8:
+        return values.to(torch.int8), scales
+    nibbles = (values + 8).to(torch.uint8).reshape(out_features, in_features // 2, 2)
+    return nibbles[..., 0] | (nibbles[..., 1] << 4), scales
+
+
+@register_pass("quantize_weight_only", "Weight-only int8/int4: linear weights stored as integers with group-wise scales, widened in the matmul")
+def quantize_weight_only(graph: Graph, bits: int = 8, group: int | None = None, keep_float: Iterable[str] = ()) -> Outcome:
+    if bits not in (4, 8):
+        raise PassError(f"quantize_weight_only: bits={bits}; Kiln stores weights as int8 or int4")
+    kept = set(keep_float)
+    layers = {}
+    for node in [n for n in graph.module.graph.nodes if _quantizable(n) and n.target == aten.linear.default and n.name not in kept]:
+        weight = graph.constant(node.args[1])
+        size = group or (weight.shape[1] if bits == 8 else 32)
+        if weight.shape[1] % size or size % 2:
+            layers[node.name] = f"kept float: {weight.shape[1]} inputs do not split into groups of {size}"
+            continue
+        values, scales = _weight_only(weight, bits, size)
+        g = graph.module.graph
+        with g.inserting_before(node):
+            replacement = g.call_function(kiln_ops.linear_weight_only.default, (
+                node.args[0], graph.add_constant(values, f"{node.args[1].name}_int{bits}", before=node),
+                graph.add_constant(scales, f"{node.args[1].name}_scales", before=node), bits,
+                node.args[2] if len(node.args) > 2 else None,
+            ))
+        node.replace_all_uses_with(replacement)
+        g.erase_node(node)
+        error = ((dequantize_weight(values, scales, bits) - weight.float()).norm() / weight.float().norm()).item()
+        layers[node.name] = f"int{bits}, groups of {size}: {weight.numel() * weight.element_size():,} → {values.numel() + 4 * scales.numel():,} bytes, error {error:.2%}"
+    done = sum(not line.startswith("kept") for line in layers.values())
+    return Outcome(done, f"{done} linear layers int{bits} weight-only, {len(layers) - done} kept float", layers)
+
+
 def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[Any] | None) -> list[tuple[str, dict[str, Any]]]:
     """What `kiln.compile(quantize=...)` appends to the pipeline."""
     if quantize is None:
@@ -185,7 +227,10 @@ def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[A
     config = Quantize(quantize) if isinstance(quantize, str) else quantize
     if config.mode == "dynamic_int8":
         return [("quantize_dynamic_int8", {"keep_float": config.keep_float}), ("dce", {})]
+    if config.mode in ("weight_int8", "weight_int4"):
+        options = {"bits": int(config.mode[-1]), "group": config.group, "keep_float": config.keep_float}
+        return [("quantize_weight_only", options), ("dce", {})]
     if config.mode != "int8":
-        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated) and 'dynamic_int8'")
+        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated), 'dynamic_int8', 'weight_int8' and 'weight_int4'")
     options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float}
     return [("quantize_int8", options), ("cse", {}), ("dce", {})]

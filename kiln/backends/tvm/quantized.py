@@ -64,7 +64,44 @@ def _qlinear(node: fx.Node, importer) -> Any:
     return bb.emit(relax.op.subtract(accumulated, _zero_point_correction(bb, weight, zero_point, [1])))
 
 
+def _weight_only_matmul(x, weight, scales, bits: int):
+    """x [M, K] @ dequantized(weight)ᵀ, the weight widened inside the reduction: the int8/int4
+    bytes are what the kernel reads (FoldConstant cannot turn them back into float constants)."""
+    from tvm import te
+
+    rows, depth = x.shape
+    group = depth // scales.shape[1]
+    k = te.reduce_axis((0, depth), name="k")
+
+    def widened(j, kk):
+        if bits == 8:
+            return weight[j, kk].astype(x.dtype)
+        nibble = (weight[j, kk // 2] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+        return nibble.astype(x.dtype) - te.const(8.0, x.dtype)
+
+    return te.compute(
+        (rows, weight.shape[0]),
+        lambda i, j: te.sum(x[i, k] * widened(j, k) * scales[j, k // group].astype(x.dtype), axis=k),
+        name="linear_weight_only",
+    )
+
+
+def _linear_weight_only(node: fx.Node, importer) -> Any:
+    from tvm import relax
+
+    x, weight, scales = (importer.env[a] for a in node.args[:3])
+    bits, bias = node.args[3], node.args[4] if len(node.args) > 4 else None
+    bb = importer.block_builder
+    shape = [int(d) for d in x.struct_info.shape]
+    flat = bb.emit(relax.op.reshape(x, [-1, shape[-1]]))
+    result = bb.emit_te(_weight_only_matmul, flat, weight, scales, bits)
+    if bias is not None:
+        result = bb.emit(relax.op.add(result, importer.env[bias]))
+    return bb.emit(relax.op.reshape(result, shape[:-1] + [int(weight.struct_info.shape[0])]))
+
+
 QUANTIZED_CONVERTERS = {
+    "linear_weight_only.default": _linear_weight_only,
     "quantize.default": _quantize,
     "qconv2d.default": _qconv2d,
     "qlinear.default": _qlinear,
