@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -116,6 +116,43 @@ def _rewrite(graph: Graph, node: fx.Node, scale: float, zero_point: int) -> None
     g.erase_node(node)
 
 
+def _quantized(graph: Graph, ranges: dict[str, tuple[float, int]], names: Iterable[str]) -> Graph:
+    """A copy of `graph` with the named layers quantized (for sensitivity trials)."""
+    trial = graph.copy()
+    nodes = {n.name: n for n in trial.module.graph.nodes}
+    for name in names:
+        _rewrite(trial, nodes[name], *ranges[name])
+    trial.module.recompile()
+    return trial
+
+
+def _predictor(graph: Graph) -> Callable[..., Any]:
+    """The graph as the model was: inputs → its first output, for a user's evaluation function."""
+
+    def predict(*inputs: Any) -> Any:
+        with torch.no_grad():
+            return graph.module(*graph.flatten_inputs(inputs))[0]
+
+    return predict
+
+
+def _within_budget(graph, ranges, layers, evaluate, budget) -> tuple[set[str], dict[str, str], str]:
+    """Layers to keep in float so that accuracy drops by at most `budget`: each layer's sensitivity
+    is the drop with it alone quantized; the most sensitive go back to float one at a time."""
+    baseline = evaluate(_predictor(graph))
+    sensitivity = {name: baseline - evaluate(_predictor(_quantized(graph, ranges, [name]))) for name in layers}
+    kept: list[str] = []
+    drop = baseline - evaluate(_predictor(_quantized(graph, ranges, layers)))
+    for name in sorted(layers, key=sensitivity.get, reverse=True):
+        if drop <= budget:
+            break
+        kept.append(name)
+        drop = baseline - evaluate(_predictor(_quantized(graph, ranges, [n for n in layers if n not in kept])))
+    lines = {name: f"sensitivity {sensitivity[name]:+.4g} → {'kept float' if name in kept else 'int8'}" for name in layers}
+    verdict = "within" if drop <= budget else "NOT within (every layer is float and it still drops)" if len(kept) == len(layers) else "over"
+    return set(kept), lines, f"accuracy {baseline:.4g} → {baseline - drop:.4g}, drop {drop:.4g} {verdict} the budget {budget:.4g}"
+
+
 @register_pass("quantize_int8", "Post-training static int8: calibrated uint8 activations, per-channel int8 weights, int32 accumulation")
 def quantize_int8(
     graph: Graph,
@@ -123,20 +160,31 @@ def quantize_int8(
     method: str = "minmax",
     percentile: float = 99.99,
     keep_float: Iterable[str] = (),
-) -> int:
+    evaluate: Callable[[Callable[..., Any]], float] | None = None,
+    max_accuracy_drop: float | None = None,
+) -> Outcome:
     if not calibration:
         raise PassError("quantize_int8 needs calibration data: a few batches of real inputs (calibration=[(x,), ...])")
     if method not in METHODS:
         raise PassError(f"quantize_int8: unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+    if (evaluate is None) != (max_accuracy_drop is None):
+        raise PassError("quantize_int8: max_accuracy_drop needs evaluate (a function of a predictor → accuracy), and the other way round")
     kept = set(keep_float)
     layers = [n for n in graph.module.graph.nodes if _quantizable(n) and n.name not in kept]
     observer = _Observer(graph.module, {layer.args[0] for layer in layers})
     with torch.no_grad():
         for batch in calibration:
             observer.run(*graph.flatten_inputs(split_batch(batch)[0]))
+    ranges = {layer.name: _affine(*_range(observer, layer.args[0], method, percentile)) for layer in layers}
+    lines = {name: f"uint8 scale {scale:.4g}, zero point {zero_point}" for name, (scale, zero_point) in ranges.items()}
+    note = ""
+    if evaluate is not None:
+        sensitive, lines, note = _within_budget(graph, ranges, list(ranges), evaluate, max_accuracy_drop)
+        layers = [layer for layer in layers if layer.name not in sensitive]
     for layer in layers:
-        _rewrite(graph, layer, *_affine(*_range(observer, layer.args[0], method, percentile)))
-    return len(layers)
+        _rewrite(graph, layer, *ranges[layer.name])
+    floats = len(kept) + len(ranges) - len(layers)
+    return Outcome(len(layers), f"{len(layers)} layers int8, {floats} kept float" + (f"; {note}" if note else ""), lines)
 
 
 @dataclass(frozen=True)
@@ -149,6 +197,11 @@ class Quantize:
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()  # node names of layers to leave in float (sensitive ones)
     group: int | None = None  # weight-only: inputs per scale (default: the whole row for int8, 32 for int4)
+    # static int8: keep the most sensitive layers in float until accuracy (evaluate(predict) → a
+    # number, higher is better; predict maps the model's inputs to its first output) drops by at
+    # most this much
+    max_accuracy_drop: float | None = None
+    evaluate: Callable[[Callable[..., Any]], float] | None = None
 
 
 def _rewrite_dynamic(graph: Graph, node: fx.Node) -> None:
@@ -232,5 +285,6 @@ def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[A
         return [("quantize_weight_only", options), ("dce", {})]
     if config.mode != "int8":
         raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated), 'dynamic_int8', 'weight_int8' and 'weight_int4'")
-    options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float}
+    options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float,
+               "evaluate": config.evaluate, "max_accuracy_drop": config.max_accuracy_drop}
     return [("quantize_int8", options), ("cse", {}), ("dce", {})]

@@ -9,6 +9,7 @@ import torch
 import kiln
 from kiln.errors import PassError
 from kiln.ir.stats import op_name
+from tests.conftest import assert_matches
 from tests.digits import DigitsCNN, accuracy, load_digits, train
 
 
@@ -84,3 +85,44 @@ def test_unknown_mode_and_method_are_named(digits, digits_cnn):
         kiln.compile(digits_cnn, (torch.randn(2, 1, 8, 8),), quantize="int4", calibration=_calibration(digits, 1))
     with pytest.raises(PassError, match="entropy"):
         kiln.compile(digits_cnn, (torch.randn(2, 1, 8, 8),), quantize=kiln.Quantize(method="entropy"), calibration=_calibration(digits, 1))
+
+
+def test_sensitivity_report_keeps_the_most_sensitive_layers_float_to_meet_the_budget(digits, digits_cnn):
+    x = digits.test_x[:64]
+    with torch.no_grad():
+        reference = digits_cnn(x)
+
+    def fidelity(predict) -> float:  # a continuous score: cosine of the logits to fp32, in percent
+        return 100 * torch.nn.functional.cosine_similarity(predict(x).flatten(), reference.flatten(), dim=0).item()
+
+    def quantized_with(budget: float):
+        config = kiln.Quantize(evaluate=fidelity, max_accuracy_drop=budget)
+        compiled = kiln.compile(digits_cnn, (x,), target="eager", quantize=config, calibration=_calibration(digits, 2))
+        return compiled, next(row for row in compiled.report.rows if row.name == "quantize_int8")
+
+    _, loose = quantized_with(5.0)
+    assert loose.changes == 5 and "0 kept float" in loose.note and "within the budget" in loose.note
+    sensitivity = {name: float(line.split()[1]) for name, line in loose.layers.items()}
+    strict_budget = (100 - fidelity(quantized_with(5.0)[0])) / 4  # a quarter of the all-int8 drop
+    compiled, strict = quantized_with(strict_budget)
+    kept = [name for name, line in strict.layers.items() if line.endswith("kept float")]
+    assert kept and "within the budget" in strict.note, strict.note
+    quantized = set(sensitivity) - set(kept)
+    assert min(sensitivity[name] for name in kept) >= max(sensitivity[name] for name in quantized)  # the most sensitive went
+    assert 100 - fidelity(compiled) <= strict_budget
+
+
+def test_weight_only_int4_compiles_to_packed_integer_weights(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32)).eval()
+    x = torch.randn(3, 5, 64)
+    compiled = kiln.compile(model, (x,), quantize="weight_int4", debug_dir=tmp_path)
+    weights = [compiled.graph.constant(n.args[1]) for n in compiled.graph.nodes if op_name(n) == "kiln.linear_weight_only"]
+    assert [(w.dtype, tuple(w.shape)) for w in weights] == [(torch.uint8, (128, 32)), (torch.uint8, (32, 64))]  # two per byte
+    with torch.no_grad():
+        (own_ir,) = compiled.graph.run(x)
+        cosine = torch.nn.functional.cosine_similarity(own_ir.flatten(), model(x).flatten(), dim=0).item()
+    assert_matches(compiled(x), own_ir)
+    assert cosine > 0.99
+    # the scheduled module still reads the packed bytes: nothing folded them back into float constants
+    assert '"uint8")' in next(tmp_path.glob("*tvm_ScheduleCPU.py")).read_text()

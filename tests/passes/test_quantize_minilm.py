@@ -4,6 +4,7 @@ and nearest-neighbour retrieval."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import kiln
 from tests import minilm
@@ -23,3 +24,20 @@ def test_dynamic_int8_minilm_embeddings_and_retrieval_match_fp32(encoded):
     assert len(minilm.SENTENCES) >= 100
     assert cosine >= 0.99, f"mean cosine {cosine:.4f}"
     assert agreement >= 0.95, f"retrieval agrees on {100 * agreement:.1f}% of queries"
+
+
+def test_weight_only_int8_minilm_matches_fp32_and_int4_is_reported(encoded):
+    encoder, inputs, reference = encoded
+    linear_bytes = sum(m.weight.numel() * 4 for m in encoder.bert.encoder.modules() if isinstance(m, torch.nn.Linear))
+    figures = {}
+    for mode, target, saving in (("weight_int8", "llvm", 0.74), ("weight_int4", "eager", 0.86)):  # int4 lowering: test_quantize.py
+        compiled = kiln.compile(encoder, inputs, quantize=mode, target=target)
+        row = next(row for row in compiled.report.rows if row.name == "quantize_weight_only")
+        assert row.changes >= 6 * 4  # every linear of the six layers (q/k/v may be merged)
+        kiln_rows = [r for r in compiled.report.rows if r.stage == "kiln"]
+        assert kiln_rows[0].stats.param_bytes - kiln_rows[-1].stats.param_bytes >= saving * linear_bytes
+        figures[mode] = minilm.agreement(compiled(*inputs), reference)
+        print(f"MiniLM {mode}: mean cosine {figures[mode][0]:.4f}, retrieval agreement {figures[mode][1]:.1%}")
+    cosine, agreement = figures["weight_int8"]
+    assert cosine >= 0.99 and agreement >= 0.95, figures
+    assert figures["weight_int4"][0] < cosine  # int4 costs more than int8, and the figures say how much

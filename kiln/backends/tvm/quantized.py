@@ -92,12 +92,12 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     x, weight, scales = (importer.env[a] for a in node.args[:3])
     bits, bias = node.args[3], node.args[4] if len(node.args) > 4 else None
     bb = importer.block_builder
-    shape = [int(d) for d in x.struct_info.shape]
+    shape = [int(d) for d in x.ty.shape]
     flat = bb.emit(relax.op.reshape(x, [-1, shape[-1]]))
     result = bb.emit_te(_weight_only_matmul, flat, weight, scales, bits)
     if bias is not None:
         result = bb.emit(relax.op.add(result, importer.env[bias]))
-    return bb.emit(relax.op.reshape(result, shape[:-1] + [int(weight.struct_info.shape[0])]))
+    return bb.emit(relax.op.reshape(result, shape[:-1] + [int(weight.ty.shape[0])]))
 
 
 QUANTIZED_CONVERTERS = {
