@@ -2,7 +2,8 @@
 
 The graph is re-captured with torch.export and handed to PyTorch's ONNX exporter (the
 ExportedProgram path, onnxscript-based), so whatever stage of the pipeline it comes from exports
-the same way. Input names are the graph's; outputs are output0, output1, ...
+the same way; quantized graphs export as QDQ (kiln/ir/qdq.py). Input names are the graph's;
+outputs are output0, output1, ...
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from kiln.errors import KilnError
 from kiln.ir.graph import Graph
+from kiln.ir.qdq import as_qdq
 
 OPSET = 18
 
@@ -24,7 +26,7 @@ class OnnxExportError(KilnError):
 
 
 def to_onnx(graph: Graph) -> onnx.ModelProto:
-    program = graph.to_exported_program()
+    program = as_qdq(graph).to_exported_program()
     try:
         exported = torch.onnx.export(
             program, (), dynamo=True, opset_version=OPSET, optimize=True,

@@ -52,3 +52,33 @@ def test_cli_compile_emits_onnx(cnn, tmp_path):
     assert_matches(kiln.compile(tmp_path / "optimized.onnx")(x), (eager(model, x),))
     assert main(["compile", str(source), "-o", str(tmp_path / "cnn.kiln")]) == 0
     assert_matches(kiln.load(tmp_path / "cnn.kiln")(x), (eager(model, x),))
+
+
+@pytest.mark.parametrize("mode", ["int8", "dynamic_int8", "weight_int4"])
+def test_quantized_graphs_export_as_qdq_and_run_in_onnx_runtime(mode, tmp_path):
+    import onnxruntime
+
+    from tests.digits import DigitsCNN
+
+    torch.manual_seed(0)
+    model, x = DigitsCNN(channels=8).eval(), torch.rand(4, 1, 8, 8)
+    compiled = kiln.compile(model, (x,), target="eager", quantize=mode, calibration=[(torch.rand(16, 1, 8, 8),)])
+    path = compiled.export_onnx(tmp_path / f"{mode}.onnx")
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    if mode == "int8":  # standard QDQ: what ONNX Runtime fuses into QLinearConv / QGemm
+        assert ops.count("QuantizeLinear") == 5 and ops.count("DequantizeLinear") == 2 * 5
+        assert ops.count("Conv") == 3 and "Cast" not in ops
+    with torch.no_grad():
+        (own_ir,) = compiled.graph.run(x)
+        fp32 = model(x)
+    outputs = {}
+    for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs[level] = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    # executed as written, the ONNX graph computes exactly what Kiln's quantized IR computes ...
+    assert_matches(outputs["ORT_DISABLE_ALL"], own_ir)
+    # ... and ONNX Runtime's own integer fusions of it stay close to fp32
+    cosine = torch.nn.functional.cosine_similarity(outputs["ORT_ENABLE_ALL"].flatten(), fp32.flatten(), dim=0).item()
+    assert cosine > 0.99, f"ONNX Runtime (optimized) cosine to fp32 {cosine:.4f}"
