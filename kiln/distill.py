@@ -6,7 +6,8 @@ torch module) against the original, to win back the accuracy compression cost.
     fast = kiln.compile(student, (x,))
 
 Loss: α · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α) · cross-entropy(labels),
-the second term only where `data` yields (inputs, labels) pairs.
+the second term only where `data` yields (inputs, labels) pairs. After quantization, distill the
+float IR with `fake_quant=True` (quantization-aware fine-tuning), then quantize it again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import sys
 from typing import Any, Iterable
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+
+from kiln import fake_quant as fake_quantization
+from kiln.errors import KilnError
 
 
 def trainable(module: torch.nn.Module) -> torch.nn.Module:
@@ -60,11 +65,20 @@ def distill(
     temperature: float = 4.0,
     alpha: float = 0.7,
     lr: float = 1e-3,
+    fake_quant: bool = False,
     verbose: bool = True,
 ) -> torch.nn.Module:
     """The student after `epochs` passes over `data` (re-iterable: a list or a DataLoader of
-    inputs, or of (inputs, integer labels)); the teacher is left untouched."""
-    student = _Unwrapped(trainable(student)).train()
+    inputs, or of (inputs, integer labels)); the teacher is left untouched. With
+    `fake_quant=True` (the student a Kiln IR module, e.g. `compiled.graph.module`) training sees
+    the int8 rounding of every conv/linear layer (kiln/fake_quant.py): quantization-aware
+    fine-tuning, to be followed by `kiln.compile(student, ..., quantize="int8")`."""
+    learner = trainable(student)
+    if fake_quant:
+        if not isinstance(learner, torch.fx.GraphModule):
+            raise KilnError("distill(fake_quant=True) needs a Kiln IR module as the student (compiled.graph.module)")
+        fake_quantization.insert(learner)
+    student = _Unwrapped(learner).train()
     teacher = teacher.eval()
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     for epoch in range(epochs):
@@ -82,4 +96,6 @@ def distill(
             total, count = total + loss.item(), count + 1
         if verbose:
             print(f"[kiln] distill epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}", file=sys.stderr, flush=True)
+    if fake_quant:
+        fake_quantization.remove(learner)
     return student.eval()

@@ -126,3 +126,17 @@ def test_weight_only_int4_compiles_to_packed_integer_weights(tmp_path):
     assert cosine > 0.99
     # the scheduled module still reads the packed bytes: nothing folded them back into float constants
     assert '"uint8")' in next(tmp_path.glob("*tvm_ScheduleCPU.py")).read_text()
+
+
+def test_quantization_aware_distillation_trains_through_int8_rounding_and_then_quantizes(digits, digits_cnn):
+    from tests.digits import batches
+
+    float_ir = kiln.compile(digits_cnn, (digits.test_x,), target="eager").graph.module
+    student = kiln.distill(digits_cnn, float_ir, batches(digits), epochs=2, lr=2e-4, fake_quant=True, verbose=False)
+    nodes = [str(n.target) for n in student.module.graph.nodes]
+    assert not any("fake_quant" in n for n in nodes)  # the fake quantization came out after training
+    original = dict(float_ir.state_dict())
+    changed = [name for name, p in student.module.named_parameters() if not torch.equal(p, original[name])]
+    assert changed  # and training moved the weights
+    quantized = kiln.compile(student, (digits.test_x,), quantize="int8", calibration=_calibration(digits))
+    assert accuracy(quantized, digits) >= accuracy(digits_cnn, digits) - 0.5
