@@ -192,7 +192,7 @@ class Quantize:
     """`kiln.compile(..., quantize=Quantize(...))`: what to quantize and how to calibrate.
     `quantize="int8"` means Quantize()."""
 
-    mode: str = "int8"  # or "dynamic_int8" (linear layers; no calibration), "weight_int8", "weight_int4"
+    mode: str = "int8"  # or "dynamic_int8" (linear layers; no calibration), "weight_int8", "weight_int4", "fp16", "bf16"
     method: str = "minmax"  # calibration: "minmax", "percentile" or "mse"
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()  # node names of layers to leave in float (sensitive ones)
@@ -280,11 +280,13 @@ def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[A
     config = Quantize(quantize) if isinstance(quantize, str) else quantize
     if config.mode == "dynamic_int8":
         return [("quantize_dynamic_int8", {"keep_float": config.keep_float}), ("dce", {})]
+    if config.mode in ("fp16", "bf16"):
+        return [("half_precision", {"dtype": {"fp16": "float16", "bf16": "bfloat16"}[config.mode], "keep_float": config.keep_float}), ("dce", {})]
     if config.mode in ("weight_int8", "weight_int4"):
         options = {"bits": int(config.mode[-1]), "group": config.group, "keep_float": config.keep_float}
         return [("quantize_weight_only", options), ("dce", {})]
     if config.mode != "int8":
-        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated), 'dynamic_int8', 'weight_int8' and 'weight_int4'")
+        raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated), 'dynamic_int8', 'weight_int8', 'weight_int4', 'fp16' and 'bf16'")
     options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float,
                "evaluate": config.evaluate, "max_accuracy_drop": config.max_accuracy_drop}
     return [("quantize_int8", options), ("cse", {}), ("dce", {})]
