@@ -95,3 +95,18 @@ def linear_weight_only(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 @linear_weight_only.register_fake
 def _(x, weight, scales, bits, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("kiln::embedding_weight_only", mutates_args=())
+def embedding_weight_only(weight: torch.Tensor, scales: torch.Tensor, bits: int, indices: torch.Tensor) -> torch.Tensor:
+    """Rows of an int8/int4 embedding table, widened to float32 after the lookup: only the rows
+    read are ever float."""
+    rows = F.embedding(indices, weight)
+    flat = dequantize_weight(rows.reshape(-1, rows.shape[-1]), F.embedding(indices, scales).reshape(-1, scales.shape[-1]), bits)
+    return flat.reshape(*indices.shape, -1)
+
+
+@embedding_weight_only.register_fake
+def _(weight, scales, bits, indices):
+    columns = weight.shape[1] * (2 if bits == 4 else 1)
+    return weight.new_empty((*indices.shape, columns), dtype=torch.float32)

@@ -245,32 +245,45 @@ def _weight_only(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Ten
     return nibbles[..., 0] | (nibbles[..., 1] << 4), scales
 
 
-@register_pass("quantize_weight_only", "Weight-only int8/int4: linear weights stored as integers with group-wise scales, widened in the matmul")
+def _weight_only_layer(graph: Graph, node: fx.Node, bits: int, group: int | None) -> str:
+    """Rewrite one linear layer or embedding table; a line for the report."""
+    is_table = node.target == aten.embedding.default
+    weight = graph.constant(node.args[0] if is_table else node.args[1])
+    size = group or (weight.shape[1] if bits == 8 else 32)
+    if weight.shape[1] % size or size % 2:
+        return f"kept float: {weight.shape[1]} columns do not split into groups of {size}"
+    values, scales = _weight_only(weight, bits, size)
+    stored = graph.add_constant(values, f"{node.name}_int{bits}", before=node)
+    scale_node = graph.add_constant(scales, f"{node.name}_scales", before=node)
+    g = graph.module.graph
+    with g.inserting_before(node):
+        if is_table:
+            replacement = g.call_function(kiln_ops.embedding_weight_only.default, (stored, scale_node, bits, node.args[1]))
+        else:
+            bias = node.args[2] if len(node.args) > 2 else None
+            replacement = g.call_function(kiln_ops.linear_weight_only.default, (node.args[0], stored, scale_node, bits, bias))
+    node.replace_all_uses_with(replacement)
+    g.erase_node(node)
+    error = ((dequantize_weight(values, scales, bits) - weight.float()).norm() / weight.float().norm()).item()
+    return f"int{bits}, groups of {size}: {weight.numel() * weight.element_size():,} → {values.numel() + 4 * scales.numel():,} bytes, error {error:.2%}"
+
+
+def _weight_only_candidate(node: fx.Node) -> bool:
+    if _quantizable(node) and node.target == aten.linear.default:
+        return True
+    # padding_idx, scale_grad_by_freq, sparse: training-only arguments
+    return node.target == aten.embedding.default and is_constant(node.args[0]) and node.args[0].meta["val"].dtype == torch.float32
+
+
+@register_pass("quantize_weight_only", "Weight-only int8/int4: linear weights and embedding tables stored as integers with group-wise scales")
 def quantize_weight_only(graph: Graph, bits: int = 8, group: int | None = None, keep_float: Iterable[str] = ()) -> Outcome:
     if bits not in (4, 8):
         raise PassError(f"quantize_weight_only: bits={bits}; Kiln stores weights as int8 or int4")
     kept = set(keep_float)
-    layers = {}
-    for node in [n for n in graph.module.graph.nodes if _quantizable(n) and n.target == aten.linear.default and n.name not in kept]:
-        weight = graph.constant(node.args[1])
-        size = group or (weight.shape[1] if bits == 8 else 32)
-        if weight.shape[1] % size or size % 2:
-            layers[node.name] = f"kept float: {weight.shape[1]} inputs do not split into groups of {size}"
-            continue
-        values, scales = _weight_only(weight, bits, size)
-        g = graph.module.graph
-        with g.inserting_before(node):
-            replacement = g.call_function(kiln_ops.linear_weight_only.default, (
-                node.args[0], graph.add_constant(values, f"{node.args[1].name}_int{bits}", before=node),
-                graph.add_constant(scales, f"{node.args[1].name}_scales", before=node), bits,
-                node.args[2] if len(node.args) > 2 else None,
-            ))
-        node.replace_all_uses_with(replacement)
-        g.erase_node(node)
-        error = ((dequantize_weight(values, scales, bits) - weight.float()).norm() / weight.float().norm()).item()
-        layers[node.name] = f"int{bits}, groups of {size}: {weight.numel() * weight.element_size():,} → {values.numel() + 4 * scales.numel():,} bytes, error {error:.2%}"
+    layers = {node.name: _weight_only_layer(graph, node, bits, group)
+              for node in [n for n in graph.module.graph.nodes if _weight_only_candidate(n) and n.name not in kept]}
     done = sum(not line.startswith("kept") for line in layers.values())
-    return Outcome(done, f"{done} linear layers int{bits} weight-only, {len(layers) - done} kept float", layers)
+    return Outcome(done, f"{done} linear layers / embedding tables int{bits} weight-only, {len(layers) - done} kept float", layers)
 
 
 def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[Any] | None) -> list[tuple[str, dict[str, Any]]]:

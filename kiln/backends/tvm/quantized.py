@@ -65,25 +65,26 @@ def _qlinear(node: fx.Node, importer) -> Any:
 
 
 def _weight_only_matmul(x, weight, scales, bits: int):
-    """x [M, K] @ dequantized(weight)ᵀ, the weight widened inside the reduction: the int8/int4
-    bytes are what the kernel reads (FoldConstant cannot turn them back into float constants)."""
+    """x [M, K] @ dequantized(weight)ᵀ in one TIR function: the weight is widened once per call
+    into a float [K, N] panel (N contiguous, what the register-tiled matmul reads), then
+    multiplied. Because the function also takes x, FoldConstant cannot turn the int8/int4 bytes
+    back into float constants: the module keeps the small weights."""
     from tvm import te
 
     rows, depth = x.shape
     group = depth // scales.shape[1]
-    k = te.reduce_axis((0, depth), name="k")
 
-    def widened(j, kk):
+    def widened(kk, j):
         if bits == 8:
-            return weight[j, kk].astype(x.dtype)
-        nibble = (weight[j, kk // 2] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
-        return nibble.astype(x.dtype) - te.const(8.0, x.dtype)
+            value = weight[j, kk].astype(x.dtype)
+        else:
+            nibble = (weight[j, kk // 2] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+            value = nibble.astype(x.dtype) - te.const(8.0, x.dtype)
+        return value * scales[j, kk // group].astype(x.dtype)
 
-    return te.compute(
-        (rows, weight.shape[0]),
-        lambda i, j: te.sum(x[i, k] * widened(j, k) * scales[j, k // group].astype(x.dtype), axis=k),
-        name="linear_weight_only",
-    )
+    panel = te.compute((depth, weight.shape[0]), widened, name="widened_weight")
+    k = te.reduce_axis((0, depth), name="k")
+    return te.compute((rows, weight.shape[0]), lambda i, j: te.sum(x[i, k] * panel[k, j], axis=k), name="linear_weight_only")
 
 
 def _linear_weight_only(node: fx.Node, importer) -> Any:
@@ -100,7 +101,41 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     return bb.emit(relax.op.reshape(result, shape[:-1] + [int(weight.ty.shape[0])]))
 
 
+def _widened_rows(rows, scales, bits: int):
+    """[n, columns] int8 (or [n, columns/2] packed int4) rows times their group scales → float32."""
+    from tvm import te
+
+    count, stored = rows.shape
+    columns = stored * 2 if bits == 4 else stored
+    group = columns // scales.shape[1]
+
+    def element(i, c):
+        if bits == 8:
+            value = rows[i, c].astype("float32")
+        else:
+            nibble = (rows[i, c // 2] >> ((c % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+            value = nibble.astype("float32") - te.const(8.0, "float32")
+        return value * scales[i, c // group]
+
+    return te.compute((count, columns), element, name="embedding_weight_only")
+
+
+def _embedding_weight_only(node: fx.Node, importer) -> Any:
+    from tvm import relax
+
+    weight, scales, bits, indices = importer.env[node.args[0]], importer.env[node.args[1]], node.args[2], importer.env[node.args[3]]
+    bb = importer.block_builder
+    index_shape = [int(d) for d in indices.ty.shape]
+    flat = bb.emit(relax.op.reshape(indices, [-1]))
+    rows = bb.emit(relax.op.take(weight, flat, axis=0))
+    row_scales = bb.emit(relax.op.take(scales, flat, axis=0))
+    widened = bb.emit_te(_widened_rows, rows, row_scales, bits)
+    columns = int(weight.ty.shape[1]) * (2 if bits == 4 else 1)
+    return bb.emit(relax.op.reshape(widened, index_shape + [columns]))
+
+
 QUANTIZED_CONVERTERS = {
+    "embedding_weight_only.default": _embedding_weight_only,
     "linear_weight_only.default": _linear_weight_only,
     "quantize.default": _quantize,
     "qconv2d.default": _qconv2d,
