@@ -6,7 +6,8 @@
 ResNet-18: Kiln static int8 (calibrated on 8 random batches) vs ONNX Runtime `quantize_static`
 (QDQ, per-channel int8 weights, uint8 activations, the same calibration data). A BERT-like
 encoder (4 layers, seq 128): Kiln dynamic int8 vs ONNX Runtime `quantize_dynamic`. Agreement is
-the cosine of each output to the fp32 eager model's; sizes are the weights each artifact holds.
+the cosine of each output to the fp32 eager model's; sizes are the files each runtime loads (the .onnx, the saved .kiln artifact). The BERT-like case
+adds weight-only int8/int4 (Kiln) and ONNX Runtime's MatMulNBits int4 (blocks of 32).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "quantization.md"
@@ -36,12 +38,8 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _weight_bytes(compiled) -> int:
-    return compiled.graph.stats().param_bytes
-
-
 def contenders(name: str, model, inputs, calibration, mode: str, threads: int, work: Path) -> list[tuple[str, object, int, object]]:
-    """(label, run, weight bytes, output) per contender."""
+    """(label, run, file bytes (the .onnx, or the saved .kiln artifact), output) per contender."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     import kiln
@@ -64,13 +62,24 @@ def contenders(name: str, model, inputs, calibration, mode: str, threads: int, w
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
     feeds = {"x": inputs[0].numpy()}
     rows = []
-    for label, path in (("ONNX Runtime fp32", fp32_path), (f"ONNX Runtime {mode}", int8_path)):
+    runtimes = [("ONNX Runtime fp32", fp32_path), (f"ONNX Runtime {mode}", int8_path)]
+    if mode != "int8":  # the weight-only contenders: ONNX Runtime's MatMulNBits int4, blocks of 32
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        int4_path = work / f"{name}_int4.onnx"
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(int4_path))
+        runtimes.append(("ONNX Runtime weight_int4", int4_path))
+    for label, path in runtimes:
         session = _ort_session(path, threads)
         rows.append((label, lambda s=session: s.run(None, feeds)[0], path.stat().st_size, session.run(None, feeds)[0]))
-    fp32 = kiln.compile(model, inputs, threads=threads)
-    quantized = kiln.compile(model, inputs, threads=threads, quantize=mode, calibration=calibration)
-    for label, compiled in (("Kiln fp32", fp32), (f"Kiln {mode}", quantized)):
-        rows.append((label, lambda c=compiled: c(*inputs), _weight_bytes(compiled), compiled(*inputs)))
+    modes = [mode] + (["weight_int8", "weight_int4"] if mode != "int8" else [])
+    builds = [("Kiln fp32", kiln.compile(model, inputs, threads=threads))]
+    builds += [(f"Kiln {m}", kiln.compile(model, inputs, threads=threads, quantize=m, calibration=calibration)) for m in modes]
+    for label, compiled in builds:
+        compiled.save(work / "artifact.kiln")
+        rows.append((label, lambda c=compiled: c(*inputs), (work / "artifact.kiln").stat().st_size, compiled(*inputs)))
     return rows
 
 
@@ -103,10 +112,11 @@ def main() -> None:
             reference = model(*inputs)
         medians = interleaved_medians({label: run for label, run, _, _ in rows}, repeats=15)
         base = {label.split()[0]: medians[label] for label, *_ in rows if label.endswith("fp32")}
-        lines += [f"## {name} ({mode})", "", "| contender | ms | vs its fp32 | cosine to fp32 eager | weights |", "|---|---|---|---|---|"]
+        base_size = {label.split()[0]: size for label, _, size, _ in rows if label.endswith("fp32")}
+        lines += [f"## {name} ({mode})", "", "| contender | ms | vs its fp32 | cosine to fp32 eager | file | vs its fp32 |", "|---|---|---|---|---|---|"]
         for label, _, size, output in rows:
             family = "ONNX" if label.startswith("ONNX") else "Kiln"
-            lines.append(f"| {label} | {1e3 * medians[label]:.2f} | {medians[label] / base[family]:.2f} | {_cosine(output, reference):.5f} | {size / 2**20:.1f} MiB |")
+            lines.append(f"| {label} | {1e3 * medians[label]:.2f} | {medians[label] / base[family]:.2f} | {_cosine(output, reference):.5f} | {size / 2**20:.1f} MiB | {size / base_size[family]:.2f} |")
         lines.append("")
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

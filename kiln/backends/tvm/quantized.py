@@ -64,27 +64,32 @@ def _qlinear(node: fx.Node, importer) -> Any:
     return bb.emit(relax.op.subtract(accumulated, _zero_point_correction(bb, weight, zero_point, [1])))
 
 
-def _weight_only_matmul(x, weight, scales, bits: int):
-    """x [M, K] @ dequantized(weight)ᵀ in one TIR function: the weight is widened once per call
-    into a float [K, N] panel (N contiguous, what the register-tiled matmul reads), then
-    multiplied. Because the function also takes x, FoldConstant cannot turn the int8/int4 bytes
-    back into float constants: the module keeps the small weights."""
+PANEL = 16  # output columns per weight panel: two AVX2 vectors, what the register tile reads
+
+
+def _weight_only_matmul(x, panels, scales, bits: int):
+    """x [M, K] @ dequantized weightᵀ in one TIR function. The integer weight arrives in panels
+    [N/P, K(/2 for int4), P] and its scales as [groups, N] (both rearranged at build time), so
+    widening it is a contiguous, vectorized pass that writes the float panels [N/P, K, P] the
+    register-tiled matmul reads. The function also takes x, so FoldConstant cannot turn the
+    integer bytes back into float constants: the module keeps the small weights."""
     from tvm import te
 
     rows, depth = x.shape
-    group = depth // scales.shape[1]
+    count, _, width = panels.shape
+    group = depth // scales.shape[0]
 
-    def widened(kk, j):
+    def widened(jo, kk, ji):
         if bits == 8:
-            value = weight[j, kk].astype(x.dtype)
+            value = panels[jo, kk, ji].astype(x.dtype)
         else:
-            nibble = (weight[j, kk // 2] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+            nibble = (panels[jo, kk // 2, ji] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
             value = nibble.astype(x.dtype) - te.const(8.0, x.dtype)
-        return value * scales[j, kk // group].astype(x.dtype)
+        return value * scales[kk // group, jo * width + ji].astype(x.dtype)
 
-    panel = te.compute((depth, weight.shape[0]), widened, name="widened_weight")
+    panel = te.compute((count, depth, width), widened, name="widened_weight")
     k = te.reduce_axis((0, depth), name="k")
-    return te.compute((rows, weight.shape[0]), lambda i, j: te.sum(x[i, k] * panel[k, j], axis=k), name="linear_weight_only")
+    return te.compute((rows, count * width), lambda i, j: te.sum(x[i, k] * panel[j // width, k, j % width], axis=k), name="linear_weight_only")
 
 
 def _linear_weight_only(node: fx.Node, importer) -> Any:
@@ -94,11 +99,15 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     bits, bias = node.args[3], node.args[4] if len(node.args) > 4 else None
     bb = importer.block_builder
     shape = [int(d) for d in x.ty.shape]
+    out_features, stored = (int(d) for d in weight.ty.shape)
+    width = next(w for w in (PANEL, 8, 1) if out_features % w == 0)
+    # constant rearrangements of integer constants: FoldConstant does them once, still integer
+    panels = bb.emit(relax.op.permute_dims(relax.op.reshape(weight, [out_features // width, width, stored]), [0, 2, 1]))
     flat = bb.emit(relax.op.reshape(x, [-1, shape[-1]]))
-    result = bb.emit_te(_weight_only_matmul, flat, weight, scales, bits)
+    result = bb.emit_te(_weight_only_matmul, flat, panels, bb.emit(relax.op.permute_dims(scales, [1, 0])), bits)
     if bias is not None:
         result = bb.emit(relax.op.add(result, importer.env[bias]))
-    return bb.emit(relax.op.reshape(result, shape[:-1] + [int(weight.ty.shape[0])]))
+    return bb.emit(relax.op.reshape(result, shape[:-1] + [out_features]))
 
 
 def _widened_rows(rows, scales, bits: int):
