@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from benchmarks.run import cpu_description, use_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "pruning.md"
 
@@ -55,11 +57,8 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).parent.parent))
+    use_threads(args.threads)
     import kiln
-    from benchmarks.run import cpu_description
     from kiln import models
     from kiln.ir import from_torch
     from kiln.timing import interleaved_medians

@@ -13,13 +13,16 @@ adds weight-only int8/int4 (Kiln) and ONNX Runtime's MatMulNBits int4 (blocks of
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from benchmarks.run import cpu_description, use_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "quantization.md"
 
@@ -87,12 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    torch.set_num_threads(args.threads)
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent.parent))
-    from benchmarks.run import cpu_description
+    use_threads(args.threads)
     from kiln import models
     from kiln.timing import interleaved_medians
 

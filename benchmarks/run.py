@@ -38,6 +38,14 @@ def cpu_description() -> tuple[str, float]:
     return name, mhz / 1000
 
 
+def use_threads(threads: int) -> None:
+    """Every runtime of a side-by-side script on `threads` threads (before TVM starts its pool)."""
+    import torch
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+
+
 def fp32_peak_gflops(vector_bits: int, ghz: float, cores: int) -> float:
     """Two FMA pipes per core, each lanes × 2 FLOP per cycle, at the nominal clock (an estimate)."""
     return cores * 2 * (vector_bits // 32) * 2 * ghz
