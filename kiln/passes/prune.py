@@ -27,6 +27,7 @@ from kiln.distill import split_batch
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
+from kiln.progress import progress
 from kiln.passes.rewrite import is_constant
 
 aten = torch.ops.aten
@@ -194,7 +195,7 @@ def _taylor_scores(graph: Graph, layers: list[fx.Node], data: Iterable[Any]) -> 
     the model's own predictions)."""
     leaves = {layer.args[1].target: graph.constant(layer.args[1]).detach().float().clone().requires_grad_() for layer in layers}
     totals = {name: torch.zeros(leaf.shape[0]) for name, leaf in leaves.items()}
-    for batch in data:
+    for batch in progress(data, "Taylor importance batches"):
         inputs, labels = split_batch(batch)
         logits = torch.func.functional_call(graph.module, leaves, tuple(graph.flatten_inputs(inputs)))[0]
         if logits.dim() != 2:

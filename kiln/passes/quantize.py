@@ -23,6 +23,7 @@ from kiln.errors import PassError
 from kiln.ir.quantized_ops import dequantize_weight  # and registers torch.ops.kiln.*
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
+from kiln.progress import progress
 from kiln.passes.rewrite import is_constant
 
 aten, kiln_ops = torch.ops.aten, torch.ops.kiln
@@ -140,7 +141,7 @@ def _within_budget(graph, ranges, layers, evaluate, budget) -> tuple[set[str], d
     """Layers to keep in float so that accuracy drops by at most `budget`: each layer's sensitivity
     is the drop with it alone quantized; the most sensitive go back to float one at a time."""
     baseline = evaluate(_predictor(graph))
-    sensitivity = {name: baseline - evaluate(_predictor(_quantized(graph, ranges, [name]))) for name in layers}
+    sensitivity = {name: baseline - evaluate(_predictor(_quantized(graph, ranges, [name]))) for name in progress(layers, "sensitivity trials")}
     kept: list[str] = []
     drop = baseline - evaluate(_predictor(_quantized(graph, ranges, layers)))
     for name in sorted(layers, key=sensitivity.get, reverse=True):
@@ -173,7 +174,7 @@ def quantize_int8(
     layers = [n for n in graph.module.graph.nodes if _quantizable(n) and n.name not in kept]
     observer = _Observer(graph.module, {layer.args[0] for layer in layers})
     with torch.no_grad():
-        for batch in calibration:
+        for batch in progress(calibration, "calibration batches"):
             observer.run(*graph.flatten_inputs(split_batch(batch)[0]))
     ranges = {layer.name: _affine(*_range(observer, layer.args[0], method, percentile)) for layer in layers}
     lines = {name: f"uint8 scale {scale:.4g}, zero point {zero_point}" for name, (scale, zero_point) in ranges.items()}

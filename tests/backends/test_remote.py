@@ -69,6 +69,7 @@ def test_unreachable_board_is_a_clear_error():
         kiln.compile(model, (x,), target="rpi4", remote="127.0.0.1:9")
 
 
+@pytest.mark.slow  # ~2.5 min of tuning on two emulated boards: `./run test -m slow`
 def test_tuning_on_boards_through_a_tracker_is_used_by_a_recompile(aarch64_tracker, tmp_path):
     model, x = SmallCNN().eval(), torch.randn(1, 3, 32, 32)
     summary = kiln.tune(

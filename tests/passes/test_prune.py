@@ -106,17 +106,18 @@ def test_batch_norm_scale_and_taylor_criteria_rank_channels_by_what_they_measure
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_magnitude_pruning_zeroes_the_smallest_weights_and_shrinks_the_artifact(scope, tmp_path):
     digits = load_digits()
+    torch.manual_seed(0)
     model = train(DigitsMLP(), digits, epochs=3)
-    sparse = kiln.compile(model, (digits.test_x,), prune=kiln.Prune(0.8, structured=False, scope=scope))
+    sparse = kiln.compile(model, (digits.test_x,), prune=kiln.Prune(0.7, structured=False, scope=scope))
     row = next(row for row in sparse.report.rows if row.name == "prune_magnitude")
     assert "compression only" in row.note and len(row.layers) == 3
     weights = [sparse.graph.constant(n.args[1]) for n in sparse.graph.nodes if op_name(n) == "aten.linear"]
     zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-    assert abs(zero - 0.8) < 0.01
+    assert abs(zero - 0.7) < 0.01
     if scope == "layer":
-        assert all(abs((w == 0).float().mean().item() - 0.8) < 0.01 for w in weights)
-    assert accuracy(sparse, digits) >= accuracy(model, digits) - 5.0  # 80% of the weights gone, little accuracy
+        assert all(abs((w == 0).float().mean().item() - 0.7) < 0.01 for w in weights)
+    assert accuracy(sparse, digits) >= accuracy(model, digits) - 3.0  # 70% of the weights gone, little accuracy
     dense = kiln.compile(model, (digits.test_x,))
     dense.save(tmp_path / "dense.kiln")
     sparse.save(tmp_path / "sparse.kiln")
-    assert (tmp_path / "sparse.kiln").stat().st_size < 0.6 * (tmp_path / "dense.kiln").stat().st_size
+    assert (tmp_path / "sparse.kiln").stat().st_size < 0.7 * (tmp_path / "dense.kiln").stat().st_size

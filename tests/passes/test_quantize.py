@@ -112,20 +112,23 @@ def test_sensitivity_report_keeps_the_most_sensitive_layers_float_to_meet_the_bu
     assert 100 - fidelity(compiled) <= strict_budget
 
 
-def test_weight_only_int4_compiles_to_packed_integer_weights(tmp_path):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weight_only_compiles_to_integer_weights(bits, tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32)).eval()
-    x = torch.randn(3, 5, 64)
-    compiled = kiln.compile(model, (x,), quantize="weight_int4", debug_dir=tmp_path)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 64), torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32)).eval()
+    x = torch.randint(0, 50, (3, 5))
+    compiled = kiln.compile(model, (x,), quantize=f"weight_int{bits}", debug_dir=tmp_path)
     weights = [compiled.graph.constant(n.args[1]) for n in compiled.graph.nodes if op_name(n) == "kiln.linear_weight_only"]
-    assert [(w.dtype, tuple(w.shape)) for w in weights] == [(torch.uint8, (128, 32)), (torch.uint8, (32, 64))]  # two per byte
+    expected = [(128, 64), (32, 128)] if bits == 8 else [(128, 32), (32, 64)]  # int4: two per byte
+    assert [(w.dtype, tuple(w.shape)) for w in weights] == [(torch.int8 if bits == 8 else torch.uint8, s) for s in expected]
+    assert sum(op_name(n) == "kiln.embedding_weight_only" for n in compiled.graph.nodes) == 1
     with torch.no_grad():
         (own_ir,) = compiled.graph.run(x)
         cosine = torch.nn.functional.cosine_similarity(own_ir.flatten(), model(x).flatten(), dim=0).item()
     assert_matches(compiled(x), own_ir)
     assert cosine > 0.99
-    # the scheduled module still reads the packed bytes: nothing folded them back into float constants
-    assert '"uint8")' in next(tmp_path.glob("*tvm_ScheduleCPU.py")).read_text()
+    # the scheduled module still reads the integer bytes: nothing folded them back into float constants
+    assert ('"int8")' if bits == 8 else '"uint8")') in next(tmp_path.glob("*tvm_ScheduleCPU.py")).read_text()
 
 
 def test_quantization_aware_distillation_trains_through_int8_rounding_and_then_quantizes(digits, digits_cnn):
