@@ -1,7 +1,8 @@
 """Attention-head pruning on the IR: removes whole heads of every attention block, whatever wrote it
 (`nn.MultiheadAttention`, hand-written q/k/v layers, an imported ONNX graph).
 
-An attention block is found at its `scaled_dot_product_attention`: q, k and v are followed back
+An attention block is found at its `scaled_dot_product_attention`, or at softmax(q·kᵀ)·v written
+out in matmuls (eager Hugging Face attention, ONNX imports): q, k and v are followed back
 through shape-only ops (reshape, transpose, select, ...) to the linear layers that project them,
 and the output forward to the linear layer that reads it. Which projection features belong to
 which head is not guessed from the code's shapes but computed: the shape ops are run on a tensor
@@ -91,19 +92,82 @@ def _varying_dim(values: torch.Tensor) -> int | None:
     return dims[0] if len(dims) == 1 else None
 
 
-def _find(node: fx.Node) -> _Attention | None:
-    q, k, v = node.args[:3]
+@dataclass
+class _Core:
+    """Where heads meet: q, k, v ([B, H, L, D]; k may arrive transposed) and the node that
+    returns [B, H, L, D], with the nodes in between (scores, scaling, mask, softmax)."""
+
+    output: fx.Node
+    q: fx.Node
+    k: fx.Node
+    k_order: tuple[int, ...]
+    v: fx.Node
+    inner: set[fx.Node] = field(default_factory=set)
+
+
+def _broadcast_over_heads(mask: object) -> bool:
+    return not isinstance(mask, fx.Node) or len(shape_of(mask)) < 3 or shape_of(mask)[-3] == 1
+
+
+def _fused_core(node: fx.Node) -> _Core | None:
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    shapes = [shape_of(t) for t in (q, k, v)]
-    if any(len(s) != 4 or not all(isinstance(d, int) for d in s) for s in shapes) or node.kwargs.get("enable_gqa"):
+    if node.kwargs.get("enable_gqa") or not _broadcast_over_heads(mask):
+        return None
+    return _Core(node, node.args[0], node.args[1], (0, 1, 2, 3), node.args[2])
+
+
+def _written_out_core(node: fx.Node) -> _Core | None:
+    """softmax(q @ kᵀ · scale + mask) @ v, as eager attention (Hugging Face, ONNX imports) writes it."""
+    if len(shape_of(node)) != 4:
+        return None
+    probabilities, inner = node.args[0], {node}
+    while isinstance(probabilities, fx.Node) and probabilities.target != aten.matmul.default:
+        target, args = probabilities.target, probabilities.args
+        inner.add(probabilities)
+        if target in (aten.softmax.int, aten._softmax.default, aten.dropout.default, aten.clone.default):
+            probabilities = args[0]
+        elif target in SCALINGS and isinstance(args[1], (int, float)):
+            probabilities = args[0]
+        elif target == aten.add.Tensor:
+            scores, mask = (args[0], args[1]) if shape_of(args[0]) == shape_of(probabilities) else (args[1], args[0])
+            if not _broadcast_over_heads(mask):
+                return None
+            probabilities = scores
+        else:
+            return None
+    if not isinstance(probabilities, fx.Node) or len(shape_of(probabilities)) != 4:
+        return None
+    inner.add(probabilities)
+    return _Core(node, probabilities.args[0], probabilities.args[1], (0, 1, 3, 2), node.args[1], inner)
+
+
+def _cores(graph: Graph) -> list[_Core]:
+    found = []
+    for node in graph.module.graph.nodes:
+        if node.target == aten.scaled_dot_product_attention.default:
+            core = _fused_core(node)
+        elif node.target == aten.matmul.default:
+            core = _written_out_core(node)
+        else:
+            continue
+        if core is not None:
+            found.append(core)
+    return found
+
+
+def _find(core: _Core) -> _Attention | None:
+    operands = [(core.q, (0, 1, 2, 3)), (core.k, core.k_order), (core.v, (0, 1, 2, 3))]
+    shapes = [tuple(shape_of(t)[d] for d in order) if len(shape_of(t)) == 4 else () for t, order in operands]
+    if any(len(s) != 4 or not all(isinstance(d, int) for d in s) for s in shapes):
         return None
     heads = shapes[0][1]
-    if heads < 2 or any(s[1] != heads for s in shapes) or (mask is not None and len(shape_of(mask)) >= 3 and shape_of(mask)[-3] != 1):
+    if heads < 2 or any(s[1] != heads for s in shapes):
         return None
+    node = core.output
     found = _Attention(node, heads)
     features: dict[fx.Node, torch.Tensor] = {}
     region: set[fx.Node] = set()
-    for operand in (q, k, v):
+    for operand, order in operands:
         traced = _chain_back(operand)
         if traced is None:
             return None
@@ -112,7 +176,7 @@ def _find(node: fx.Node) -> _Attention | None:
             return None
         out_features = shape_of(projection)[-1]
         index = torch.arange(out_features).expand(shape_of(projection))
-        landed = _run(chain, index)[chain[-1]] if chain else index
+        landed = (_run(chain, index)[chain[-1]] if chain else index).permute(order)
         if not torch.equal(landed, landed[:1, :, :1, :].expand_as(landed)):
             return None  # a feature's place must not depend on batch or position
         head_of = features.setdefault(projection, torch.full((out_features,), -1))
@@ -127,13 +191,13 @@ def _find(node: fx.Node) -> _Attention | None:
             return None  # features that feed no head: not a pure attention projection
         found.projections[projection] = head_of
     for projection, head_of in features.items():
-        for chain_end in (q, k, v):
+        for chain_end in (core.q, core.k, core.v):
             traced = _chain_back(chain_end)
             if traced[0] is projection and traced[1]:
                 for reshape, heads_there in _run(traced[1], head_of.expand(shape_of(projection))).items():
                     if reshape.target in SIZED and not _record_sized(found, reshape, heads_there):
                         return None
-    if any(not set(n.users) <= region | {node} for n in region):
+    if any(not set(n.users) <= region | core.inner | {node} for n in region):
         return None  # something else reads the projections
     traced = _chain_forward(node)
     if traced is None:
@@ -199,8 +263,7 @@ def _prune(graph: Graph, found: _Attention, kept_heads: torch.Tensor) -> None:
 def prune_heads(graph: Graph, ratio: float = 0.5) -> Outcome:
     if not 0.0 <= ratio < 1.0:
         raise PassError(f"prune_heads: ratio {ratio} must be in [0, 1): the fraction of heads removed")
-    blocks = [found for node in graph.module.graph.nodes if node.target == aten.scaled_dot_product_attention.default
-              for found in [_find(node)] if found is not None]
+    blocks = [found for core in _cores(graph) for found in [_find(core)] if found is not None]
     layers = {}
     for found in blocks:
         kept = max(1, round(found.heads * (1 - ratio)))

@@ -93,3 +93,19 @@ def test_pruned_encoder_compiles_for_llvm_and_matches_its_own_ir():
     with torch.no_grad():
         (own_ir,) = compiled.graph.run(x)
     assert_matches(compiled(x), own_ir)
+
+
+def test_heads_of_attention_written_out_in_matmuls_are_pruned_too():
+    """The real MiniLM (Hugging Face eager attention: softmax(q·kᵀ·scale + mask)·v in matmuls):
+    half of each layer's 12 heads go, and the IR computes the original with them silenced."""
+    minilm = pytest.importorskip("tests.minilm")
+    encoder, inputs, _ = minilm.encoded()
+    inputs = tuple(t[:8] for t in inputs)
+    result = get_pass("prune_heads")(from_torch(encoder, inputs), ratio=0.5)
+    kept = _kept_heads(result)
+    assert result.changes == 6 and all(len(heads) == 6 for heads in kept)
+    reference = copy.deepcopy(encoder)
+    for layer, heads in zip(reference.bert.encoder.layer, kept):
+        _silenced(layer.attention.output.dense, heads, 12)
+    with torch.no_grad():
+        assert_matches(result.graph.run(*inputs)[0], reference(*inputs))
