@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     compression.add_argument("--sparsity", type=float, default=None, metavar="RATIO", help="magnitude pruning: zero this fraction of the weights (smaller artifact)")
     run_compile.add_argument("--low-rank", type=float, default=None, metavar="ENERGY",
                              help="factorize linear/conv layers, keeping this fraction of each weight's energy (e.g. 0.9)")
-    run_compile.add_argument("--quantize", choices=["dynamic_int8"], default=None,
-                             help="dynamic int8 linear layers (static int8 needs calibration data: use kiln.compile)")
+    run_compile.add_argument("--quantize", choices=["dynamic_int8", "weight_int8", "weight_int4", "fp16", "bf16"], default=None,
+                             help="quantization that needs no calibration data (static int8 does: use kiln.compile)")
     run_compile.set_defaults(run=compile_command)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)

@@ -31,9 +31,9 @@ TRACED = {  # op → its Python reference, which torch.export traces into plain 
 
 def _scaled_by_constant(node: fx.Node) -> fx.Node | None:
     """The `mul(node, constant)` that turns an integer accumulation into float, if that is its only use."""
-    (user,) = node.users if len(node.users) == 1 else (None,)
-    if user is not None and user.target == aten.mul.Tensor and user.args[0] is node and getattr(user.args[1], "op", None) == "get_attr":
-        return user
+    users = list(node.users)
+    if len(users) == 1 and users[0].target == aten.mul.Tensor and users[0].args[0] is node and getattr(users[0].args[1], "op", None) == "get_attr":
+        return users[0]
     return None
 
 

@@ -20,7 +20,7 @@ import torch.fx as fx
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
-from kiln.passes.rewrite import is_constant
+from kiln.passes.rewrite import conv2d_options, is_constant
 
 aten = torch.ops.aten
 
@@ -34,18 +34,13 @@ def _aligned(rank: int, align: int, limit: int) -> int:
     return min(limit, -(-rank // align) * align)
 
 
-def _conv_options(node: fx.Node) -> tuple[list, list, list, int]:
-    stride, padding, dilation = (list(node.args[i]) if i < len(node.args) else d for i, d in ((3, [1, 1]), (4, [0, 0]), (5, [1, 1])))
-    return stride, padding, dilation, node.args[6] if len(node.args) > 6 else 1
-
-
 def _candidate(node: fx.Node) -> bool:
     if node.op != "call_function" or node.target not in (aten.linear.default, aten.conv2d.default) or not is_constant(node.args[1]):
         return False
     bias = node.args[2] if len(node.args) > 2 else None
     if bias is not None and not is_constant(bias):
         return False
-    return node.target == aten.linear.default or node.target == aten.conv2d.default and _conv_options(node)[3] == 1
+    return node.target == aten.linear.default or node.target == aten.conv2d.default and conv2d_options(node)[3] == 1
 
 
 def _svd_factors(weight: torch.Tensor, energy: float, ratio: float | None, align: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -94,14 +89,14 @@ def _rewrite_linear(graph: Graph, node: fx.Node, factors: tuple[torch.Tensor, to
         node.update_arg(0, narrow)
         node.update_arg(1, graph.add_constant(second, f"{name}_u", before=node))
         return
-    stride, padding, dilation, _ = _conv_options(node)  # a 1×1 convolution
+    stride, padding, dilation, _ = conv2d_options(node)  # a 1×1 convolution
     first_weight = graph.add_constant(first[:, :, None, None], f"{name}_v", before=node)
     narrow = _call(graph, node, aten.conv2d.default, (node.args[0], first_weight, None, stride, padding, dilation, 1))
     node.args = (narrow, graph.add_constant(second[:, :, None, None], f"{name}_u", before=node), node.args[2] if len(node.args) > 2 else None)
 
 
 def _rewrite_tucker(graph: Graph, node: fx.Node, core: torch.Tensor, out_factor: torch.Tensor, in_factor: torch.Tensor) -> None:
-    stride, padding, dilation, _ = _conv_options(node)
+    stride, padding, dilation, _ = conv2d_options(node)
     name = node.args[1].name
     squeeze = graph.add_constant(in_factor.t()[:, :, None, None].contiguous(), f"{name}_in", before=node)
     narrow = _call(graph, node, aten.conv2d.default, (node.args[0], squeeze, None, [1, 1], [0, 0], [1, 1], 1))

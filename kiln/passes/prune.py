@@ -28,7 +28,7 @@ from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
 from kiln.progress import progress
-from kiln.passes.rewrite import is_constant
+from kiln.passes.rewrite import conv2d_options, is_constant, slice_constant
 
 aten = torch.ops.aten
 
@@ -95,12 +95,12 @@ def _shape(node) -> tuple:
 
 def _is_producer(node: fx.Node) -> bool:
     if node.target == aten.conv2d.default:
-        return is_constant(node.args[1]) and (node.args[6] if len(node.args) > 6 else 1) == 1
+        return is_constant(node.args[1]) and conv2d_options(node)[3] == 1
     return node.target == aten.linear.default and is_constant(node.args[1])
 
 
 def _is_depthwise(node: fx.Node) -> bool:
-    groups = node.args[6] if len(node.args) > 6 else 1
+    groups = conv2d_options(node)[3] if node.target == aten.conv2d.default else 1
     return node.target == aten.conv2d.default and groups > 1 and groups == _shape(node.args[0])[1] == _shape(node)[1]
 
 
@@ -206,30 +206,20 @@ def _taylor_scores(graph: Graph, layers: list[fx.Node], data: Iterable[Any]) -> 
     return {layer: totals[layer.args[1].target] for layer in layers}
 
 
-def _slice_argument(graph: Graph, node: fx.Node, index: int, keep: torch.Tensor, dim: int) -> None:
-    argument = node.args[index]
-    if argument is None:
-        return
-    sliced = graph.constant(argument).index_select(dim, keep).contiguous()
-    replacement = graph.add_constant(sliced, f"{argument.name}_pruned", before=node)
-    node.update_arg(index, replacement)
-
-
 def _prune(graph: Graph, space: _Space, keep: torch.Tensor) -> None:
     for node in space.producers + space.depthwise:
-        _slice_argument(graph, node, 1, keep, 0)
-        if len(node.args) > 2:
-            _slice_argument(graph, node, 2, keep, 0)
+        slice_constant(graph, node, 1, keep, 0)
+        slice_constant(graph, node, 2, keep, 0)
     for node in space.depthwise:
         node.update_arg(6, len(keep))
     for node, factor in space.consumers:
         features = (keep.unsqueeze(1) * factor + torch.arange(factor)).reshape(-1)
-        _slice_argument(graph, node, 1, features, 1)
+        slice_constant(graph, node, 1, features, 1)
     for node in space.norms:
         for index in range(1, 5):
-            _slice_argument(graph, node, index, keep, 0)
+            slice_constant(graph, node, index, keep, 0)
     for node, index, axis in space.constants:
-        _slice_argument(graph, node, index, keep, axis)
+        slice_constant(graph, node, index, keep, axis)
     for node in space.reshapes:
         node.update_arg(1, [node.args[1][0], -1])
 

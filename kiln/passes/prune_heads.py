@@ -24,7 +24,7 @@ import torch.fx as fx
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
-from kiln.passes.rewrite import is_constant, shape_of
+from kiln.passes.rewrite import is_constant, shape_of, slice_constant
 
 aten = torch.ops.aten
 SHAPE_OPS = {
@@ -167,11 +167,13 @@ def _find(core: _Core) -> _Attention | None:
     found = _Attention(node, heads)
     features: dict[fx.Node, torch.Tensor] = {}
     region: set[fx.Node] = set()
+    chains: list[tuple[fx.Node, list[fx.Node]]] = []
     for operand, order in operands:
         traced = _chain_back(operand)
         if traced is None:
             return None
         projection, chain = traced
+        chains.append(traced)
         if not all(isinstance(d, int) for d in shape_of(projection)):
             return None
         out_features = shape_of(projection)[-1]
@@ -190,13 +192,10 @@ def _find(core: _Core) -> _Attention | None:
         if (head_of < 0).any():
             return None  # features that feed no head: not a pure attention projection
         found.projections[projection] = head_of
-    for projection, head_of in features.items():
-        for chain_end in (core.q, core.k, core.v):
-            traced = _chain_back(chain_end)
-            if traced[0] is projection and traced[1]:
-                for reshape, heads_there in _run(traced[1], head_of.expand(shape_of(projection))).items():
-                    if reshape.target in SIZED and not _record_sized(found, reshape, heads_there):
-                        return None
+    for projection, chain in chains:  # reshapes between a projection and q/k/v: which dim holds heads
+        for reshape, heads_there in _run(chain, features[projection].expand(shape_of(projection))).items():
+            if reshape.target in SIZED and not _record_sized(found, reshape, heads_there):
+                return None
     if any(not set(n.users) <= region | core.inner | {node} for n in region):
         return None  # something else reads the projections
     traced = _chain_forward(node)
@@ -234,21 +233,14 @@ def _importance(graph: Graph, found: _Attention) -> torch.Tensor:
     return score
 
 
-def _slice(graph: Graph, node: fx.Node, index: int, keep: torch.Tensor, dim: int) -> None:
-    argument = node.args[index] if len(node.args) > index else None
-    if argument is not None:
-        sliced = graph.constant(argument).index_select(dim, keep).contiguous()
-        node.update_arg(index, graph.add_constant(sliced, f"{argument.name}_pruned", before=node))
-
-
 def _prune(graph: Graph, found: _Attention, kept_heads: torch.Tensor) -> None:
     kept = torch.zeros(found.heads, dtype=torch.bool)
     kept[kept_heads] = True
     for projection, head_of in found.projections.items():
         rows = kept[head_of].nonzero().flatten()
-        _slice(graph, projection, 1, rows, 0)
-        _slice(graph, projection, 2, rows, 0)
-    _slice(graph, found.output, 1, kept[found.output_heads].nonzero().flatten(), 1)
+        slice_constant(graph, projection, 1, rows, 0)
+        slice_constant(graph, projection, 2, rows, 0)
+    slice_constant(graph, found.output, 1, kept[found.output_heads].nonzero().flatten(), 1)
     for reshape, dim in found.sized.items():
         sizes = list(shape_of(reshape))
         sizes[dim] = sizes[dim] // found.heads * len(kept_heads)

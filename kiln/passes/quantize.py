@@ -24,7 +24,7 @@ from kiln.ir.quantized_ops import dequantize_weight  # and registers torch.ops.k
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
 from kiln.progress import progress
-from kiln.passes.rewrite import is_constant
+from kiln.passes.rewrite import conv2d_options, is_constant
 
 aten, kiln_ops = torch.ops.aten, torch.ops.kiln
 METHODS = ("minmax", "percentile", "mse")
@@ -79,10 +79,23 @@ def _affine(low: float, high: float) -> tuple[float, int]:
     return scale, int(min(max(round(-low / scale), 0), 255))
 
 
+def _symmetric_integers(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric group-wise integers (int8, or int4 packed two per byte) and their float32 scales."""
+    out_features, in_features = weight.shape
+    limit = 127 if bits == 8 else 7
+    grouped = weight.detach().float().reshape(out_features, in_features // group, group)
+    scales = grouped.abs().amax(-1).clamp(min=1e-12) / limit
+    values = torch.clamp(torch.round(grouped / scales[..., None]), -limit - (bits == 4), limit).reshape(out_features, in_features)
+    if bits == 8:
+        return values.to(torch.int8), scales
+    nibbles = (values + 8).to(torch.uint8).reshape(out_features, in_features // 2, 2)
+    return nibbles[..., 0] | (nibbles[..., 1] << 4), scales
+
+
 def _per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = weight.float().abs().amax(dim=tuple(range(1, weight.dim()))).clamp(min=1e-12) / 127.0
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return torch.clamp(torch.round(weight.float() / scale.reshape(shape)), -127, 127).to(torch.int8), scale
+    """Symmetric int8 per output channel (conv or linear weight) and the channels' scales."""
+    values, scales = _symmetric_integers(weight.flatten(1), 8, weight[0].numel())
+    return values.reshape(weight.shape), scales[:, 0]
 
 
 def _quantizable(node: fx.Node) -> bool:
@@ -104,8 +117,7 @@ def _rewrite(graph: Graph, node: fx.Node, scale: float, zero_point: int) -> None
     with g.inserting_before(node):
         quantized = g.call_function(kiln_ops.quantize.default, (x, scale, zero_point))
         if conv:
-            stride, padding, dilation = (list(node.args[i]) if i < len(node.args) else d for i, d in ((3, [1, 1]), (4, [0, 0]), (5, [1, 1])))
-            groups = node.args[6] if len(node.args) > 6 else 1
+            stride, padding, dilation, groups = conv2d_options(node)
             accumulated = g.call_function(kiln_ops.qconv2d.default, (quantized, zero_point, quantized_weight, stride, padding, dilation, groups))
         else:
             accumulated = g.call_function(kiln_ops.qlinear.default, (quantized, zero_point, quantized_weight))
@@ -233,19 +245,6 @@ def quantize_dynamic_int8(graph: Graph, keep_float: Iterable[str] = ()) -> int:
     return len(layers)
 
 
-def _weight_only(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric group-wise integers (int8, or int4 packed two per byte) and their float32 scales."""
-    out_features, in_features = weight.shape
-    limit = 127 if bits == 8 else 7
-    grouped = weight.detach().float().reshape(out_features, in_features // group, group)
-    scales = grouped.abs().amax(-1).clamp(min=1e-12) / limit
-    values = torch.clamp(torch.round(grouped / scales[..., None]), -limit - (bits == 4), limit).reshape(out_features, in_features)
-    if bits == 8:
-        return values.to(torch.int8), scales
-    nibbles = (values + 8).to(torch.uint8).reshape(out_features, in_features // 2, 2)
-    return nibbles[..., 0] | (nibbles[..., 1] << 4), scales
-
-
 def _weight_only_layer(graph: Graph, node: fx.Node, bits: int, group: int | None) -> str:
     """Rewrite one linear layer or embedding table; a line for the report."""
     is_table = node.target == aten.embedding.default
@@ -253,7 +252,7 @@ def _weight_only_layer(graph: Graph, node: fx.Node, bits: int, group: int | None
     size = group or (weight.shape[1] if bits == 8 else 32)
     if weight.shape[1] % size or size % 2:
         return f"kept float: {weight.shape[1]} columns do not split into groups of {size}"
-    values, scales = _weight_only(weight, bits, size)
+    values, scales = _symmetric_integers(weight, bits, size)
     stored = graph.add_constant(values, f"{node.name}_int{bits}", before=node)
     scale_node = graph.add_constant(scales, f"{node.name}_scales", before=node)
     g = graph.module.graph

@@ -61,6 +61,20 @@ def is_constant(node: object) -> bool:
     return isinstance(node, fx.Node) and node.op == "get_attr"
 
 
+def conv2d_options(node: fx.Node) -> tuple[list[int], list[int], list[int], int]:
+    """(stride, padding, dilation, groups) of an aten.conv2d node, defaults filled in."""
+    stride, padding, dilation = (list(node.args[i]) if i < len(node.args) else d for i, d in ((3, [1, 1]), (4, [0, 0]), (5, [1, 1])))
+    return stride, padding, dilation, node.args[6] if len(node.args) > 6 else 1
+
+
+def slice_constant(graph: Graph, node: fx.Node, index: int, keep: torch.Tensor, dim: int) -> None:
+    """Replace constant argument `index` of `node` (if given) by its `keep` entries along `dim`."""
+    argument = node.args[index] if index < len(node.args) else None
+    if argument is not None:
+        sliced = graph.constant(argument).index_select(dim, keep).contiguous()
+        node.update_arg(index, graph.add_constant(sliced, f"{argument.name}_pruned", before=node))
+
+
 def same_shape(a: fx.Node, b: fx.Node) -> bool:
     """True when both shapes are provably equal, symbolic dims included."""
     sa, sb = shape_of(a), shape_of(b)

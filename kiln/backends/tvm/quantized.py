@@ -67,6 +67,17 @@ def _qlinear(node: fx.Node, importer) -> Any:
 PANEL = 16  # output columns per weight panel: two AVX2 vectors, what the register tile reads
 
 
+def _stored_integer(load, column, bits: int, dtype: str):
+    """The weight-only integer at `column` as `dtype`: `load(c)` reads stored byte c; int4 values
+    sit two to a byte (low nibble first) with an offset of 8 (kiln/ir/quantized_ops.py)."""
+    from tvm import te
+
+    if bits == 8:
+        return load(column).astype(dtype)
+    nibble = (load(column // 2) >> ((column % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+    return nibble.astype(dtype) - te.const(8.0, dtype)
+
+
 def _weight_only_matmul(x, panels, scales, bits: int):
     """x [M, K] @ dequantized weightᵀ in one TIR function. The integer weight arrives in panels
     [N/P, K(/2 for int4), P] and its scales as [groups, N] (both rearranged at build time), so
@@ -80,11 +91,7 @@ def _weight_only_matmul(x, panels, scales, bits: int):
     group = depth // scales.shape[0]
 
     def widened(jo, kk, ji):
-        if bits == 8:
-            value = panels[jo, kk, ji].astype(x.dtype)
-        else:
-            nibble = (panels[jo, kk // 2, ji] >> ((kk % 2) * 4).astype("uint8")) & te.const(15, "uint8")
-            value = nibble.astype(x.dtype) - te.const(8.0, x.dtype)
+        value = _stored_integer(lambda stored: panels[jo, stored, ji], kk, bits, x.dtype)
         return value * scales[kk // group, jo * width + ji].astype(x.dtype)
 
     panel = te.compute((count, depth, width), widened, name="widened_weight")
@@ -119,12 +126,7 @@ def _widened_rows(rows, scales, bits: int):
     group = columns // scales.shape[1]
 
     def element(i, c):
-        if bits == 8:
-            value = rows[i, c].astype("float32")
-        else:
-            nibble = (rows[i, c // 2] >> ((c % 2) * 4).astype("uint8")) & te.const(15, "uint8")
-            value = nibble.astype("float32") - te.const(8.0, "float32")
-        return value * scales[i, c // group]
+        return _stored_integer(lambda stored: rows[i, stored], c, bits, "float32") * scales[i, c // group]
 
     return te.compute((count, columns), element, name="embedding_weight_only")
 
