@@ -4,19 +4,8 @@ import pytest
 import torch
 
 import kiln
-from kiln import models
+from kiln.models import ZOO
 from tests.conftest import assert_matches, eager
-
-torch.manual_seed(0)
-
-ZOO = {
-    "mlp": lambda: (models.MLP(), (torch.randn(4, 64),)),
-    "cnn_batch_norm": lambda: (models.SmallCNN(), (torch.randn(2, 3, 32, 32),)),
-    "resnet18": lambda: (models.resnet18(), (torch.randn(1, 3, 224, 224),)),
-    "mobilenet_v2": lambda: (models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
-    "transformer_encoder": lambda: (models.TransformerEncoder(models.EncoderConfig.tiny()), (torch.randint(0, 1000, (2, 32)),)),
-    "multi_input_output": lambda: (models.TwoHeads(), (torch.randn(2, 3, 16, 16), torch.randn(2, 24))),
-}
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -10,11 +10,13 @@ from kiln.models.mlp import MLP
 from kiln.models.mobilenet import mobilenet_v2
 from kiln.models.multi_io import TwoHeads
 from kiln.models.resnet import resnet18
+from kiln.models.zoo import ZOO
 
 __all__ = [
     "MLP",
     "SmallCNN",
     "TwoHeads",
+    "ZOO",
     "EncoderConfig",
     "TransformerEncoder",
     "mobilenet_v2",

@@ -17,10 +17,40 @@ from tvm.runtime.vm import VirtualMachine  # not tvm.relax: the board may have o
 HERE = Path(__file__).resolve().parent
 
 
-def main(argv):
-    manifest = json.loads((HERE / "kiln_bundle.json").read_text())
+def _load_cuda_runtime() -> None:
+    """A runtime-only TVM (a board's, a GPU server's) leaves its CUDA runtime library unloaded, and
+    its hook that compiles kernels kept as CUDA source (a module built where no GPU driver was) asks
+    TVM's compiler library for the architecture: load the one and tell the other this GPU's."""
+    from tvm.base import _LOADED_LIBS, _RUNTIME_ONLY
+
+    if not _RUNTIME_ONLY or "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    import tvm_ffi
+    from tvm.support import nvcc
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+        package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL"
+    )
+    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def compile_for_this_gpu(code):
+        return nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler="nvrtc")
+
+
+def load_bundle(folder: Path = HERE):
+    """(virtual machine, device, manifest) of the bundle in `folder`."""
+    manifest = json.loads((folder / "kiln_bundle.json").read_text())
+    if manifest["device"] == "cuda":
+        _load_cuda_runtime()
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
-    vm = VirtualMachine(tvm.runtime.load_module(str(HERE / manifest["library"])), device)
+    return VirtualMachine(tvm.runtime.load_module(str(folder / manifest["library"])), device), device, manifest
+
+
+def main(argv):
+    vm, device, manifest = load_bundle()
     if argv:
         given = np.load(argv[0])
         arrays = [given[spec["name"]] for spec in manifest["inputs"]]
