@@ -2,11 +2,10 @@
 they run eagerly (the numerical reference the pass manager measures drift against), trace through
 torch.export, and lower to TVM integer compute (kiln/backends/tvm/quantized.py).
 
-Activations are uint8 with a zero point (what x86's u8×s8 dot products take), weights int8
-symmetric per output channel; products accumulate in int32. The zero point is handled without
-widening the activations: the input is padded with its zero point (so padding contributes
-nothing after the correction) and `zero_point × Σw` per output channel is subtracted from the
-integer result.
+Activations are uint8 with a zero point, weights int8 symmetric per output channel; products
+accumulate in int32 of (x − zero_point)·w. Here the input is padded with its zero point, so that
+padding contributes nothing once it is taken off; TVM's lowering carries the activations as int16
+less their zero point instead (kiln/backends/tvm/quantized.py), what AVX2's vpmaddwd multiplies.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from tvm.target import Target
 
 import kiln
+from kiln.backends.targets import resolve_target
+from kiln.backends.tvm.schedules import has_integer_dot
 from tests.conftest import assert_matches, eager
 
 # (in, out, kernel, stride, padding, dilation, groups, height, width, batch)
@@ -109,3 +112,28 @@ def test_depthwise_tile_is_a_stack_buffer_not_a_workspace_allocation(tmp_path):
     model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU())
     scheduled = _check(model, torch.randn(1, 32, 14, 14), tmp_path=tmp_path)
     assert "_global = T.sblock_alloc_buffer" in scheduled and 'scope="local"' not in scheduled
+
+
+@pytest.mark.parametrize("name", ["pointwise_batch3_out24", "stride2", "dilation2", "out20_kernel5_no_vector_tail", "odd_image_3_channels"])
+def test_int8_conv2d_matches_its_integer_ir(name, tmp_path):
+    """Static int8 convolutions: on AVX2 the even-channel ones become vpmaddwd kernels (x86_dot.py),
+    the others keep the generic integer schedule; either way the integers are exact, so the compiled
+    module equals the quantized IR run eagerly."""
+    cin, cout, k, stride, pad, dilation, groups, h, w, batch = CONVOLUTIONS[name]
+    model = nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups), nn.ReLU(), nn.Conv2d(cout, 16, 3, padding=1)).eval()
+    x = torch.randn(batch, cin, h, w)
+    compiled = kiln.compile(model, (x,), quantize="int8", calibration=[(torch.randn_like(x),) for _ in range(2)], debug_dir=tmp_path)
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.run(x)[0])
+    scheduled = next(tmp_path.glob("*_tvm_ScheduleCPU.py")).read_text()
+    if has_integer_dot(Target(resolve_target("llvm").tvm_target)):
+        assert "llvm.x86.avx2.pmadd.wd" in scheduled  # at least the second convolution: a long reduction over even channels
+
+
+@pytest.mark.parametrize("rows, inner, outer", [(1, 64, 32), (7, 96, 40), (33, 768, 48)])
+def test_dynamic_int8_linear_matches_its_integer_ir(rows, inner, outer):
+    model = nn.Sequential(nn.Linear(inner, outer), nn.GELU(), nn.Linear(outer, 16)).eval()
+    x = torch.randn(rows, inner)
+    compiled = kiln.compile(model, (x,), quantize="dynamic_int8")
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.run(x)[0])

@@ -14,36 +14,60 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from kiln.backends.tvm.x86_dot import LANES, PAIR
+
+
+def _product(x_value, weight_value, dtype: str):
+    """x·w, both widened to `dtype` (int32 for integer layers; float32 layers are already float32)."""
+    return x_value.astype(dtype) * weight_value.astype(dtype)
+
 
 def _packed_matmul(x: te.Tensor, panels: te.Tensor) -> te.Tensor:
-    width = int(panels.shape[2])
+    """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/2, NR, 2] (int8, pairs of
+    reduction steps interleaved for `x86_dot.py`)."""
+    integer = len(panels.shape) == 4
+    width, pair = int(panels.shape[2]), int(panels.shape[3]) if integer else 1
+    dtype = "int32" if integer else x.dtype
     k = te.reduce_axis((0, x.shape[-1]), name="k")
     shape = [*x.shape[:-1], panels.shape[0] * width]
+
+    def weight(j, k):
+        return panels[j // width, k // pair, j % width, k % pair] if integer else panels[j // width, k, j % width]
+
     return te.compute(
         shape,
-        lambda *i: te.sum(x[(*i[:-1], k)] * panels[i[-1] // width, k, i[-1] % width], axis=k),
-        name="packed_matmul",
+        lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dtype), axis=k),
+        name="packed_matmul_int" if integer else "packed_matmul",
     )
 
 
 def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation) -> te.Tensor:
-    """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR]."""
-    width = int(panels.shape[4])
+    """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR] (float) or
+    [O/NR, KH, KW, I/2, NR, 2] (int8, input-channel pairs interleaved for `x86_dot.py`)."""
+    integer = len(panels.shape) == 6
+    width, pair = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
+    dtype = "int32" if integer else x.dtype
     top, left, bottom, right = (int(p) for p in padding)
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="pad") if top or left or bottom or right else x
-    kh, kw, ci = (int(d) for d in panels.shape[1:4])
+    kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * pair
     (sh, sw), (dh, dw) = strides, dilation
     batch, height, width_in, _ = padded.shape
     out_h = (height - (kh - 1) * dh - 1) // sh + 1
     out_w = (width_in - (kw - 1) * dw - 1) // sw + 1
     rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
+
+    def weight(o, rh, rw, ri):
+        if integer:
+            return panels[o // width, rh, rw, ri // pair, o % width, ri % pair]
+        return panels[o // width, rh, rw, ri, o % width]
+
     return te.compute(
         (batch, out_h, out_w, panels.shape[0] * width),
         lambda n, h, w, o: te.sum(
-            padded[n, h * sh + rh * dh, w * sw + rw * dw, ri] * panels[o // width, rh, rw, ri, o % width],
+            _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dtype),
             axis=[rh, rw, ri],
         ),
-        name="packed_conv2d",
+        name="packed_conv2d_int" if integer else "packed_conv2d",
     )
 
 
@@ -55,9 +79,10 @@ def panel_width(channels: int, lanes: int) -> int:
 
 @mutator
 class _Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, lanes: int) -> None:
+    def __init__(self, mod: tvm.IRModule, lanes: int, integer_dot: bool) -> None:
         super().__init__(mod)
         self.lanes = lanes
+        self.integer_dot = integer_dot
         self.packed = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's visitor name
@@ -69,26 +94,39 @@ class _Packer(PyExprMutator):
             return self._conv2d(call)
         return call
 
-    def _panels(self, weight: relax.Expr, rank: int) -> np.ndarray | None:
-        """The constant weight as panels of `width` output channels (output channels last), or None."""
+    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str) -> np.ndarray | None:
+        """The constant weight as panels of output channels (output channels last), or None.
+
+        Float weights: [..., N] → [N/NR, ..., NR]. Integer layers (int8 weights, int8 or int16
+        activations, int32 results) on x86: [..., K, N] → [N/NR, ..., K/2, NR, 2], the reduction
+        in interleaved pairs, the layout `x86_dot.py`'s instruction reads."""
         if not isinstance(weight, tvm.ir.expr.Constant):
             return None
         array = weight.value.numpy()
-        if array.ndim != rank or array.dtype != np.float32 or array.shape[-1] % self.lanes:
+        if array.ndim != rank or array.shape[-1] % self.lanes:
             return None
-        width = panel_width(array.shape[-1], self.lanes)
-        split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
-        return np.ascontiguousarray(np.moveaxis(split, -2, 0))
+        if array.dtype == np.float32 and x_dtype == "float32":
+            width = panel_width(array.shape[-1], self.lanes)
+            split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
+            return np.ascontiguousarray(np.moveaxis(split, -2, 0))
+        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot and array.shape[-2] % PAIR == 0:
+            width = panel_width(array.shape[-1], LANES)
+            *outer, depth, columns = array.shape
+            split = array.reshape(*outer, depth // PAIR, PAIR, columns // width, width)
+            # [..., K/2, 2, N/NR, NR] → [N/NR, ..., K/2, NR, 2]
+            moved = np.moveaxis(split, -2, 0)
+            return np.ascontiguousarray(np.swapaxes(moved, -1, -2))
+        return None
 
     def _conv2d(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
         attrs = call.attrs
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
-        if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1 or x.ty.dtype != "float32":
+        if layouts != ("NHWC", "HWIO", "NHWC") or int(attrs.groups) != 1:
             return call
-        if attrs.out_dtype not in ("", "float32"):
+        if attrs.out_dtype not in ("", "float32", "int32"):
             return call
-        panels = self._panels(weight, 4)
+        panels = self._panels(weight, 4, x.ty.dtype)
         if panels is None:
             return call
         self.packed += 1
@@ -100,20 +138,21 @@ class _Packer(PyExprMutator):
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
-        panels = self._panels(weight, 2)
-        if panels is None or x.ty.dtype != "float32":
+        panels = self._panels(weight, 2, x.ty.dtype)
+        if panels is None:
             return call
         self.packed += 1
         return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
 
 
-def pack_weights(lanes: int) -> tvm.transform.Pass:
+def pack_weights(lanes: int, integer_dot: bool) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
-    read packed panels (output channels a multiple of the vector width `lanes`)."""
+    read packed panels (output channels a multiple of the vector width `lanes`); integer layers
+    too where the target has `x86_dot.py`'s instruction (`integer_dot`)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")
     def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        packer = _Packer(mod, lanes)
+        packer = _Packer(mod, lanes, integer_dot)
         for global_var, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 packer.builder_.update_func(global_var, packer.visit_expr(func))

@@ -23,6 +23,7 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
 
 from kiln.backends.tvm.pack_weights import panel_width
+from kiln.backends.tvm.x86_dot import AVX2_DOT, LANES, PAIR
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -35,6 +36,11 @@ def vector_lanes(target: Target, bits_per_lane: int = 32) -> int:
     features = llvm_get_cpu_features(target)
     bits = 512 if "avx512f" in features else 256 if "avx" in features else 128
     return bits // bits_per_lane
+
+
+def has_integer_dot(target: Target) -> bool:
+    """Whether integer layers can use `x86_dot.py`'s instruction (x86 with AVX2)."""
+    return "avx2" in llvm_get_cpu_features(target)
 
 
 def _constant(extent) -> int | None:
@@ -68,6 +74,43 @@ def _inline_epilogues(sch: s_tir.Schedule, block) -> None:
 
 def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
     """Output tile in registers across the reduction; see the module docstring."""
+    return _tiled_reduction(sch, info, lanes, dot=None)
+
+
+INTEGER_DOT_BLOCKS = ("packed_conv2d_int", "packed_matmul_int")  # pack_weights.py's integer computes
+
+
+def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+    """The same tiling for integer layers whose weights `pack_weights.py` interleaved in pairs: each
+    8-lane × 2-step piece of the reduction is one vpmaddwd (`x86_dot.py`)."""
+    block = sch.get(info.block_rv)
+    if block.name_hint not in INTEGER_DOT_BLOCKS:
+        return False
+    activation = str(block.reads[0].source.dtype)
+    return activation in AVX2_DOT and _tiled_reduction(sch, info, LANES, dot=AVX2_DOT[activation])
+
+
+TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop nest becomes
+
+
+def _tensorize_marked(sch: s_tir.Schedule) -> None:
+    for name in INTEGER_DOT_BLOCKS:
+        try:
+            block = sch.get_sblock(f"{name}_update")
+        except SCHEDULE_FAILURES:
+            continue  # none in this function
+        for loop in sch.get_loops(block):
+            intrinsic = sch.get(loop).annotations.get(TENSORIZE)
+            if intrinsic is not None:
+                sch.unannotate(loop, TENSORIZE)
+                try:
+                    sch.tensorize(loop, str(intrinsic))
+                except SCHEDULE_FAILURES:
+                    pass  # stays plain integer code: correct, slower
+                break
+
+
+def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str | None) -> bool:
     if not info.is_reduction() or "O" in info.dom_kind():
         return False
     spatial, reduction = _split_loops(sch, info)
@@ -82,8 +125,14 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) 
     block = info.block_rv
     row_outer, row_inner = sch.split(spatial[-2], [None, mr])
     column_outer, column_inner = sch.split(spatial[-1], [None, nr])
+    if dot is None:
+        inner = [row_inner, column_inner]
+    else:  # pairs of reduction steps and single vectors of columns, innermost, for the instruction
+        reduction[-1:] = sch.split(reduction[-1], [None, PAIR])
+        column_vectors, column_lanes = sch.split(column_inner, [None, lanes])
+        inner = [row_inner, column_vectors, column_lanes, reduction.pop()]
     # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
-    sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, row_inner, column_inner)
+    sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, *inner)
     tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
     sch.parallel(tile)
     # TVM fetches every local-scope tile from the workspace allocator, once per tile, and puts small
@@ -91,14 +140,21 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) 
     # more than the reduction itself (MobileNetV2, 1 thread: 19.6 -> 13.8 ms with a global tile); for
     # a long one the global tile is the slower (ResNet-18: 58 -> 76 ms), so it stays local there.
     short = _reduction_steps(sch.get(block)) <= SHORT_REDUCTION
+    if short and dot is not None:
+        return False  # the instruction accumulates in the register tile ("local"), which a short reduction does not use
     write_back = sch.cache_write(block, 0, "global" if short else "local")
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.unroll(row_inner)
-    sch.vectorize(column_inner)
+    if dot is None:
+        sch.vectorize(column_inner)
+    else:
+        sch.unroll(column_vectors)
     init = sch.decompose_reduction(block, reduction[0])
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
+    if dot is not None:  # tensorized once every block is scheduled: a tensorized schedule cannot be copied
+        sch.annotate(column_lanes, TENSORIZE, dot)
     write_loops = sch.get_loops(write_back)
     fused = sch.fuse(*write_loops[1:])
     _, vector = sch.split(fused, [None, lanes])
@@ -128,7 +184,7 @@ def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> boo
     return True
 
 
-BLOCK_STRATEGIES: list[Strategy] = [register_tiled_reduction, parallel_vectorize]
+BLOCK_STRATEGIES: list[Strategy] = [integer_dot_reduction, register_tiled_reduction, parallel_vectorize]
 
 
 SHORT_REDUCTION = 64
@@ -183,6 +239,7 @@ class CPUSchedule(ScheduleRule):
                         break
                 except SCHEDULE_FAILURES:
                     continue  # e.g. the block was folded into an earlier block's epilogue
+        _tensorize_marked(sch)
         return sch
 
 
