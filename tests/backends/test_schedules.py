@@ -114,11 +114,13 @@ def test_depthwise_tile_is_a_stack_buffer_not_a_workspace_allocation(tmp_path):
     assert "_global = T.sblock_alloc_buffer" in scheduled and 'scope="local"' not in scheduled
 
 
-@pytest.mark.parametrize("name", ["pointwise_batch3_out24", "stride2", "dilation2", "out20_kernel5_no_vector_tail", "odd_image_3_channels"])
+@pytest.mark.parametrize(
+    "name", ["pointwise_batch3_out24", "stride2", "dilation2", "out20_kernel5_no_vector_tail", "odd_image_3_channels", "stem_7x7_stride2"]
+)
 def test_int8_conv2d_matches_its_integer_ir(name, tmp_path):
-    """Static int8 convolutions: on AVX2 the even-channel ones become vpmaddwd kernels (x86_dot.py),
-    the others keep the generic integer schedule; either way the integers are exact, so the compiled
-    module equals the quantized IR run eagerly."""
+    """Static int8 convolutions: on AVX2 the long reductions become vpmaddwd kernels (x86_dot.py; an
+    odd channel count gets a zero channel), short ones keep the generic integer schedule; either way
+    the integers are exact, so the compiled module equals the quantized IR run eagerly."""
     cin, cout, k, stride, pad, dilation, groups, h, w, batch = CONVOLUTIONS[name]
     model = nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups), nn.ReLU(), nn.Conv2d(cout, 16, 3, padding=1)).eval()
     x = torch.randn(batch, cin, h, w)

@@ -48,8 +48,10 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     width, pair = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
     dtype = "int32" if integer else x.dtype
     top, left, bottom, right = (int(p) for p in padding)
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, 0], name="pad") if top or left or bottom or right else x
     kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * pair
+    extra = ci - int(x.shape[3])  # the zero channel that makes an odd channel count pairs
+    padding_needed = top or left or bottom or right or extra
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, extra], name="pad") if padding_needed else x
     (sh, sw), (dh, dw) = strides, dilation
     batch, height, width_in, _ = padded.shape
     out_h = (height - (kh - 1) * dh - 1) // sh + 1
@@ -109,7 +111,11 @@ class _Packer(PyExprMutator):
             width = panel_width(array.shape[-1], self.lanes)
             split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
             return np.ascontiguousarray(np.moveaxis(split, -2, 0))
-        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot and array.shape[-2] % PAIR == 0:
+        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot:
+            if array.shape[-2] % PAIR and rank == 4:  # odd input channels (an RGB stem): one zero channel more
+                array = np.pad(array, [(0, 0), (0, 0), (0, 1), (0, 0)])
+            if array.shape[-2] % PAIR:
+                return None
             width = panel_width(array.shape[-1], LANES)
             *outer, depth, columns = array.shape
             split = array.reshape(*outer, depth // PAIR, PAIR, columns // width, width)
