@@ -245,7 +245,8 @@ def report(result_paths: list[Path]) -> None:
         "## Speed: median ms per call, batch 1, interleaved in one process (in brackets: time over Kiln's)",
         "",
         "PyTorch with its defaults (TF32 convolutions, float32 matmuls in full precision); Kiln's float32 uses no "
-        "tensor cores. — : not measured (device time ran out).",
+        "tensor cores. — : not measured (device time ran out: torch.compile's max-autotune mode tuned ResNet-18 "
+        "for over 6 minutes of the 15 lent, so later runs timed eager and the default mode only).",
         "",
         "| model | precision | Kiln | " + " | ".join(contenders) + " | Kiln build s (CPU) | torch.compile s |",
         "|---|---|---|" + "---|" * len(contenders) + "---|---|",

