@@ -90,6 +90,7 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> 
     return activation in AVX2_DOT and _tiled_reduction(sch, info, LANES, dot=AVX2_DOT[activation])
 
 
+WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
 TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop nest becomes
 
 
@@ -133,8 +134,15 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
         inner = [row_inner, column_vectors, column_lanes, reduction.pop()]
     # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, *inner)
-    tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
-    sch.parallel(tile)
+    widened = [p for p in sch.get_producers(block) if sch.get(p).name_hint == WIDENED_WEIGHT]
+    if widened:  # weight-only: each column block's panel is widened once, into cache, for all its row tiles
+        sch.parallel(column_outer)
+        tile = sch.fuse(*spatial[:-2], row_outer) if spatial[:-2] else row_outer
+        sch.compute_at(widened[0], column_outer)
+        sch.vectorize(sch.get_loops(widened[0])[-1])
+    else:
+        tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
+        sch.parallel(tile)
     # TVM fetches every local-scope tile from the workspace allocator, once per tile, and puts small
     # global-scope buffers on the stack. For a short reduction (depthwise: 9 steps) that call costs
     # more than the reduction itself (MobileNetV2, 1 thread: 19.6 -> 13.8 ms with a global tile); for
@@ -156,7 +164,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
     if dot is not None:  # tensorized once every block is scheduled: a tensorized schedule cannot be copied
         sch.annotate(column_lanes, TENSORIZE, dot)
     write_loops = sch.get_loops(write_back)
-    fused = sch.fuse(*write_loops[1:])
+    fused = sch.fuse(*write_loops[2 if widened else 1 :])  # the loops below the tile
     _, vector = sch.split(fused, [None, lanes])
     sch.vectorize(vector)
     return True
@@ -213,6 +221,15 @@ def _inline_elementwise(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> None:
                 pass
 
 
+def _placed_by_consumer(sch: s_tir.Schedule, info: SBlockInfo) -> bool:
+    """Whether an earlier strategy put this block inside its own parallel loop (or inlined it away)."""
+    try:
+        loops = sch.get_loops(info.block_rv)
+    except SCHEDULE_FAILURES:
+        return False  # folded into an earlier block: the strategies below skip it as before
+    return bool(loops) and sch.get(loops[0]).kind == tirx.ForKind.PARALLEL
+
+
 class CPUSchedule(ScheduleRule):
     """Schedules every block of a CPU function with the first strategy that applies to it."""
 
@@ -229,7 +246,11 @@ class CPUSchedule(ScheduleRule):
         _inline_elementwise(sch, infos)
         infos = normalize_prim_func(sch) or []
         lanes = vector_lanes(target)
+        # weight-only panels last: their matmul's strategy places them inside its column loop
+        infos.sort(key=lambda info: sch.get(info.block_rv).name_hint == WIDENED_WEIGHT)
         for info in infos:
+            if _placed_by_consumer(sch, info):
+                continue
             for strategy in BLOCK_STRATEGIES:
                 # each strategy works on a fork and is kept only if it succeeds whole
                 trial = sch.copy()
