@@ -8,7 +8,8 @@ reduction whose innermost output axis is contiguous in both its output and its w
 the register-tiled reduction, covers them all: an MR×NR tile of the output lives in vector
 registers across the whole reduction, NR along the contiguous axis (vectorized), MR along the next
 (unrolled); outer tiles run in parallel; elementwise epilogues (bias, batch norm, activation,
-residual add) are computed as the tile is written back.
+residual add) are computed as the tile is written back. Integer layers on AVX2 use the same tiling
+with vpmaddwd as the innermost step (`x86_dot.py`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop 
 
 
 def _tensorize_marked(sch: s_tir.Schedule) -> None:
+    """Tensorize the loops `integer_dot_reduction` marked, now that no strategy will fork the schedule."""
     for name in INTEGER_DOT_BLOCKS:
         try:
             block = sch.get_sblock(f"{name}_update")
@@ -112,6 +114,8 @@ def _tensorize_marked(sch: s_tir.Schedule) -> None:
 
 
 def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str | None) -> bool:
+    """The register-tiled reduction; with `dot`, its innermost 8 columns × 2 reduction steps become
+    that tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
     if not info.is_reduction() or "O" in info.dom_kind():
         return False
     spatial, reduction = _split_loops(sch, info)
