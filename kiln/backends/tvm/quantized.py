@@ -33,22 +33,11 @@ def _quantize_dynamic(node: fx.Node, importer) -> Any:
     return bb.emit(relax.Tuple([values, scale]))
 
 
-def _activation(node: fx.Node, importer) -> Any:
-    """An integer layer's input without its zero point: `_quantize`'s int16 output, or int8 from
-    dynamic quantization, as they are; a uint8 tensor from elsewhere, shifted here."""
-    from tvm import relax
-
-    x, zero_point = importer.env[node.args[0]], node.args[1]
-    if x.ty.dtype != "uint8":
-        return x
-    shifted = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(zero_point, "int16"))
-    return importer.block_builder.emit(shifted)
-
-
 def _qconv2d(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    x, weight = _activation(node, importer), importer.env[node.args[2]]
+    # the input is `_quantize`'s int16 (zero point already taken off): plain zero padding, no correction
+    x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
     stride, padding, dilation, groups = node.args[3], node.args[4], node.args[5], node.args[6]
     return importer.block_builder.emit(relax.op.nn.conv2d(x, weight, stride, padding, dilation, groups, out_dtype="int32"))
 
@@ -56,7 +45,8 @@ def _qconv2d(node: fx.Node, importer) -> Any:
 def _qlinear(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    x, weight = _activation(node, importer), importer.env[node.args[2]]
+    # the input is `_quantize`'s or `_quantize_dynamic`'s int16 (zero point 0 or already taken off)
+    x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
     return importer.block_builder.emit(relax.op.matmul(x, relax.op.permute_dims(weight, [1, 0]), out_dtype="int32"))
 
 
