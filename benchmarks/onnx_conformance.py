@@ -41,7 +41,7 @@ def _matches(outputs, expected, case) -> bool:
         got = np.asarray(got)
         if want.dtype.kind == "V" or want.dtype.name.startswith(("bfloat16", "float8")):  # ml_dtypes floats
             want, got = want.astype(np.float32), got.astype(np.float32)
-        if got.shape != want.shape:
+        if got.shape != want.shape or got.dtype != want.dtype:  # float8/int4 outputs come back as such too
             return False
         if want.dtype.kind in "fc":
             if not np.allclose(got.astype(want.dtype), want, rtol=case.rtol, atol=case.atol, equal_nan=True):

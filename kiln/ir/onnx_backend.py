@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from kiln.errors import ValueRequiredError
+from kiln.ir import onnx_narrow_types
 from kiln.ir.onnx_frontend import check_model
 from kiln.ir.onnx_ops import tensor_from_numpy, tensor_to_numpy
 
@@ -100,7 +101,12 @@ class KilnRep(BackendRep):
         tensors = [tensor_from_numpy(arrays[name], name) for name in self.input_names if name not in self.value_inputs]
         outputs = module(*tensors)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return tuple(tensor_to_numpy(o.detach().cpu()) for o in outputs)
+        arrays = [tensor_to_numpy(o.detach().cpu()) for o in outputs]
+        return tuple(  # narrow element types (float8, int4) travel in a wider carrier: back to the declared type
+            onnx_narrow_types.from_carrier_array(a, value.type.tensor_type.elem_type)
+            if value.type.tensor_type.elem_type in onnx_narrow_types.NARROW_TYPES else a
+            for a, value in zip(arrays, self.model.graph.output)
+        )
 
 
 class KilnBackend(Backend):

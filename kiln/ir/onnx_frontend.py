@@ -25,7 +25,7 @@ from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError, UnsupportedOpError
 from kiln.ir.graph import Graph
-from kiln.ir import onnx_ops_nn, onnx_ops_quant  # noqa: F401 - they register their converters
+from kiln.ir import onnx_ops_nn, onnx_ops_quant, onnx_ops_recurrent  # noqa: F401 - they register their converters
 from kiln.ir.onnx_ops import CONVERTERS, NodeContext, tensor_from_numpy, torch_dtype
 from kiln.ir.torch_frontend import from_torch
 
@@ -93,8 +93,9 @@ def _input_shapes(model: onnx.ModelProto, given: dict[str, Sequence[int]] | None
     return shapes
 
 
-def _static_shapes(model: onnx.ModelProto, inputs: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Every tensor's shape where ONNX shape inference can tell it statically."""
+def _static_types(model: onnx.ModelProto, inputs: dict[str, list[int]]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Every tensor's shape where ONNX shape inference can tell it statically, and every element type
+    it can tell."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for value in model.graph.input:
         if value.name in inputs:
@@ -106,14 +107,16 @@ def _static_shapes(model: onnx.ModelProto, inputs: dict[str, list[int]]) -> dict
         inferred = shape_inference.infer_shapes(model)
     except Exception:  # inference is an optimization here: without it Shape() is traced, not folded
         inferred = model
-    shapes = {}
+    shapes, elem_types = {}, {t.name: t.data_type for t in model.graph.initializer}
     for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if value.type.tensor_type.elem_type:
+            elem_types[value.name] = value.type.tensor_type.elem_type
         dims = value.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = [d.dim_value for d in dims]
         elif value.type.tensor_type.HasField("shape") and not dims:
             shapes[value.name] = []
-    return {**shapes, **inputs}
+    return {**shapes, **inputs}, elem_types
 
 
 class OnnxModule(torch.nn.Module):
@@ -128,7 +131,7 @@ class OnnxModule(torch.nn.Module):
         self.output_names = [o.name for o in model.graph.output]
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), SUPPORTED_OPSETS.stop - 1)
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        shapes = _static_shapes(model, input_shapes)
+        shapes, self.elem_types = _static_types(model, input_shapes)
         self.traced_nodes = []
         pending = list(reversed(model.graph.node))
         while pending:
@@ -163,7 +166,7 @@ class OnnxModule(torch.nn.Module):
                     f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
                     node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "Kiln's ONNX frontend",
                 )
-            context = NodeContext(node, [values.get(name) if name else None for name in node.input], known, self.opset)
+            context = NodeContext(node, [values.get(name) if name else None for name in node.input], known, self.opset, self.elem_types)
             outputs = converter(context)
             outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
             values.update(zip(node.output, outputs))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.errors import FrontendError, ValueRequiredError
+from kiln.ir import onnx_narrow_types
 
 
 @dataclass
@@ -24,6 +25,14 @@ class NodeContext:
     inputs: list[Any]
     constants: dict[str, np.ndarray]
     opset: int  # of the default domain: some ops changed meaning between opsets
+    elem_types: dict[str, int]  # ONNX element types of the values shape inference could type
+
+    def elem_type(self, index: int) -> int | None:
+        """Input `index`'s ONNX element type: tells a narrow type (float8, int4) from its carrier."""
+        name = self.node.input[index] if index < len(self.node.input) else ""
+        if name in self.constants:
+            return onnx_narrow_types.narrow_type_of(np.asarray(self.constants[name])) or self.elem_types.get(name)
+        return self.elem_types.get(name)
 
     def attr(self, name: str, default: Any = None) -> Any:
         for attribute in self.node.attribute:
@@ -59,7 +68,9 @@ def tensor_from_numpy(array: Any, name: str) -> torch.Tensor:
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
     if array.dtype.kind in "OSU":
         raise FrontendError(f"ONNX value '{name}' is a string tensor: Kiln compiles numeric tensors only")
-    if array.dtype.kind == "V" or array.dtype.name.startswith(("float8", "float4", "int4", "uint4", "int2", "uint2")):
+    if onnx_narrow_types.narrow_type_of(array) is not None:
+        return torch.from_numpy(onnx_narrow_types.to_carrier_array(array))
+    if array.dtype.kind == "V" or array.dtype.name.startswith(("float8", "float4")):
         raise FrontendError(f"ONNX value '{name}' has element type {array.dtype.name}, which Kiln does not compute in")
     return torch.from_numpy(np.array(array))
 
@@ -128,6 +139,25 @@ for _name, _function in {
     "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor,
 }.items():
     _binary(_name, _function)
+
+
+@converts("BitShift")
+def _bit_shift(c: NodeContext) -> torch.Tensor:
+    """Shifts by a negative amount or by the type's width or more give 0 (-1 for a right shift of a
+    negative value), as ONNX's reference defines; left shifts wrap around."""
+    x, shift = c.tensor(0), c.tensor(1)
+    bits, dtype = torch.iinfo(x.dtype).bits, x.dtype
+    if dtype in _WIDE_UNSIGNED:  # no torch kernels: shift in int64, whose low bits are the same
+        x, shift = x.to(torch.int64), shift.to(torch.int64)
+    shift = shift.to(x.dtype)
+    out_of_range = (shift < 0) | (shift >= bits)
+    shift = shift.masked_fill(out_of_range, 0)
+    if c.attr("direction") == "LEFT":
+        return torch.bitwise_left_shift(x, shift).masked_fill(out_of_range, 0).to(dtype)
+    shifted = torch.bitwise_right_shift(x, shift).masked_fill(out_of_range, 0)
+    if not dtype.is_signed:
+        return shifted.to(dtype)
+    return torch.where(out_of_range & (x < 0), torch.full_like(x, -1), shifted)
 
 
 @converts("Div")
@@ -249,15 +279,19 @@ def _where(c: NodeContext) -> torch.Tensor:
 
 @converts("Cast")
 def _cast(c: NodeContext) -> torch.Tensor:
-    return _cast_to(c, c.tensor(0), torch_dtype(c.attr("to"), c.node))
+    return _cast_to(c, c.tensor(0), c.attr("to"))
 
 
 @converts("CastLike")
 def _cast_like(c: NodeContext) -> torch.Tensor:
-    return _cast_to(c, c.tensor(0), c.tensor(1).dtype)
+    like = c.elem_type(1)
+    return _cast_to(c, c.tensor(0), like) if like is not None else c.tensor(0).to(c.tensor(1).dtype)
 
 
-def _cast_to(c: NodeContext, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _cast_to(c: NodeContext, x: torch.Tensor, onnx_type: int) -> torch.Tensor:
+    if onnx_type in onnx_narrow_types.NARROW_TYPES:
+        return onnx_narrow_types.cast(x, onnx_type, bool(c.attr("saturate", 1)))
+    dtype = torch_dtype(onnx_type, c.node)
     if x.dtype.is_floating_point and dtype in _INTEGERS:
         x = torch.trunc(x)  # ONNX casts round toward zero; TVM's float→int cast agrees only for in-range values
     return x.to(dtype)
@@ -274,7 +308,10 @@ _INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, tor
 
 
 def torch_dtype(onnx_type: int, where: Any = None) -> torch.dtype:
-    """The torch dtype of an ONNX element type; a FrontendError for the ones Kiln cannot compute in."""
+    """The torch dtype of an ONNX element type (a narrow type's carrier); a FrontendError for the ones
+    Kiln cannot compute in."""
+    if onnx_type in onnx_narrow_types.NARROW_TYPES:
+        return onnx_narrow_types.carrier(onnx_type)
     if onnx_type not in _TORCH_DTYPES:
         name = onnx.TensorProto.DataType.Name(onnx_type)
         place = f" (node '{where.name or where.output[0]}', {where.op_type})" if isinstance(where, onnx.NodeProto) else (f" ({where})" if where else "")
@@ -762,9 +799,19 @@ def _one_hot(c: NodeContext) -> torch.Tensor:
 @converts("TopK")
 def _top_k(c: NodeContext):
     x, axis = c.tensor(0), c.attr("axis", -1)
-    k = int(c.constant(1)) if c.opset >= 10 else c.attr("k")
-    values, indices = torch.topk(x, k, axis, largest=bool(c.attr("largest", 1)), sorted=True)
-    return values, indices
+    k = int(np.asarray(c.constant(1)).reshape(-1)[0]) if c.opset >= 10 else c.attr("k")
+    wide = x.dtype in _WIDE_UNSIGNED  # no torch kernels: int64 orders the same values alike
+    values, indices = torch.topk(x.to(torch.int64) if wide else x, k, axis, largest=bool(c.attr("largest", 1)), sorted=True)
+    return values.to(x.dtype), indices
+
+
+@converts("HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix")
+def _from_parameters(c: NodeContext) -> torch.Tensor:
+    """Operators computed from sizes and parameters alone: once those are known at import time,
+    ONNX's reference evaluator folds the node into a constant before any converter runs."""
+    for index in range(len(c.node.input)):
+        c.constant(index)  # a ValueRequiredError names the input that must be known
+    raise FrontendError(f"ONNX {c.node.op_type} node '{c.node.name or c.node.output[0]}' could not be evaluated at import time")
 
 
 @converts("EyeLike")

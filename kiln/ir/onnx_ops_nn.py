@@ -114,11 +114,7 @@ def _softmax_cross_entropy(c: NodeContext):
 def _attention(c: NodeContext):
     """ONNX Attention (opset 23), as its reference computes it: scale applied as √scale to Q and
     K, softcap before the mask, bottom-right causal mask after a past cache, GQA by repeating KV heads."""
-    q, k, v, mask, past_key, past_value = (c.tensor(i) if i < len(c.node.input) else None for i in range(6))
-    if len(c.node.input) > 6 and c.node.input[6]:
-        raise _refuse(c, "nonpad_kv_seqlen")
-    if c.attr("left_window_size", -1) >= 0 or c.attr("right_window_size", -1) >= 0:
-        raise _refuse(c, "a sliding window")
+    q, k, v, mask, past_key, past_value, kv_lengths = (c.tensor(i) if i < len(c.node.input) else None for i in range(7))
     rank = q.dim()
     if rank == 3:
         q_heads, kv_heads = c.attr("q_num_heads"), c.attr("kv_num_heads")
@@ -132,15 +128,22 @@ def _attention(c: NodeContext):
     present_key, present_value = k, v
     q_length, kv_length = q.shape[2], k.shape[2]
     bias = torch.zeros((q_length, kv_length), dtype=q.dtype)
-    neg_inf = torch.tensor(float("-inf"), dtype=q.dtype)
+    zero, neg_inf = torch.zeros((), dtype=q.dtype), torch.tensor(float("-inf"), dtype=q.dtype)
     if mask is not None:
         if mask.shape[-1] < kv_length:
             mask = F.pad(mask, (0, kv_length - mask.shape[-1]), value=False if mask.dtype == torch.bool else float("-inf"))
-        bias = bias + (torch.where(mask, torch.zeros((), dtype=q.dtype), neg_inf) if mask.dtype == torch.bool else mask)
-    if c.attr("is_causal", 0):
-        offset = past_key.shape[2] if past_key is not None else 0
-        allowed = torch.arange(kv_length).unsqueeze(0) <= torch.arange(q_length).unsqueeze(1) + offset
-        bias = bias + torch.where(allowed, torch.zeros((), dtype=q.dtype), neg_inf)
+        bias = bias + (torch.where(mask, zero, neg_inf) if mask.dtype == torch.bool else mask)
+    # a query's absolute position: after the past cache, or (external cache) after each batch's valid keys less the queries
+    offset = past_key.shape[2] if past_key is not None else 0
+    if kv_lengths is not None:
+        offset = (kv_lengths.to(torch.int64) - q_length).reshape(-1, 1, 1, 1)
+    distance = torch.arange(q_length).unsqueeze(1) + offset - torch.arange(kv_length)  # query position − key index
+    left, right = c.attr("left_window_size", -1), c.attr("right_window_size", -1)
+    for allowed in ([distance >= 0] if c.attr("is_causal", 0) else []) + ([distance <= left] if left >= 0 else []) + (
+            [-distance <= right] if right >= 0 else []):
+        bias = bias + torch.where(allowed, zero, neg_inf)
+    if kv_lengths is not None:
+        bias = bias + torch.where(torch.arange(kv_length) < kv_lengths.to(torch.int64).reshape(-1, 1, 1, 1), zero, neg_inf)
     if q.shape[1] != k.shape[1] and q.shape[1] % k.shape[1] == 0:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], 1)

@@ -6,10 +6,12 @@ real reduction length), then rounded half-to-even and saturated as ONNX specifie
 
 from __future__ import annotations
 
+import onnx
 import torch
 import torch.nn.functional as F
 
 from kiln.errors import FrontendError
+from kiln.ir import onnx_narrow_types
 from kiln.ir.onnx_ops import NodeContext, converts, same_pads, torch_dtype, torch_pads
 
 _RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767), torch.uint16: (0, 65535),
@@ -47,13 +49,17 @@ def _quantize(c: NodeContext, x: torch.Tensor, scale: torch.Tensor, zero_point: 
 @converts("QuantizeLinear")
 def _quantize_linear(c: NodeContext) -> torch.Tensor:
     x, scale, zero_point = c.tensor(0), c.tensor(1), c.tensor(2)
-    if zero_point is not None:
-        dtype = zero_point.dtype
-    elif c.attr("output_dtype"):
-        dtype = torch_dtype(c.attr("output_dtype"), c.node)
-    else:
-        dtype = torch.uint8
-    return _quantize(c, x, scale, zero_point, dtype)
+    onnx_type = c.elem_type(2) if zero_point is not None else c.attr("output_dtype") or onnx.TensorProto.UINT8
+    narrow = onnx_narrow_types.NARROW_TYPES.get(onnx_type)
+    if narrow is None:
+        return _quantize(c, x, scale, zero_point, zero_point.dtype if zero_point is not None else torch_dtype(onnx_type, c.node))
+    scaled = x.to(torch.float32) / _broadcast(c, scale, x).to(torch.float32)
+    if isinstance(narrow, onnx_narrow_types.NarrowInt):  # zero point added after rounding, as for int8
+        zero = 0.0 if zero_point is None else _broadcast(c, zero_point, x).to(torch.float32)
+        return onnx_narrow_types.saturate_integer(torch.round(scaled) + zero, onnx_type)
+    if zero_point is not None:  # float8: the zero point is added before the single rounding onto the grid
+        scaled = scaled + _broadcast(c, zero_point, x).to(torch.float32)
+    return onnx_narrow_types.cast(scaled, onnx_type, bool(c.attr("saturate", 1)))
 
 
 @converts("DequantizeLinear")

@@ -89,6 +89,40 @@ def _reduce(op_name: str):
     return convert
 
 
+def _prod(node: fx.Node, importer) -> Any:
+    """prod over one dim (ONNX ReduceProd), which TVM's importer lacks."""
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return importer.block_builder.emit(relax.op.prod(x, [dim % len(x.ty.shape)], keepdim))
+
+
+def _shift(relax_name: str):
+    """bitwise shifts, which TVM's importer lacks, as Relax's (a left shift wraps around in the dtype)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        x, shift = (importer.env[a] for a in node.args[:2])
+        return importer.block_builder.emit(getattr(relax.op, relax_name)(x, shift))
+
+    return convert
+
+
+def _topk(node: fx.Node, importer) -> Any:
+    """topk through TOPI's kernel: the importer emits Relax's topk, which LegalizeOps leaves
+    unlowered on CPU targets."""
+    from tvm import topi
+
+    x = importer.env[node.args[0]]
+    k = node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
+    largest = node.args[3] if len(node.args) > 3 else node.kwargs.get("largest", True)
+    return importer.block_builder.emit_te(topi.topk, x, k, dim % len(x.ty.shape), "both", not largest, "int64")
+
+
 def _grid_sampler_2d(node: fx.Node, importer) -> Any:
     """grid_sample with the grid moved to the [N, 2, H, W] layout TVM's kernel reads: the stock
     converter passes torch's [N, H, W, 2] grid as it is, and the result comes out transposed."""
@@ -131,23 +165,13 @@ def _scan(topi_name: str):
     return convert
 
 
-def _in_input_dtype(name: str):
-    """The importer's own converter, with the result cast back to the input's dtype: it hard-codes
-    float32 outputs for matmuls and convolutions, so fp16/bf16 models came out float32."""
+def _matmul(node: fx.Node, importer) -> Any:
+    """matmul/mm/bmm computed and returned in the inputs' dtype: the importer's converters hard-code
+    float32 outputs, so fp16/bf16 models came out float32 and float64 ones lost their precision."""
+    from tvm import relax
 
-    def convert(node: fx.Node, importer) -> Any:
-        from tvm import relax
-
-        stock = getattr(importer, "_kiln_stock_converters", None)
-        if stock is None:
-            stock = importer._kiln_stock_converters = importer.create_convert_map()
-        result = stock[name](node)
-        dtype = str(importer.env[node.args[0]].ty.dtype)
-        if dtype in ("float16", "bfloat16") and str(result.ty.dtype) != dtype:
-            return importer.block_builder.emit(relax.op.astype(result, dtype))
-        return result
-
-    return convert
+    a, b = importer.env[node.args[0]], importer.env[node.args[1]]
+    return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=str(a.ty.dtype)))
 
 
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
@@ -158,13 +182,16 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "gelu.default": _gelu,
     "amax.default": _reduce("max"),
     "amin.default": _reduce("min"),
+    "prod.dim_int": _prod,
+    "bitwise_left_shift.Tensor": _shift("left_shift"),
+    "bitwise_right_shift.Tensor": _shift("right_shift"),
+    "topk.default": _topk,
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
-    **{name: _in_input_dtype(name) for name in (
-        "matmul.default", "mm.default", "bmm.default")},
+    **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
