@@ -152,25 +152,65 @@ class OnnxModule(torch.nn.Module):
             values[name] = getattr(self, buffer)
         known = dict(self.constants)  # grows by what tracing makes known: the shapes of traced tensors
         for node in self.traced_nodes:
-            traced = values.get(node.input[0]) if node.op_type in ("Shape", "Size") else None
-            if traced is not None and all(isinstance(d, int) for d in traced.shape):
-                if _fold(node, {node.input[0]: list(traced.shape)}, known):
-                    values[node.output[0]] = tensor_from_numpy(known[node.output[0]], node.output[0])
-                    continue
-            elif node.input and _fold(node, {}, known):
-                values.update((name, tensor_from_numpy(known[name], name)) for name in node.output if name)
-                continue
-            converter = CONVERTERS.get(node.op_type)
-            if converter is None or node.domain not in ("", "ai.onnx"):
-                raise UnsupportedOpError(
-                    f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
-                    node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "Kiln's ONNX frontend",
-                )
-            context = NodeContext(node, [values.get(name) if name else None for name in node.input], known, self.opset, self.elem_types)
-            outputs = converter(context)
-            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-            values.update(zip(node.output, outputs))
+            self._run_node(node, values, known)
         return tuple(values[name] if name in values else tensor_from_numpy(known[name], name) for name in self.output_names)
+
+    def _run_node(self, node: onnx.NodeProto, values: dict[str, Any], known: dict[str, np.ndarray]) -> None:
+        """Folds `node` if its inputs are known, else calls its converter; its outputs go into `values`."""
+        traced = values.get(node.input[0]) if node.op_type in ("Shape", "Size") else None
+        if traced is not None and all(isinstance(d, int) for d in traced.shape):
+            if _fold(node, {node.input[0]: list(traced.shape)}, known):
+                values[node.output[0]] = tensor_from_numpy(known[node.output[0]], node.output[0])
+                return
+        elif node.input and _fold(node, {}, known):
+            values.update((name, tensor_from_numpy(known[name], name)) for name in node.output if name)
+            return
+        if node.op_type == "Scan" and node.domain in ("", "ai.onnx") and self.opset >= 9:
+            values.update(zip(node.output, self._scan(node, [values.get(name) for name in node.input], values, known)))
+            return
+        converter = CONVERTERS.get(node.op_type)
+        if converter is None or node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(
+                f"ONNX {node.op_type}" + (f" (domain {node.domain})" if node.domain else ""),
+                node.name or node.output[0], f"  {self.source}: node '{node.name or node.output[0]}'", "Kiln's ONNX frontend",
+            )
+        context = NodeContext(node, [values.get(name) if name else None for name in node.input], known, self.opset, self.elem_types)
+        outputs = converter(context)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        values.update(zip(node.output, outputs))
+
+    def _scan(self, node: onnx.NodeProto, inputs: list[Any], values: dict[str, Any], known: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """ONNX Scan unrolled: its body runs once per step of the (static) scan length, on the
+        carried states and each scan input's slice, in the enclosing graph's scope."""
+        attribute = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        body = attribute["body"]
+        scan_inputs = attribute["num_scan_inputs"]
+        states, sequences = list(inputs[:len(inputs) - scan_inputs]), inputs[len(inputs) - scan_inputs:]
+        input_axes = attribute.get("scan_input_axes") or [0] * scan_inputs
+        input_reversed = attribute.get("scan_input_directions") or [0] * scan_inputs
+        scan_outputs = len(body.output) - len(states)
+        output_axes = attribute.get("scan_output_axes") or [0] * scan_outputs
+        output_reversed = attribute.get("scan_output_directions") or [0] * scan_outputs
+        axes = [axis % s.dim() for axis, s in zip(input_axes, sequences)]
+        length = sequences[0].shape[axes[0]]
+        steps: list[list[torch.Tensor]] = [[] for _ in range(scan_outputs)]
+        for step in range(length):
+            slices = [s.select(axis, length - 1 - step if reverse else step) for s, axis, reverse in zip(sequences, axes, input_reversed)]
+            scope, scope_known = dict(values), dict(known)
+            scope.update(zip([i.name for i in body.input], [*states, *slices]))
+            for name in (i.name for i in body.input):
+                scope_known.pop(name, None)  # a body input shadows an outer constant of that name
+            for inner in body.node:
+                self._run_node(inner, scope, scope_known)
+            results = [scope[o.name] if o.name in scope else tensor_from_numpy(scope_known[o.name], o.name) for o in body.output]
+            states = results[:len(states)]
+            for collected, result in zip(steps, results[len(states):]):
+                collected.append(result)
+        stacked = []
+        for collected, axis, reverse in zip(steps, output_axes, output_reversed):
+            collected = collected[::-1] if reverse else collected
+            stacked.append(torch.stack(collected, axis % (collected[0].dim() + 1)))
+        return [*states, *stacked]
 
     def example_inputs(self, shapes: dict[str, list[int]]) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(0)

@@ -275,3 +275,39 @@ def _center_crop_pad(c: NodeContext) -> torch.Tensor:
             pads = [0, 0] * (x.dim() - 1 - axis) + [before, size - current - before]
             x = F.pad(x, pads)
     return x
+
+
+@converts("SwiGLU")
+def _swiglu(c: NodeContext) -> torch.Tensor:
+    a, b = c.tensor(0), c.tensor(1)
+    return a * torch.sigmoid(c.attr("alpha", 1.0) * a) * b
+
+
+@converts("CausalConvWithState")
+def _causal_conv_with_state(c: NodeContext):
+    """Depthwise causal conv1d whose left padding is the previous call's last k−1 inputs (or zeros);
+    returns those of this call as the next state."""
+    x, weight, bias, past = (c.tensor(i) for i in range(4))
+    channels, k = x.shape[1], weight.shape[2]
+    padded = torch.cat([past if past is not None else torch.zeros((x.shape[0], channels, k - 1), dtype=x.dtype), x], 2)
+    output = F.conv1d(padded, weight, bias, groups=channels)
+    if c.attr("activation", "none") in ("silu", "swish"):
+        output = F.silu(output.to(torch.float32)).to(x.dtype)
+    elif c.attr("activation", "none") != "none":
+        raise _refuse(c, f"activation '{c.attr('activation')}'")
+    return output, padded[:, :, padded.shape[2] - (k - 1):]
+
+
+@converts("TensorScatter")
+def _tensor_scatter(c: NodeContext) -> torch.Tensor:
+    """A KV-cache write: each batch row's update lands at its write index along `axis` (wrapping
+    around the cache in circular mode)."""
+    cache, update, write_indices = c.tensor(0), c.tensor(1), c.tensor(2)
+    axis = c.attr("axis", -2) % cache.dim()
+    start = write_indices.to(torch.int64) if write_indices is not None else torch.zeros(cache.shape[0], dtype=torch.int64)
+    along = [1] * cache.dim()
+    along[axis] = -1
+    index = start.reshape(-1, *[1] * (cache.dim() - 1)) + torch.arange(update.shape[axis]).reshape(along)
+    if c.attr("mode", "linear") == "circular":
+        index = index % cache.shape[axis]
+    return cache.scatter(axis, index.expand(update.shape), update)

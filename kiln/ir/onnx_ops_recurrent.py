@@ -1,4 +1,4 @@
-"""ONNX converters for the recurrent layers (RNN, GRU, LSTM), unrolled over the sequence: Kiln
+"""ONNX converters for the recurrent layers (RNN, GRU, LSTM, LinearAttention), unrolled over the sequence: Kiln
 compiles static shapes, so the sequence length is known and each time step becomes a few matmuls
 and elementwise ops the backend fuses. Gate order and formulas follow ONNX's reference
 (onnx/reference/ops/op_{rnn,gru,lstm}.py).
@@ -101,3 +101,40 @@ def _recurrent(c: NodeContext):
     if layout:
         y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
     return (y, y_h, y_c) if op_type == "LSTM" else (y, y_h)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[batch, time, heads·d] → [batch, heads, time, d]."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+@converts("LinearAttention")
+def _linear_attention(c: NodeContext):
+    """Linear attention's state recurrence (update rules linear, gated, delta, gated_delta), in float32
+    as ONNX's reference computes it: state ← state·exp(decay); v ← β(v − stateᵀk) for delta rules;
+    state ← state + k vᵀ; output = scale · qᵀ state."""
+    query, key, value, past_state, decay, beta = (c.tensor(i) for i in range(6))
+    q_heads, kv_heads = c.attr("q_num_heads"), c.attr("kv_num_heads")
+    rule = c.attr("update_rule", "gated_delta")
+    batch, length = query.shape[:2]
+    d_k, d_v = query.shape[-1] // q_heads, value.shape[-1] // kv_heads
+    q, k, v = (_heads(t, h).to(torch.float32) for t, h in ((query, q_heads), (key, kv_heads), (value, kv_heads)))
+    if rule in ("gated", "gated_delta"):
+        decay = decay.to(torch.float32)
+        decay = decay.reshape(batch, length, kv_heads, 1).transpose(1, 2) if decay.shape[-1] == kv_heads else _heads(decay, kv_heads)
+    if rule in ("delta", "gated_delta"):
+        beta = beta.to(torch.float32).reshape(batch, length, beta.shape[-1], 1).transpose(1, 2)
+    state = past_state.to(torch.float32) if past_state is not None else torch.zeros((batch, kv_heads, d_k, d_v))
+    scale = c.attr("scale") or 1.0 / float(np.sqrt(d_k))
+    outputs = []
+    for t in range(length):
+        k_t, v_t = k[:, :, t], v[:, :, t]
+        if rule in ("gated", "gated_delta"):
+            state = state * torch.exp(decay[:, :, t]).unsqueeze(-1)
+        if rule in ("delta", "gated_delta"):
+            v_t = beta[:, :, t] * (v_t - torch.einsum("bhdm,bhd->bhm", state, k_t))
+        state = state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        read = state.repeat_interleave(q_heads // kv_heads, 1) if q_heads != kv_heads else state
+        outputs.append(scale * torch.einsum("bhd,bhdm->bhm", q[:, :, t], read))
+    output = torch.stack(outputs, 2).transpose(1, 2).reshape(batch, length, q_heads * d_v)
+    return output.to(query.dtype), state.to(past_state.dtype if past_state is not None else query.dtype)
