@@ -132,7 +132,7 @@ for _name, _function in {
     _unary(_name, _function)
 
 for _name, _function in {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Equal": torch.eq,
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Equal": torch.eq,
     "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
     "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor, "MatMul": torch.matmul,
     "PRelu": lambda x, slope: torch.where(x >= 0, x, x * slope), "BitwiseAnd": torch.bitwise_and,
@@ -158,6 +158,16 @@ def _bit_shift(c: NodeContext) -> torch.Tensor:
     if not dtype.is_signed:
         return shifted.to(dtype)
     return torch.where(out_of_range & (x < 0), torch.full_like(x, -1), shifted)
+
+
+@converts("Pow")
+def _pow(c: NodeContext) -> torch.Tensor:
+    """The result has the base's type: the exponent follows it, and integer powers are computed in
+    float64 (exact up to 2^53; TVM's power is float-only)."""
+    x, y = c.tensor(0), c.tensor(1)
+    if x.dtype.is_floating_point:
+        return torch.pow(x, y.to(x.dtype))
+    return torch.pow(x.to(torch.float64), y.to(torch.float64)).to(x.dtype)
 
 
 @converts("Div")
@@ -269,6 +279,9 @@ def _clip(c: NodeContext) -> torch.Tensor:
         return c.tensor(0)
     if low is not None and high is not None and float(low) > float(high):  # ONNX (and numpy): everything becomes max
         return torch.full_like(c.tensor(0), float(high))
+    if not c.tensor(0).dtype.is_floating_point:  # an omitted bound is the type's limit (no infinite integer)
+        limits = torch.iinfo(c.tensor(0).dtype)
+        low, high = limits.min if low is None else int(low), limits.max if high is None else int(high)
     return torch.clamp(c.tensor(0), None if low is None else float(low), None if high is None else float(high))
 
 
@@ -415,6 +428,52 @@ def _slice(c: NodeContext) -> torch.Tensor:
             start, stop, stride = size - 1 - start, size - 1 - stop, -stride
         index[axis] = slice(start, max(stop, start), stride)
     return x[tuple(index)]
+
+
+@converts("Compress")
+def _compress(c: NodeContext) -> torch.Tensor:
+    """The selection must be known at import time (it sets the output's shape); the data need not."""
+    x, condition, axis = c.tensor(0), np.asarray(c.constant(1)).astype(bool).reshape(-1), c.attr("axis")
+    if axis is None:
+        x, axis = x.reshape(-1), 0
+    selected = np.nonzero(condition[:x.shape[axis]])[0]
+    return torch.index_select(x, axis % x.dim(), torch.from_numpy(selected.astype(np.int64)))
+
+
+@converts("ReverseSequence")
+def _reverse_sequence(c: NodeContext) -> torch.Tensor:
+    """Each batch row's first `length` time steps reversed: a gather whose indices the lengths
+    (known at import time) give."""
+    x, lengths = c.tensor(0), np.asarray(c.constant(1)).astype(np.int64)
+    time_axis, batch_axis = c.attr("time_axis", 0), c.attr("batch_axis", 1)
+    steps = np.arange(x.shape[time_axis])[:, None]
+    order = np.where(steps < lengths[None, :], lengths[None, :] - 1 - steps, steps)  # [time, batch]
+    if batch_axis < time_axis:
+        order = order.T
+    shape = [1] * x.dim()
+    shape[time_axis], shape[batch_axis] = x.shape[time_axis], x.shape[batch_axis]
+    index = torch.from_numpy(order.reshape(shape)).expand(x.shape)
+    return torch.gather(x, time_axis, index)
+
+
+@converts("Col2Im")
+def _col2im(c: NodeContext) -> torch.Tensor:
+    """Col2Im (fold) as a grouped transposed convolution with one-hot kernels: each column row
+    (channel c, kernel offset i, j) adds into output channel c at offset (i, j)."""
+    x, image, block = c.tensor(0), [int(v) for v in c.constant(1)], [int(v) for v in c.constant(2)]
+    if len(block) != 2:
+        raise FrontendError(f"ONNX Col2Im node '{c.node.name or c.node.output[0]}': only 2-D images are supported")
+    strides, dilations = c.attr("strides", [1, 1]), c.attr("dilations", [1, 1])
+    pads = c.attr("pads", [0, 0, 0, 0])
+    if pads[:2] != pads[2:]:
+        raise FrontendError(f"ONNX Col2Im node '{c.node.name or c.node.output[0]}': asymmetric pads are not supported")
+    blocks = [(image[i] + 2 * pads[i] - dilations[i] * (block[i] - 1) - 1) // strides[i] + 1 for i in range(2)]
+    kernel_size = block[0] * block[1]
+    channels = x.shape[1] // kernel_size
+    weight = torch.eye(kernel_size, dtype=x.dtype).reshape(kernel_size, 1, *block).repeat(channels, 1, 1, 1)
+    natural = [(blocks[i] - 1) * strides[i] - 2 * pads[i] + dilations[i] * (block[i] - 1) + 1 for i in range(2)]
+    return F.conv_transpose2d(x.reshape(x.shape[0], x.shape[1], *blocks), weight, None, strides, pads[:2],
+                              [image[i] - natural[i] for i in range(2)], channels, dilations)
 
 
 @converts("Gather")
@@ -651,7 +710,13 @@ def _reduce(c: NodeContext) -> torch.Tensor:
         for axis in sorted(axes, reverse=True):
             x = x.prod(axis, keepdim=keep)
         return x
-    return x.amax(axes, keepdim=keep) if c.node.op_type == "ReduceMax" else x.amin(axes, keepdim=keep)
+    if x.dtype == torch.bool:  # any/all: TVM's max and min have no boolean identity
+        return _reduce_extremum(c.node.op_type, x.to(torch.uint8), axes, keep).to(torch.bool)
+    return _reduce_extremum(c.node.op_type, x, axes, keep)
+
+
+def _reduce_extremum(op_type: str, x: torch.Tensor, axes: tuple[int, ...], keep: bool) -> torch.Tensor:
+    return x.amax(axes, keepdim=keep) if op_type == "ReduceMax" else x.amin(axes, keepdim=keep)
 
 
 @converts("ArgMax", "ArgMin")
