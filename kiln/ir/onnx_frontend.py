@@ -23,7 +23,7 @@ import torch
 from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
-from kiln.errors import FrontendError, UnsupportedOpError
+from kiln.errors import FrontendError, UnsupportedOpError, ValueRequiredError
 from kiln.ir.graph import Graph
 from kiln.ir import onnx_ops_nn, onnx_ops_quant, onnx_ops_recurrent  # noqa: F401 - they register their converters
 from kiln.ir.onnx_ops import CONVERTERS, NodeContext, tensor_from_numpy, torch_dtype
@@ -138,7 +138,7 @@ class OnnxModule(torch.nn.Module):
             node = pending.pop()
             if node.op_type == "If" and node.input[0] in self.constants:
                 pending.extend(reversed(_inlined_branch(node, bool(self.constants[node.input[0]]))))
-            elif not _fold(node, shapes, self.constants):
+            elif not _fold(node, shapes, self.constants, self.opset):
                 self.traced_nodes.append(node)
         needed = {name for node in self.traced_nodes for name in node.input} | set(self.output_names)
         self.buffer_names = {}
@@ -159,14 +159,17 @@ class OnnxModule(torch.nn.Module):
         """Folds `node` if its inputs are known, else calls its converter; its outputs go into `values`."""
         traced = values.get(node.input[0]) if node.op_type in ("Shape", "Size") else None
         if traced is not None and all(isinstance(d, int) for d in traced.shape):
-            if _fold(node, {node.input[0]: list(traced.shape)}, known):
+            if _fold(node, {node.input[0]: list(traced.shape)}, known, self.opset):
                 values[node.output[0]] = tensor_from_numpy(known[node.output[0]], node.output[0])
                 return
-        elif node.input and _fold(node, {}, known):
+        elif _fold(node, {}, known, self.opset):
             values.update((name, tensor_from_numpy(known[name], name)) for name in node.output if name)
             return
         if node.op_type == "Scan" and node.domain in ("", "ai.onnx") and self.opset >= 9:
-            values.update(zip(node.output, self._scan(node, [values.get(name) for name in node.input], values, known)))
+            _store(zip(node.output, self._scan(node, [values.get(name) for name in node.input], values, known)), values, known)
+            return
+        if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+            _store(zip(node.output, self._loop(node, values, known)), values, known)
             return
         converter = CONVERTERS.get(node.op_type)
         if converter is None or node.domain not in ("", "ai.onnx"):
@@ -196,21 +199,56 @@ class OnnxModule(torch.nn.Module):
         steps: list[list[torch.Tensor]] = [[] for _ in range(scan_outputs)]
         for step in range(length):
             slices = [s.select(axis, length - 1 - step if reverse else step) for s, axis, reverse in zip(sequences, axes, input_reversed)]
-            scope, scope_known = dict(values), dict(known)
-            scope.update(zip([i.name for i in body.input], [*states, *slices]))
-            for name in (i.name for i in body.input):
-                scope_known.pop(name, None)  # a body input shadows an outer constant of that name
-            for inner in body.node:
-                self._run_node(inner, scope, scope_known)
-            results = [scope[o.name] if o.name in scope else tensor_from_numpy(scope_known[o.name], o.name) for o in body.output]
+            results, _ = self._run_body(body, [*states, *slices], {}, values, known)
             states = results[:len(states)]
             for collected, result in zip(steps, results[len(states):]):
                 collected.append(result)
         stacked = []
         for collected, axis, reverse in zip(steps, output_axes, output_reversed):
-            collected = collected[::-1] if reverse else collected
-            stacked.append(torch.stack(collected, axis % (collected[0].dim() + 1)))
+            stacked.append(_stacked(collected[::-1] if reverse else collected, axis))
         return [*states, *stacked]
+
+    def _loop(self, node: onnx.NodeProto, values: dict[str, Any], known: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """ONNX Loop unrolled: its trip count and condition must be known at import time, and so
+        must the condition each iteration computes (a loop that stops on data has no static shape)."""
+        where = f"ONNX Loop node '{node.name or node.output[0]}'"
+        bounds = {}
+        for index, role in ((0, "trip count"), (1, "condition")):
+            name = node.input[index] if index < len(node.input) else ""
+            if name and name not in known:
+                raise ValueRequiredError(f"{where}: its {role} '{name}' must be known at import time", name)
+            bounds[role] = known[name] if name else None
+        body = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "body")
+        states = [known[name] if name in known else values[name] for name in node.input[2:]]
+        trips = int(bounds["trip count"]) if bounds["trip count"] is not None else None
+        condition = bool(bounds["condition"]) if bounds["condition"] is not None else True
+        steps: list[list[torch.Tensor]] = [[] for _ in range(len(body.output) - 1 - len(states))]
+        iteration = 0
+        while condition and (trips is None or iteration < trips):
+            constants = {body.input[0].name: np.array(iteration, dtype=np.int64), body.input[1].name: np.array(condition)}
+            results, body_known = self._run_body(body, states, constants, values, known)
+            if body.output[0].name not in body_known:
+                raise FrontendError(f"{where}: its condition is computed from data, so its trip count has no static value")
+            condition = bool(body_known[body.output[0].name])
+            states = results[1:1 + len(states)]
+            for collected, result in zip(steps, results[1 + len(states):]):
+                collected.append(result)
+            iteration += 1
+        if any(not collected for collected in steps):
+            raise FrontendError(f"{where}: a loop that runs no iteration has scan outputs of unknown shape")
+        return [*states, *(_stacked(collected, 0) for collected in steps)]
+
+    def _run_body(self, body: onnx.GraphProto, inputs: list[Any], constants: dict[str, np.ndarray], values: dict[str, Any],
+                  known: dict[str, np.ndarray]) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
+        """One run of a subgraph in the enclosing scope: its first inputs bound to the first body inputs
+        after `constants` (values known at import time); its outputs and what became known."""
+        scope, scope_known = dict(values), dict(known)
+        for name in (i.name for i in body.input):
+            scope_known.pop(name, None)  # a body input shadows an outer constant of that name
+        _store(zip([i.name for i in body.input], [*constants.values(), *inputs]), scope, scope_known)
+        for inner in body.node:
+            self._run_node(inner, scope, scope_known)
+        return [scope_known[o.name] if o.name in scope_known else scope[o.name] for o in body.output], scope_known
 
     def example_inputs(self, shapes: dict[str, list[int]]) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
@@ -227,7 +265,7 @@ class OnnxModule(torch.nn.Module):
 _RANDOM = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
 
 
-def _fold(node: onnx.NodeProto, shapes: dict[str, list[int]], constants: dict[str, np.ndarray]) -> bool:
+def _fold(node: onnx.NodeProto, shapes: dict[str, list[int]], constants: dict[str, np.ndarray], opset: int) -> bool:
     """Evaluate `node` into `constants` if its inputs are constants (or, for Shape and Size, its
     input's shape is in `shapes`); True if it was. ONNX's reference evaluator computes it."""
     if node.op_type in ("Shape", "Size") and node.input[0] in shapes and node.input[0] not in constants:
@@ -242,12 +280,41 @@ def _fold(node: onnx.NodeProto, shapes: dict[str, list[int]], constants: dict[st
     if node.op_type in _RANDOM or not all(name == "" or name in constants for name in node.input):
         return False
     try:
-        results = ReferenceEvaluator(node).run(None, {n: constants[n] for n in node.input if n})
+        results = _evaluator(node, opset).run(None, {n: constants[n] for n in node.input if n})
     except Exception:
         return False  # the converter will handle (or name) it
     for name, value in zip(node.output, results):
         constants[name] = np.asarray(value)
     return True
+
+
+def _evaluator(node: onnx.NodeProto, opset: int) -> ReferenceEvaluator:
+    """The reference evaluator of `node` at the model's opset (a bare node evaluates at the newest,
+    where e.g. Unsqueeze takes its axes as an input, not an attribute)."""
+    if node.domain not in ("", "ai.onnx"):
+        return ReferenceEvaluator(node)
+    helper = onnx.helper
+    graph = helper.make_graph([node], "fold", [helper.make_empty_tensor_value_info(n) for n in node.input if n],
+                              [helper.make_empty_tensor_value_info(n) for n in node.output if n])
+    return ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def _store(outputs: Any, values: dict[str, Any], known: dict[str, np.ndarray]) -> None:
+    """Name → value pairs into the scope: numpy arrays are values known at import time (kept
+    foldable), tensors are traced."""
+    for name, value in outputs:
+        if isinstance(value, np.ndarray):
+            known[name] = value
+            value = tensor_from_numpy(value, name)
+        values[name] = value
+
+
+def _stacked(items: list[Any], axis: int) -> Any:
+    """Per-iteration results stacked along `axis`: in numpy when every one is known at import time."""
+    if all(isinstance(item, np.ndarray) for item in items):
+        return np.stack(items, axis % (items[0].ndim + 1))
+    tensors = [tensor_from_numpy(item, "scan output") if isinstance(item, np.ndarray) else item for item in items]
+    return torch.stack(tensors, axis % (tensors[0].dim() + 1))
 
 
 def _inlined_branch(node: onnx.NodeProto, condition: bool) -> list[onnx.NodeProto]:

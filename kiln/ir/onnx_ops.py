@@ -196,7 +196,8 @@ def _mod(c: NodeContext) -> torch.Tensor:
         return _widened(torch.remainder)(a, b)
     # the divisor's sign, from fmod: a - floor(a/b)*b (TVM's float remainder) is NaN for a finite a and b = ±inf
     truncated = torch.fmod(a, b)
-    return torch.where((truncated != 0) & ((truncated < 0) != (b < 0)), truncated + b, truncated)
+    # (xor of the signs: TVM compiles != between booleans into a float compare LLVM rejects)
+    return torch.where((truncated != 0) & torch.logical_xor(truncated < 0, b < 0), truncated + b, truncated)
 
 
 @converts("IsInf")
@@ -335,7 +336,8 @@ def torch_dtype(onnx_type: int, where: Any = None) -> torch.dtype:
 @converts("Dropout")
 def _dropout(c: NodeContext):
     training = c.constant(2) if len(c.node.input) > 2 and c.node.input[2] else None
-    if training is not None and bool(training):
+    ratio = c.constant(1) if len(c.node.input) > 1 and c.node.input[1] else np.array(c.attr("ratio", 0.5))
+    if training is not None and bool(training) and float(ratio) != 0.0:
         raise FrontendError(f"ONNX Dropout node '{c.node.name or c.node.output[0]}': training mode (random masks) is not supported")
     x = c.tensor(0)
     return (x, torch.ones_like(x, dtype=torch.bool)) if len(c.node.output) > 1 else x
@@ -655,9 +657,17 @@ def _global_pool(c: NodeContext) -> torch.Tensor:
 
 
 @converts("BatchNormalization")
-def _batch_norm(c: NodeContext) -> torch.Tensor:
+def _batch_norm(c: NodeContext):
     x, scale, bias, mean, var = (c.tensor(i) for i in range(5))
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, c.attr("epsilon", 1e-5))
+    epsilon = c.attr("epsilon", 1e-5)
+    if not c.attr("training_mode", 0):
+        return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+    # training mode (opset 14+): normalize with the batch's statistics, and return the running ones updated
+    axes = tuple(a for a in range(x.dim()) if a != 1)
+    batch_mean, batch_var = x.mean(axes), x.var(axes, unbiased=False)
+    momentum = c.attr("momentum", 0.9)
+    y = F.batch_norm(x, batch_mean, batch_var, scale, bias, False, 0.0, epsilon)
+    return y, mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum)
 
 
 @converts("InstanceNormalization")
