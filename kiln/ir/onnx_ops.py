@@ -298,8 +298,8 @@ def _cast(c: NodeContext) -> torch.Tensor:
 
 @converts("CastLike")
 def _cast_like(c: NodeContext) -> torch.Tensor:
-    like = c.elem_type(1)
-    return _cast_to(c, c.tensor(0), like) if like is not None else c.tensor(0).to(c.tensor(1).dtype)
+    like = c.elem_type(1) or {dtype: onnx_type for onnx_type, dtype in _TORCH_DTYPES.items()}[c.tensor(1).dtype]
+    return _cast_to(c, c.tensor(0), like)
 
 
 def _cast_to(c: NodeContext, x: torch.Tensor, onnx_type: int) -> torch.Tensor:

@@ -166,12 +166,60 @@ def _scan(topi_name: str):
 
 
 def _matmul(node: fx.Node, importer) -> Any:
-    """matmul/mm/bmm computed and returned in the inputs' dtype: the importer's converters hard-code
-    float32 outputs, so fp16/bf16 models came out float32 and float64 ones lost their precision."""
+    """matmul/mm/bmm returned in the inputs' dtype: the importer's converters hard-code float32
+    outputs, so fp16/bf16 models came out float32 and float64 ones lost their precision. Half types
+    accumulate in float32 and round once, as PyTorch does (fp16 sums drifted by an ulp or two)."""
     from tvm import relax
 
     a, b = importer.env[node.args[0]], importer.env[node.args[1]]
-    return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=str(a.ty.dtype)))
+    dtype = str(a.ty.dtype)
+    if dtype in ("float16", "bfloat16"):
+        product = importer.block_builder.emit(relax.op.matmul(a, b, out_dtype="float32"))
+        return importer.block_builder.emit(relax.op.astype(product, dtype))
+    return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=dtype))
+
+
+def _in_input_dtype(name: str):
+    """The importer's own converter with the result cast back to the input's dtype: its convolutions
+    hard-code float32 outputs (fp16 convolutions came out float32; they keep float32 accumulation)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        stock = getattr(importer, "_kiln_stock_converters", None)
+        if stock is None:
+            stock = importer._kiln_stock_converters = importer.create_convert_map()
+        result = stock[name](node)
+        dtype = str(importer.env[node.args[0]].ty.dtype)
+        if str(result.ty.dtype) != dtype:
+            return importer.block_builder.emit(relax.op.astype(result, dtype))
+        return result
+
+    return convert
+
+
+def _in_float32(name: str):
+    """The importer's converter run on float32 copies of half-precision inputs, the result rounded
+    back once: what PyTorch's CPU kernels do for softmax (fp16 exponent sums drifted by an ulp)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        stock = getattr(importer, "_kiln_stock_converters", None)
+        if stock is None:
+            stock = importer._kiln_stock_converters = importer.create_convert_map()
+        x = importer.env[node.args[0]]
+        dtype = str(x.ty.dtype)
+        if dtype not in ("float16", "bfloat16"):
+            return stock[name](node)
+        importer.env[node.args[0]] = importer.block_builder.emit(relax.op.astype(x, "float32"))
+        try:
+            result = stock[name](node)
+        finally:
+            importer.env[node.args[0]] = x
+        return importer.block_builder.emit(relax.op.astype(result, dtype))
+
+    return convert
 
 
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
@@ -192,6 +240,10 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
     **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
+    **{name: _in_float32(name) for name in ("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default")},
+    **{name: _in_input_dtype(name) for name in (
+        "conv1d.default", "conv2d.default", "conv3d.default", "convolution.default", "conv_transpose1d.default",
+        "conv_transpose2d.input")},
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
