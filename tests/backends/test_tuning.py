@@ -12,7 +12,7 @@ import torch
 import kiln
 from kiln import models
 
-TRIALS = 6
+TRIALS = 6  # MLP: 4 trials to fc2, 2 to fc1, none to the head (shares under 2)
 
 
 class Interrupt(Exception):
@@ -22,7 +22,7 @@ class Interrupt(Exception):
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tuning")
-    model, x = models.SmallCNN(), torch.randn(1, 3, 32, 32)
+    model, x = models.MLP().eval(), torch.randn(4, 64)  # three tasks: the smallest model that can be interrupted mid-way
     lines = []
 
     def stop_after_first_task(line):
@@ -53,7 +53,7 @@ def test_fresh_process_compile_uses_the_database(tuned):
     script = textwrap.dedent(f"""
         import torch, kiln
         from kiln import models
-        model, x = models.SmallCNN(), torch.randn(1, 3, 32, 32)
+        model, x = models.MLP().eval(), torch.randn(4, 64)
         compiled = kiln.compile(model, (x,), tuning_dir={str(folder)!r})
         row = next(r for r in compiled.report.rows if r.name == "ApplyTuningDatabase")
         print("NOTE", row.note)
