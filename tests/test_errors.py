@@ -62,3 +62,13 @@ def test_unknown_target_and_cli_strings_are_rejected():
 def test_unknown_pass_lists_known_ones():
     with pytest.raises(kiln.PassError, match="unknown pass 'fold_everything'.*fold_batch_norm"):
         kiln.compile(models.MLP(), (torch.randn(1, 64),), passes=["fold_everything"])
+
+
+def test_max_pool_indices_are_refused_not_zeros():
+    # TVM's importer returns zeros for max-pool indices; Kiln refuses them by name instead
+    class PoolWithIndices(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.max_pool2d(x, 2, return_indices=True)[1]
+
+    with pytest.raises(kiln.errors.UnsupportedOpError, match="max_pool2d_with_indices.*indices output"):
+        kiln.compile(PoolWithIndices(), (torch.randn(1, 2, 4, 4),), target="llvm")

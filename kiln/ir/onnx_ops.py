@@ -127,7 +127,7 @@ for _name, _function in {
     "Not": torch.logical_not, "Softsign": F.softsign, "Round": torch.round, "Tan": torch.tan,
     "Identity": lambda x: x, "IsNaN": torch.isnan, "Acos": torch.acos, "Acosh": torch.acosh, "Asin": torch.asin,
     "Asinh": torch.asinh, "Atan": torch.atan, "Atanh": torch.atanh, "Cosh": torch.cosh, "Sinh": torch.sinh,
-    "Mish": F.mish, "BitwiseNot": torch.bitwise_not,
+    "Mish": F.mish, "BitwiseNot": lambda x: torch.bitwise_not(x.to(torch.int64)).to(x.dtype) if x.dtype in _WIDE_UNSIGNED else torch.bitwise_not(x),
 }.items():
     _unary(_name, _function)
 
@@ -720,6 +720,8 @@ def _reduce(c: NodeContext) -> torch.Tensor:
         for axis in sorted(axes, reverse=True):
             x = x.prod(axis, keepdim=keep)
         return x
+    if any(x.shape[a] == 0 for a in axes):
+        raise FrontendError(f"ONNX {c.node.op_type} node '{c.node.name or c.node.output[0]}': reducing an empty axis is not supported")
     if x.dtype == torch.bool:  # any/all: TVM's max and min have no boolean identity
         return _reduce_extremum(c.node.op_type, x.to(torch.uint8), axes, keep).to(torch.bool)
     return _reduce_extremum(c.node.op_type, x, axes, keep)

@@ -6,6 +6,7 @@ fails with Kiln's error naming the op and the model line it came from, not an im
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Any, Callable
 
@@ -263,16 +264,35 @@ def supported_ops() -> set[str]:
 
 
 def check_supported(program: torch.export.ExportedProgram) -> None:
+    """Ops the importer lacks, and one it would get wrong without saying so: max-pool indices (it
+    returns zeros for them)."""
     known = supported_ops()
     for node in program.graph.nodes:
         if node.op == "call_function" and node.target.__name__ not in known:
             raise UnsupportedOpError(str(node.target), node.name, model_source(node), "the TVM backend")
+        if node.op == "call_function" and "max_pool" in node.target.__name__ and "with_indices" in node.target.__name__ \
+                and any(user.args[1] == 1 for user in node.users if user.target is operator.getitem):
+            raise UnsupportedOpError(f"{node.target} (its indices output)", node.name, model_source(node), "the TVM backend")
 
 
 def to_relax(graph: Graph):
     """The Relax module for `graph`: weights bound as constants, one `main` with flat inputs."""
     from tvm.relax.frontend.torch import from_exported_program
 
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    class Importer(ExportedProgramImporter):
+        @staticmethod
+        def _convert_pytorch_tensor_to_tvm(tensor: torch.Tensor):
+            """bfloat16 constants through ml_dtypes: the importer's fallback calls torch's numpy(),
+            which has no bfloat16, when DLPack refuses a tensor."""
+            if tensor.dtype != torch.bfloat16:
+                return ExportedProgramImporter._convert_pytorch_tensor_to_tvm(tensor)
+            import ml_dtypes
+            import tvm
+
+            return tvm.runtime.tensor(tensor.detach().cpu().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
+
     program = graph.to_exported_program().run_decompositions()
     check_supported(program)
-    return from_exported_program(program, custom_convert_map=CUSTOM_CONVERTERS or None, run_ep_decomposition=False)
+    return Importer().from_exported_program(program, False, False, False, CUSTOM_CONVERTERS or None)
