@@ -12,7 +12,7 @@ import torch
 import kiln
 from kiln import models
 
-TRIALS = 6  # MLP: 4 trials to fc2, 2 to fc1, none to the head (shares under 2)
+TRIALS = 4  # MLP: 3 trials to fc2; fc1's and the head's shares are under 2 trials, so they keep Kiln's default
 
 
 class Interrupt(Exception):
@@ -42,7 +42,7 @@ def test_interrupted_tuning_resumes_without_redoing_work(tuned):
     assert any("measuring Kiln's default schedules" in line for line in first)
     assert not any("measuring Kiln's default schedules" in line for line in resumed)  # seeded already
     still_to_run = lambda lines: int(next(l for l in lines if "still to run" in l).split(", ")[2].split()[0])
-    assert still_to_run(first) == TRIALS and still_to_run(resumed) < TRIALS
+    assert 0 < still_to_run(first) <= TRIALS and still_to_run(resumed) < still_to_run(first)
     assert sum(t.trials for t in summary.tasks) <= TRIALS
     # Kiln's default is in the database, so tuned is never slower than untuned (as measured)
     assert all(t.best_seconds <= t.default_seconds for t in summary.tasks)
