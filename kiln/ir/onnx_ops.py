@@ -282,7 +282,7 @@ def _clip(c: NodeContext) -> torch.Tensor:
         return torch.full_like(c.tensor(0), float(high))
     if not c.tensor(0).dtype.is_floating_point:  # an omitted bound is the type's limit (no infinite integer)
         limits = torch.iinfo(c.tensor(0).dtype)
-        low, high = limits.min if low is None else int(low), limits.max if high is None else int(high)
+        return torch.clamp(c.tensor(0), limits.min if low is None else int(low), limits.max if high is None else int(high))
     return torch.clamp(c.tensor(0), None if low is None else float(low), None if high is None else float(high))
 
 
@@ -298,7 +298,7 @@ def _cast(c: NodeContext) -> torch.Tensor:
 
 @converts("CastLike")
 def _cast_like(c: NodeContext) -> torch.Tensor:
-    like = c.elem_type(1) or {dtype: onnx_type for onnx_type, dtype in _TORCH_DTYPES.items()}[c.tensor(1).dtype]
+    like = c.elem_type(1) or _ONNX_TYPES[c.tensor(1).dtype]
     return _cast_to(c, c.tensor(0), like)
 
 
@@ -318,6 +318,7 @@ _TORCH_DTYPES = {
     onnx.TensorProto.UINT16: torch.uint16, onnx.TensorProto.UINT32: torch.uint32, onnx.TensorProto.UINT64: torch.uint64,
     onnx.TensorProto.BOOL: torch.bool,
 }
+_ONNX_TYPES = {dtype: onnx_type for onnx_type, dtype in _TORCH_DTYPES.items()}
 _INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64)
 
 

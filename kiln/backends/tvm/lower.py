@@ -180,6 +180,14 @@ def _matmul(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=dtype))
 
 
+def _stock_converter(importer, name: str) -> Callable[[fx.Node], Any]:
+    """The importer's own converter for `name`, under Kiln's wrappers (its table built once per import)."""
+    stock = getattr(importer, "_kiln_stock_converters", None)
+    if stock is None:
+        stock = importer._kiln_stock_converters = importer.create_convert_map()
+    return stock[name]
+
+
 def _in_input_dtype(name: str):
     """The importer's own converter with the result cast back to the input's dtype: its convolutions
     hard-code float32 outputs (fp16 convolutions came out float32; they keep float32 accumulation)."""
@@ -187,10 +195,7 @@ def _in_input_dtype(name: str):
     def convert(node: fx.Node, importer) -> Any:
         from tvm import relax
 
-        stock = getattr(importer, "_kiln_stock_converters", None)
-        if stock is None:
-            stock = importer._kiln_stock_converters = importer.create_convert_map()
-        result = stock[name](node)
+        result = _stock_converter(importer, name)(node)
         dtype = str(importer.env[node.args[0]].ty.dtype)
         if str(result.ty.dtype) != dtype:
             return importer.block_builder.emit(relax.op.astype(result, dtype))
@@ -206,16 +211,14 @@ def _in_float32(name: str):
     def convert(node: fx.Node, importer) -> Any:
         from tvm import relax
 
-        stock = getattr(importer, "_kiln_stock_converters", None)
-        if stock is None:
-            stock = importer._kiln_stock_converters = importer.create_convert_map()
+        stock = _stock_converter(importer, name)
         x = importer.env[node.args[0]]
         dtype = str(x.ty.dtype)
         if dtype not in ("float16", "bfloat16"):
-            return stock[name](node)
+            return stock(node)
         importer.env[node.args[0]] = importer.block_builder.emit(relax.op.astype(x, "float32"))
         try:
-            result = stock[name](node)
+            result = stock(node)
         finally:
             importer.env[node.args[0]] = x
         return importer.block_builder.emit(relax.op.astype(result, dtype))
@@ -277,8 +280,6 @@ def check_supported(program: torch.export.ExportedProgram) -> None:
 
 def to_relax(graph: Graph):
     """The Relax module for `graph`: weights bound as constants, one `main` with flat inputs."""
-    from tvm.relax.frontend.torch import from_exported_program
-
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
     class Importer(ExportedProgramImporter):
