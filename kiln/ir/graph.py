@@ -156,7 +156,8 @@ class Graph:
             if name not in used:
                 _delete_attr(gm, name)
         placeholders = [n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")]
-        mode = detect_fake_mode(placeholders) or FakeTensorMode()  # a graph without inputs has no mode to find
+        # a graph without inputs has no mode to find; its weights are real tensors, which the fresh mode must accept
+        mode = detect_fake_mode(placeholders) or FakeTensorMode(allow_non_fake_inputs=True)
         try:
             with mode:
                 FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*placeholders)

@@ -7,6 +7,7 @@ It returns one tensor or a tuple, in the order of the node's outputs.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -629,25 +630,47 @@ def _pool(c: NodeContext):
 
 def _max_pool(c: NodeContext, x: torch.Tensor, kernel, strides, dilations, pads, ceil):
     n = len(kernel)
+    if len(c.node.output) > 1 and c.node.output[1]:
+        return _max_pool_with_indices(x, kernel, strides, dilations, ceil_pads(x, kernel, strides, dilations, pads) if ceil else pads,
+                                      column_major=bool(c.attr("storage_order", 0)))
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-    native = _native_padding(kernel, dilations, pads)
-    padded, padding = (x, pads[:n]) if native else (F.pad(x, torch_pads(pads), value=float("-inf")), [0] * n)
-    if len(c.node.output) < 2 or not c.node.output[1]:
-        return pool(padded, kernel, strides, padding, dilations, ceil_mode=ceil)
-    values, indices = pool(padded, kernel, strides, padding, dilations, ceil_mode=ceil, return_indices=True)
-    # torch indexes each (padded) plane; ONNX indexes the whole input tensor, row- or column-major
-    spatial = list(x.shape[2:])
-    padded_spatial = list(padded.shape[2:])
-    coordinates, remainder = [], indices
-    for axis in reversed(range(n)):
-        coordinates.insert(0, remainder % padded_spatial[axis] - (0 if native else pads[axis]))
-        remainder = remainder // padded_spatial[axis]
-    order = reversed(range(n)) if c.attr("storage_order", 0) else range(n)
-    flat = torch.zeros_like(indices)
-    for axis in order:
-        flat = flat * spatial[axis] + coordinates[axis]
-    planes = torch.arange(x.shape[0] * x.shape[1], dtype=torch.int64).reshape(x.shape[0], x.shape[1], *([1] * n))
-    return values, flat + planes * int(np.prod(spatial))
+    if _native_padding(kernel, dilations, pads):
+        return pool(x, kernel, strides, pads[:n], dilations, ceil_mode=ceil)
+    return pool(F.pad(x, torch_pads(pads), value=type_bounds(x.dtype)[0]), kernel, strides, 0, dilations, ceil_mode=ceil)
+
+
+def type_bounds(dtype: torch.dtype) -> tuple[float | int | bool, float | int | bool]:
+    """The lowest and highest values of a type (±inf for floats): what max pooling pads with, and
+    the max and min of an empty set."""
+    if dtype == torch.bool:
+        return False, True
+    if dtype.is_floating_point:
+        return float("-inf"), float("inf")
+    return torch.iinfo(dtype).min, torch.iinfo(dtype).max
+
+
+def _max_pool_with_indices(x: torch.Tensor, kernel, strides, dilations, pads, column_major: bool):
+    """Max pooling with ONNX's Indices output (each maximum's position in the whole input tensor),
+    as a running maximum over the window's offsets, the first maximum winning ties: strided slices
+    and selects, which every backend lowers (TVM's importer has no indices for max pooling)."""
+    n, spatial = len(kernel), list(x.shape[2:])
+    flat = torch.zeros((), dtype=torch.int64)
+    for axis in (reversed(range(n)) if column_major else range(n)):
+        flat = flat * spatial[axis] + torch.arange(spatial[axis]).reshape([-1] + [1] * (n - 1 - axis))
+    planes = torch.arange(x.shape[0] * x.shape[1]).reshape(x.shape[0], x.shape[1], *([1] * n))
+    positions = F.pad(flat + planes * int(np.prod(spatial)), torch_pads(pads))
+    values = F.pad(x, torch_pads(pads), value=type_bounds(x.dtype)[0])
+    windows = [(values.shape[2 + a] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1 for a in range(n)]
+    best = best_position = None
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        window = tuple(slice(o * d, o * d + (w - 1) * s + 1, s) for o, d, w, s in zip(offset, dilations, windows, strides))
+        candidate, position = values[(..., *window)], positions[(..., *window)]
+        if best is None:
+            best, best_position = candidate, position
+            continue
+        better = candidate > best
+        best, best_position = torch.where(better, candidate, best), torch.where(better, position, best_position)
+    return best, best_position
 
 
 @converts("GlobalAveragePool", "GlobalMaxPool")
@@ -722,7 +745,7 @@ def _reduce(c: NodeContext) -> torch.Tensor:
             x = x.prod(axis, keepdim=keep)
         return x
     if any(x.shape[a] == 0 for a in axes):
-        raise FrontendError(f"ONNX {c.node.op_type} node '{c.node.name or c.node.output[0]}': reducing an empty axis is not supported")
+        return _empty_extremum(c.node.op_type, x, axes, keep)
     if x.dtype == torch.bool:  # any/all: TVM's max and min have no boolean identity
         return _reduce_extremum(c.node.op_type, x.to(torch.uint8), axes, keep).to(torch.bool)
     return _reduce_extremum(c.node.op_type, x, axes, keep)
@@ -730,6 +753,15 @@ def _reduce(c: NodeContext) -> torch.Tensor:
 
 def _reduce_extremum(op_type: str, x: torch.Tensor, axes: tuple[int, ...], keep: bool) -> torch.Tensor:
     return x.amax(axes, keepdim=keep) if op_type == "ReduceMax" else x.amin(axes, keepdim=keep)
+
+
+def _empty_extremum(op_type: str, x: torch.Tensor, axes: tuple[int, ...], keep: bool) -> torch.Tensor:
+    """The max (min) of an empty set is the reduction's identity, as ONNX defines it: the lowest
+    (highest) value of the type, -inf (+inf) for floats; torch's amax/amin refuse empty axes."""
+    lowest, highest = type_bounds(x.dtype)
+    identity = lowest if op_type == "ReduceMax" else highest
+    shape = [1 if a in axes else size for a, size in enumerate(x.shape) if keep or a not in axes]
+    return torch.full(shape, identity, dtype=x.dtype)
 
 
 @converts("ArgMax", "ArgMin")

@@ -110,6 +110,13 @@ def _softmax_cross_entropy(c: NodeContext):
     return _negative_log_likelihood(c, log_probs, c.tensor(1), c.tensor(2)), log_probs
 
 
+def _softmax_in(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis computed in x's own dtype, step by step, as Attention specifies
+    when softmax_precision is not given (softmax itself computes half types in float32)."""
+    exponentials = torch.exp(x - x.amax(-1, keepdim=True))
+    return exponentials / exponentials.sum(-1, keepdim=True)
+
+
 @converts("Attention")
 def _attention(c: NodeContext):
     """ONNX Attention (opset 23), as its reference computes it: scale applied as √scale to Q and
@@ -157,7 +164,7 @@ def _attention(c: NodeContext):
     if mode == 2:
         qk_output = with_bias
     precision = c.attr("softmax_precision")
-    probabilities = torch.softmax(with_bias.to(torch_dtype(precision, c.node)) if precision else with_bias, -1)
+    probabilities = _softmax_in(with_bias.to(torch_dtype(precision, c.node)) if precision else with_bias)
     # rows whose every key is masked (tested per element: TVM's max starts from the lowest finite float)
     fully_masked = torch.isneginf(bias).all(-1, keepdim=True)
     probabilities = torch.where(fully_masked, torch.zeros((), dtype=probabilities.dtype), probabilities)

@@ -154,21 +154,26 @@ NODE_CASES = [
     "test_slice_neg_steps", "test_center_crop_pad_crop_and_pad", "test_cumsum_2d_negative_axis", "test_tril_out_neg",
     "test_mod_mixed_sign_float32", "test_onehot_negative_indices", "test_depthtospace_crd_mode_example", "test_einsum_batch_matmul",
     "test_reduce_sum_keepdims_random", "test_clip_default_inbounds", "test_if", "test_affine_grid_2d_align_corners_expanded",
-    "test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2", "test_castlike_FLOAT_to_INT4", "test_dequantizelinear_uint4",
+    "test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2", "test_quantizelinear_int4", "test_castlike_INT4_to_INT8", "test_dequantizelinear_uint4",
     "test_quantizelinear_e4m3fn", "test_bitshift_right_int8_negative_input", "test_reduce_prod_keepdims_random",
     "test_top_k_smallest", "test_lstm_with_peepholes", "test_gru_bidirectional", "test_simple_rnn_batchwise",
     "test_hannwindow", "test_attention_local_window", "test_attention_4d_causal_nonpad_batch_prefill",
     "test_linear_attention_gated_delta_gqa", "test_causal_conv_with_state_decode_step", "test_swiglu", "test_tensorscatter_circular",
     "test_scan9_sum", "test_compress_0", "test_reversesequence_batch", "test_col2im_pads", "test_pow_types_int32_int32",
     "test_clip_default_int8_min", "test_reduce_max_bool_inputs", "test_loop11", "test_batchnorm_example_training_mode",
+    "test_maxpool_with_argmax_2d_precomputed_strides", "test_reduce_max_empty_set", "test_split_zero_size_splits_opset18",
+    "test_tril_zero", "test_convtranspose_3d", "test_attention_4d_causal_fp16",
 ]
+# Half-precision cases whose expected outputs round every partial sum to the half type (numpy's
+# order): Kiln accumulates in float32 and must land at least as close to the exact result.
+HALF_PRECISION_CASES = ["test_attention_4d_causal_bf16", "test_attention_3d_causal_bf16_expanded"]
 
 
 @pytest.fixture(scope="module")
 def node_cases():
     from onnx.backend.test.case.node import collect_testcases
 
-    return {case.name: case for case in collect_testcases(None) if case.name in NODE_CASES}
+    return {case.name: case for case in collect_testcases(None) if case.name in NODE_CASES + HALF_PRECISION_CASES}
 
 
 @pytest.mark.parametrize("name", NODE_CASES)
@@ -185,3 +190,16 @@ def test_onnx_node_case_matches_its_expected_output(name, node_cases):
             if want.dtype.name.startswith(("float8", "float4", "int4", "uint4")):
                 got, want = got.astype(np.float32), want.astype(np.float32)
             np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
+
+
+@pytest.mark.parametrize("name", HALF_PRECISION_CASES)
+def test_half_precision_attention_is_closer_to_exact_than_the_suites_outputs(name, node_cases):
+    from benchmarks.onnx_conformance import half_precision_errors
+    from kiln.ir.onnx_backend import KilnBackend
+
+    case = node_cases[name]
+    (inputs, expected), = case.data_sets
+    outputs = KilnBackend.run_model(case.model, inputs)
+    kiln_error, expected_error = half_precision_errors(case, inputs, outputs, expected)
+    assert kiln_error <= expected_error
+    assert kiln_error < 4e-3  # bfloat16's ulp at 0.5–1, where these outputs lie, is 3.9e-3

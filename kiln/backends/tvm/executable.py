@@ -37,6 +37,19 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone(memory_format=torch.contiguous_format)
 
 
+def empty_tvm_tensor(tensor: torch.Tensor, device: tvm.runtime.Device) -> tvm.runtime.Tensor:
+    """A zero-element tensor made on TVM's side: PyTorch gives its empty axes stride 1 where TVM's
+    argument check wants the compact strides (0), so passing PyTorch's own fails at call time."""
+    return tvm.runtime.empty(tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), device)
+
+
+def _tvm_input(tensor: torch.Tensor, device: tvm.runtime.Device) -> tvm.runtime.Tensor:
+    """The tensor as TVM's compiled code expects it: compact, aligned."""
+    if tensor.numel() == 0:
+        return empty_tvm_tensor(tensor, device)
+    return tvm.runtime.from_dlpack(_aligned(tensor.detach().contiguous()))
+
+
 class TVMExecutable:
     def __init__(
         self,
@@ -80,7 +93,7 @@ class TVMExecutable:
             use_threads(self._thread_count)
         else:
             inputs = [t.to("cuda") for t in inputs]  # CPU tensors are copied over; CUDA ones are not
-        result = main(*[tvm.runtime.from_dlpack(_aligned(t.detach().contiguous())) for t in inputs])
+        result = main(*[_tvm_input(t, _device(self.target)) for t in inputs])
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
         return [torch.from_dlpack(t) for t in flat]
 

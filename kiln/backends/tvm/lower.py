@@ -180,6 +180,21 @@ def _matmul(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=dtype))
 
 
+def _split_with_sizes(node: fx.Node, importer) -> Any:
+    """split into pieces of the given sizes as one slice per piece: Relax's split, which the
+    importer emits, rejects the repeated cut positions of zero-size pieces (ONNX Split allows them)."""
+    from tvm import relax
+
+    sizes = node.args[1]
+    if all(size > 0 for size in sizes):
+        return _stock_converter(importer, "split_with_sizes.default")(node)
+    x = importer.env[node.args[0]]
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(x.ty.shape)
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    pieces = [relax.op.strided_slice(x, [dim], [end - size], [end]) for size, end in zip(sizes, ends)]
+    return importer.block_builder.emit(relax.Tuple([importer.block_builder.emit(p) for p in pieces]))
+
+
 def _stock_converter(importer, name: str) -> Callable[[fx.Node], Any]:
     """The importer's own converter for `name`, under Kiln's wrappers (its table built once per import)."""
     stock = getattr(importer, "_kiln_stock_converters", None)
@@ -206,7 +221,8 @@ def _in_input_dtype(name: str):
 
 def _in_float32(name: str):
     """The importer's converter run on float32 copies of half-precision inputs, the result rounded
-    back once: what PyTorch's CPU kernels do for softmax (fp16 exponent sums drifted by an ulp)."""
+    back once: what PyTorch's CPU kernels do for softmax and sums (TVM's own accumulate in the half
+    type: fp16 exponent sums drifted by an ulp)."""
 
     def convert(node: fx.Node, importer) -> Any:
         from tvm import relax
@@ -214,7 +230,7 @@ def _in_float32(name: str):
         stock = _stock_converter(importer, name)
         x = importer.env[node.args[0]]
         dtype = str(x.ty.dtype)
-        if dtype not in ("float16", "bfloat16"):
+        if dtype not in ("float16", "bfloat16") or node.kwargs.get("dtype") is not None:
             return stock(node)
         importer.env[node.args[0]] = importer.block_builder.emit(relax.op.astype(x, "float32"))
         try:
@@ -224,6 +240,23 @@ def _in_float32(name: str):
         return importer.block_builder.emit(relax.op.astype(result, dtype))
 
     return convert
+
+
+def _convolution(node: fx.Node, importer) -> Any:
+    """convolution, with 3-D transposed convolutions (ONNX ConvTranspose on volumes), which the
+    importer refuses, emitted as Relax's conv3d_transpose."""
+    from tvm import relax
+
+    args = importer.retrieve_args(node)
+    x, weight, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+    if not (transposed and len(x.ty.shape) == 5):
+        return _in_input_dtype("convolution.default")(node, importer)
+    result = importer.block_builder.emit(relax.op.nn.conv3d_transpose(
+        x, weight, strides=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups,
+        data_layout="NCDHW", kernel_layout="IODHW", out_dtype=str(x.ty.dtype)))
+    if bias is None:
+        return result
+    return importer.block_builder.emit(relax.op.add(result, relax.op.reshape(bias, (1, -1, 1, 1, 1))))
 
 
 # Converters Kiln supplies in place of (or in addition to) the importer's, by ATen overload name.
@@ -238,16 +271,19 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "bitwise_left_shift.Tensor": _shift("left_shift"),
     "bitwise_right_shift.Tensor": _shift("right_shift"),
     "topk.default": _topk,
+    "split_with_sizes.default": _split_with_sizes,
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
     **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
-    **{name: _in_float32(name) for name in ("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default")},
+    **{name: _in_float32(name) for name in (
+        "softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "sum.default", "sum.dim_IntList",
+        "mean.default", "mean.dim")},
     **{name: _in_input_dtype(name) for name in (
-        "conv1d.default", "conv2d.default", "conv3d.default", "convolution.default", "conv_transpose1d.default",
-        "conv_transpose2d.input")},
+        "conv1d.default", "conv2d.default", "conv3d.default", "conv_transpose1d.default", "conv_transpose2d.input")},
+    "convolution.default": _convolution,
 }
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
@@ -285,12 +321,17 @@ def to_relax(graph: Graph):
     class Importer(ExportedProgramImporter):
         @staticmethod
         def _convert_pytorch_tensor_to_tvm(tensor: torch.Tensor):
-            """bfloat16 constants through ml_dtypes: the importer's fallback calls torch's numpy(),
-            which has no bfloat16, when DLPack refuses a tensor."""
+            """Zero-element constants made compact on TVM's side; bfloat16 constants through ml_dtypes:
+            the importer's fallback calls torch's numpy(), which has no bfloat16, when DLPack refuses a tensor."""
+            import tvm
+
+            if tensor.numel() == 0:
+                from kiln.backends.tvm.executable import empty_tvm_tensor
+
+                return empty_tvm_tensor(tensor, tvm.cpu())
             if tensor.dtype != torch.bfloat16:
                 return ExportedProgramImporter._convert_pytorch_tensor_to_tvm(tensor)
             import ml_dtypes
-            import tvm
 
             return tvm.runtime.tensor(tensor.detach().cpu().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
 
