@@ -73,10 +73,23 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     )
 
 
+def column_lanes(channels: int, lanes: int) -> int | None:
+    """The widest vector of `lanes` floats, or of a half or a quarter of it (down to 4), that
+    divides `channels` (None if none does): on AVX-512, MobileNetV2's 24-channel layers take
+    8-float vectors rather than no tiling at all."""
+    while lanes >= 4:
+        if channels % lanes == 0:
+            return lanes
+        lanes //= 2
+    return None
+
+
 def panel_width(channels: int, lanes: int) -> int:
-    """Two vectors of output channels where they divide evenly, else one: the column tile
-    `schedules.register_tiled_reduction` picks for the same output, so a tile reads one panel."""
-    return 2 * lanes if channels % (2 * lanes) == 0 else lanes
+    """Two vectors of output channels where they divide evenly, else one (vectors of
+    `column_lanes`): the column tile `schedules.register_tiled_reduction` picks for the same
+    output, so a tile reads one panel."""
+    vector = column_lanes(channels, lanes)
+    return 2 * vector if channels % (2 * vector) == 0 else vector
 
 
 @mutator
@@ -105,13 +118,13 @@ class _Packer(PyExprMutator):
         if not isinstance(weight, tvm.ir.expr.Constant):
             return None
         array = weight.value.numpy()
-        if array.ndim != rank or array.shape[-1] % self.lanes:
+        if array.ndim != rank or column_lanes(array.shape[-1], self.lanes) is None:
             return None
         if array.dtype == np.float32 and x_dtype == "float32":
             width = panel_width(array.shape[-1], self.lanes)
             split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
             return np.ascontiguousarray(np.moveaxis(split, -2, 0))
-        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot:
+        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot and array.shape[-1] % LANES == 0:
             if array.shape[-2] % PAIR and rank == 4:  # odd input channels (an RGB stem): one zero channel more
                 array = np.pad(array, [(0, 0), (0, 0), (0, 1), (0, 0)])
             if array.shape[-2] % PAIR:
@@ -153,7 +166,7 @@ class _Packer(PyExprMutator):
 
 def pack_weights(lanes: int, integer_dot: bool) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
-    read packed panels (output channels a multiple of the vector width `lanes`); integer layers
+    read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
     too where the target has `x86_dot.py`'s instruction (`integer_dot`)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")

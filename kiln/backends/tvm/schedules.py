@@ -14,6 +14,7 @@ with vpmaddwd as the innermost step (`x86_dot.py`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from tvm import s_tir, tirx
@@ -23,20 +24,37 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
 
-from kiln.backends.tvm.pack_weights import panel_width
+from kiln.backends.tvm.pack_weights import column_lanes, panel_width
 from kiln.backends.tvm.x86_dot import AVX2_DOT, LANES, PAIR
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
-VECTOR_REGISTERS = 16  # x86 AVX2 has 16 ymm registers, AArch64 NEON 32: budget for the smaller
-Strategy = Callable[[s_tir.Schedule, SBlockInfo, int], bool]
 
 
-def vector_lanes(target: Target, bits_per_lane: int = 32) -> int:
-    """fp32 lanes of the widest SIMD register the target has."""
+@dataclass(frozen=True)
+class VectorUnit:
+    """The target's SIMD registers: fp32 lanes of the widest, and how many of them there are (the
+    register tile's budget: AVX2 has 16 ymm registers, AVX-512 32 zmm, AArch64 NEON 32)."""
+
+    lanes: int
+    registers: int
+
+
+Strategy = Callable[[s_tir.Schedule, SBlockInfo, VectorUnit], bool]
+
+
+def vector_unit(target: Target) -> VectorUnit:
     features = llvm_get_cpu_features(target)
-    bits = 512 if "avx512f" in features else 256 if "avx" in features else 128
-    return bits // bits_per_lane
+    if "avx512f" in features:
+        return VectorUnit(16, 32)
+    if "avx" in features:
+        return VectorUnit(8, 16)
+    return VectorUnit(4, 32 if str(target.attrs.get("mtriple", "")).startswith("aarch64") else 16)
+
+
+def vector_lanes(target: Target) -> int:
+    """fp32 lanes of the widest SIMD register the target has."""
+    return vector_unit(target).lanes
 
 
 def has_integer_dot(target: Target) -> bool:
@@ -73,22 +91,22 @@ def _inline_epilogues(sch: s_tir.Schedule, block) -> None:
             return
 
 
-def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """Output tile in registers across the reduction; see the module docstring."""
-    return _tiled_reduction(sch, info, lanes, dot=None)
+    return _tiled_reduction(sch, info, unit, dot=None)
 
 
 INTEGER_DOT_BLOCKS = ("packed_conv2d_int", "packed_matmul_int")  # pack_weights.py's integer computes
 
 
-def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """The same tiling for integer layers whose weights `pack_weights.py` interleaved in pairs: each
     8-lane × 2-step piece of the reduction is one vpmaddwd (`x86_dot.py`)."""
     block = sch.get(info.block_rv)
     if block.name_hint not in INTEGER_DOT_BLOCKS:
         return False
     activation = str(block.reads[0].source.dtype)
-    return activation in AVX2_DOT and _tiled_reduction(sch, info, LANES, dot=AVX2_DOT[activation])
+    return activation in AVX2_DOT and _tiled_reduction(sch, info, unit, dot=AVX2_DOT[activation])
 
 
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
@@ -113,7 +131,7 @@ def _tensorize_marked(sch: s_tir.Schedule) -> None:
                 break
 
 
-def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str | None) -> bool:
+def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, dot: str | None) -> bool:
     """The register-tiled reduction; with `dot`, its innermost 8 columns × 2 reduction steps become
     that tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
     if not info.is_reduction() or "O" in info.dom_kind():
@@ -122,10 +140,13 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
     if len(spatial) < 2 or not reduction:
         return False
     columns, rows = _constant(sch.get(spatial[-1]).extent), _constant(sch.get(spatial[-2]).extent)
-    if columns is None or columns % lanes:
+    if columns is None:
+        return False
+    lanes = column_lanes(columns, unit.lanes) if dot is None else LANES if columns % LANES == 0 else None
+    if lanes is None:
         return False
     nr = panel_width(columns, lanes)
-    accumulators = VECTOR_REGISTERS - 2  # leave room for the weight vectors; the broadcast may spill
+    accumulators = unit.registers - 2  # leave room for the weight vectors; the broadcast may spill
     mr = _largest_divisor(rows, accumulators // (nr // lanes)) if rows is not None else 1
     block = info.block_rv
     row_outer, row_inner = sch.split(spatial[-2], [None, mr])
@@ -134,8 +155,8 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
         inner = [row_inner, column_inner]
     else:  # pairs of reduction steps and single vectors of columns, innermost, for the instruction
         reduction[-1:] = sch.split(reduction[-1], [None, PAIR])
-        column_vectors, column_lanes = sch.split(column_inner, [None, lanes])
-        inner = [row_inner, column_vectors, column_lanes, reduction.pop()]
+        column_vectors, lane_loop = sch.split(column_inner, [None, lanes])
+        inner = [row_inner, column_vectors, lane_loop, reduction.pop()]
     # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, *inner)
     widened = [p for p in sch.get_producers(block) if sch.get(p).name_hint == WIDENED_WEIGHT]
@@ -166,7 +187,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     if dot is not None:  # tensorized once every block is scheduled: a tensorized schedule cannot be copied
-        sch.annotate(column_lanes, TENSORIZE, dot)
+        sch.annotate(lane_loop, TENSORIZE, dot)
     write_loops = sch.get_loops(write_back)
     fused = sch.fuse(*write_loops[2 if widened else 1 :])  # the loops below the tile
     _, vector = sch.split(fused, [None, lanes])
@@ -174,7 +195,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, lanes: int, dot: str
     return True
 
 
-def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> bool:
+def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """Fallback: spatial loops outside reductions, outer ones in parallel, the innermost spatial
     loop vectorized when its extent is a multiple of the vector width."""
     if "O" in info.dom_kind() or not info.dom_kind():
@@ -184,7 +205,8 @@ def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, lanes: int) -> boo
         return False
     vector = None
     extent = _constant(sch.get(spatial[-1]).extent)
-    if extent is not None and extent % lanes == 0:
+    lanes = column_lanes(extent, unit.lanes) if extent is not None else None
+    if lanes is not None:
         outer, vector = sch.split(spatial[-1], [None, lanes])
         spatial[-1] = outer
         sch.reorder(*spatial, *reduction, vector)
@@ -249,7 +271,7 @@ class CPUSchedule(ScheduleRule):
             return None
         _inline_elementwise(sch, infos)
         infos = normalize_prim_func(sch) or []
-        lanes = vector_lanes(target)
+        unit = vector_unit(target)
         # weight-only panels last: their matmul's strategy places them inside its column loop
         infos.sort(key=lambda info: sch.get(info.block_rv).name_hint == WIDENED_WEIGHT)
         for info in infos:
@@ -259,7 +281,7 @@ class CPUSchedule(ScheduleRule):
                 # each strategy works on a fork and is kept only if it succeeds whole
                 trial = sch.copy()
                 try:
-                    if strategy(trial, info, lanes):
+                    if strategy(trial, info, unit):
                         sch = trial
                         break
                 except SCHEDULE_FAILURES:
