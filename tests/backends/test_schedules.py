@@ -42,6 +42,25 @@ def test_conv2d(name, tmp_path):
     assert "T.parallel(" in scheduled
 
 
+# (in, out, padding, height, width, batch): 3×3 stride-1 convolutions, which run as Winograd F(2×2, 3×3)
+WINOGRAD = {
+    "odd_image": (16, 32, 1, 7, 9, 1),
+    "batch2_no_padding": (8, 16, 0, 10, 11, 2),
+    "wide_padding": (12, 24, 2, 5, 5, 1),
+    "out24_half_vectors": (32, 24, 1, 14, 14, 1),
+    "three_input_channels": (3, 16, 1, 15, 13, 1),
+}
+
+
+@pytest.mark.parametrize("name", WINOGRAD)
+def test_winograd_conv2d(name, tmp_path):
+    cin, cout, pad, h, w, batch = WINOGRAD[name]
+    model = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, pad), nn.ReLU())
+    scheduled = _check(model, torch.randn(batch, cin, h, w), tmp_path=tmp_path)
+    assert 'T.sblock("winograd_matmul' in scheduled and 'T.sblock("winograd_output' in scheduled
+    assert "T.unroll(" in scheduled and "T.vectorized(" in scheduled
+
+
 def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):
     class Block(nn.Module):
         def __init__(self):
@@ -55,11 +74,11 @@ def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):
     block.bn.running_mean.uniform_(-1, 1)
     block.bn.running_var.uniform_(0.5, 2)
     scheduled = _check(block, torch.randn(2, 16, 14, 14), tmp_path=tmp_path)
-    # one kernel: packed conv with folded batch norm (add), residual (add1) and ReLU; the output
-    # tile lives in registers (local: a long reduction) and the epilogue is applied as it is written back
-    kernel = scheduled.split("def fused_packed_conv2d_add_add1_relu(")[1].split("@T.prim_func")[0]
-    assert 'scope="local"' in kernel and "T.vectorized(" in kernel and "T.parallel(" in kernel
-    assert kernel.count("T.sblock_alloc_buffer") == 2  # the register tile and the padded input, nothing else
+    # one kernel: Winograd conv with folded batch norm (add), residual (add1) and ReLU applied as
+    # the output tiles are transformed back
+    kernel = scheduled.split("def fused_winograd_conv2d_add_add1_relu(")[1].split("@T.prim_func")[0]
+    assert "T.vectorized(" in kernel and "T.parallel(" in kernel
+    assert 'T.sblock("winograd_output")' in kernel and 'T.sblock("add' not in kernel and 'T.sblock("relu' not in kernel
 
 
 @pytest.mark.parametrize("rows, inner, outer", [(1, 7, 5), (13, 33, 48), (128, 64, 40), (3, 16, 1000)])

@@ -14,6 +14,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from kiln.backends.tvm import winograd
 from kiln.backends.tvm.x86_dot import LANES, PAIR
 
 
@@ -145,6 +146,12 @@ class _Packer(PyExprMutator):
             return call
         if attrs.out_dtype not in ("", "float32", "int32"):
             return call
+        strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
+        if self._winograd_pays(weight, x.ty.dtype, strides, [int(d) for d in attrs.dilation]):
+            self.packed += 1
+            width = panel_width(int(weight.ty.shape[3]), self.lanes)
+            panels = winograd.transformed_panels(weight.value.numpy(), width)
+            return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
         panels = self._panels(weight, 4, x.ty.dtype)
         if panels is None:
             return call
@@ -154,6 +161,13 @@ class _Packer(PyExprMutator):
             [int(s) for s in attrs.strides], [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
             primfunc_name_hint="packed_conv2d",
         )
+
+    def _winograd_pays(self, weight: relax.Expr, x_dtype: str, strides: list[int], dilation: list[int]) -> bool:
+        """Float 3×3 stride-1 convolutions with constant weights and vector-wide channels."""
+        if not isinstance(weight, tvm.ir.expr.Constant) or x_dtype != "float32" or str(weight.ty.dtype) != "float32":
+            return False
+        shape = [int(d) for d in weight.ty.shape]
+        return winograd.applies(shape, strides, dilation, 1) and column_lanes(shape[3], self.lanes) is not None
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args

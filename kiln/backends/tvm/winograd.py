@@ -1,0 +1,85 @@
+"""3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3).
+
+A direct 3×3 convolution makes 9 multiply-adds per output and input channel; Winograd's F(2×2, 3×3)
+makes 4, so on a CPU whose direct convolution already runs at its FMA peak (ResNet-18's do) it is
+the only way to go faster. Each 4×4 input tile d becomes V = Bᵀ d B and each 3×3 filter g becomes
+U = G g Gᵀ (at compile time: the weights are constants), the 16 positions of a tile become 16
+independent matmuls M[t] = V[t] · U[t] over the input channels (the bulk of the work, tiled by
+`schedules.py` like any matmul, U read as packed panels), and each output tile is Aᵀ M A.
+F(2×2, 3×3)'s matrices hold only 0, ±1 and ±½, so its rounding error stays near the direct
+convolution's (larger tiles, F(4×4, 3×3), trade accuracy for speed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx, topi
+
+TILE = 2  # outputs per tile side
+ALPHA = TILE + 2  # inputs per tile side
+POSITIONS = ALPHA * ALPHA
+INPUT_TRANSFORM, OUTPUT_TRANSFORM = "winograd_input", "winograd_output"  # block names schedules.py looks for
+
+_FILTER = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
+
+
+def _input_rows(d: list, row):
+    """Row `row` of Bᵀ·d for four values d (Bᵀ = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]])."""
+    return tirx.Select(row == 0, d[0] - d[2], tirx.Select(row == 1, d[1] + d[2], tirx.Select(row == 2, d[2] - d[1], d[1] - d[3])))
+
+
+def _output_rows(m: list, row):
+    """Row `row` of Aᵀ·m for four values m (Aᵀ = [[1,1,1,0], [0,1,-1,-1]])."""
+    return tirx.Select(row == 0, m[0] + m[1] + m[2], m[1] - m[2] - m[3])
+
+
+def applies(weight_shape: tuple[int, ...], strides, dilation, groups: int) -> bool:
+    """HWIO 3×3 weights, stride 1, no dilation, no groups."""
+    return tuple(weight_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+
+
+def transformed_panels(weight: np.ndarray, width: int) -> np.ndarray:
+    """U = G g Gᵀ of every HWIO filter, as panels [O/width, 16, I, width] (one per tile position),
+    computed in float64 and rounded once."""
+    u = np.einsum("ai,ijco,bj->abco", _FILTER, weight.astype(np.float64), _FILTER)
+    channels_in, channels_out = weight.shape[2], weight.shape[3]
+    u = u.reshape(POSITIONS, channels_in, channels_out // width, width)
+    return np.ascontiguousarray(np.moveaxis(u, 2, 0)).astype(weight.dtype)
+
+
+def conv2d_nhwc(x: te.Tensor, panels: te.Tensor, padding) -> te.Tensor:
+    """NHWC 3×3 stride-1 convolution of `x` by weights transformed with `transformed_panels`."""
+    top, left, bottom, right = (int(p) for p in padding)
+    batch, height, width, channels_in = (int(d) for d in x.shape)
+    out_h, out_w = height + top + bottom - 2, width + left + right - 2
+    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+    tiles = batch * tiles_h * tiles_w
+    # the last tiles read past the padded input: zeros there only reach outputs that are cropped
+    extra_h, extra_w = tiles_h * TILE + 2 - (height + top + bottom), tiles_w * TILE + 2 - (width + left + right)
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom + extra_h, right + extra_w, 0], name="pad")
+
+    def tile_input(p, a, b, ci):
+        n, rest = p // (tiles_h * tiles_w), p % (tiles_h * tiles_w)
+        return padded[n, (rest // tiles_w) * TILE + a, (rest % tiles_w) * TILE + b, ci]
+
+    transformed = te.compute(
+        (POSITIONS, tiles, channels_in),
+        lambda t, p, ci: _input_rows(
+            [_input_rows([tile_input(p, a, b, ci) for b in range(ALPHA)], t % ALPHA) for a in range(ALPHA)], t // ALPHA
+        ),
+        name=INPUT_TRANSFORM,
+    )
+    width_panel = int(panels.shape[3])
+    k = te.reduce_axis((0, channels_in), name="k")
+    products = te.compute(
+        (POSITIONS, tiles, int(panels.shape[0]) * width_panel),
+        lambda t, p, co: te.sum(transformed[t, p, k] * panels[co // width_panel, t, k, co % width_panel], axis=k),
+        name="winograd_matmul",
+    )
+
+    def output(n, h, w, co):
+        p = n * tiles_h * tiles_w + (h // TILE) * tiles_w + w // TILE
+        rows = [_output_rows([products[a * ALPHA + b, p, co] for b in range(ALPHA)], w % TILE) for a in range(ALPHA)]
+        return _output_rows(rows, h % TILE)
+
+    return te.compute((batch, out_h, out_w, int(products.shape[2])), output, name=OUTPUT_TRANSFORM)
