@@ -147,7 +147,7 @@ class _Packer(PyExprMutator):
         if attrs.out_dtype not in ("", "float32", "int32"):
             return call
         strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
-        if self._winograd_pays(weight, x.ty.dtype, strides, [int(d) for d in attrs.dilation]):
+        if self._winograd_pays(x, weight, strides, [int(d) for d in attrs.dilation]):
             self.packed += 1
             width = panel_width(int(weight.ty.shape[3]), self.lanes)
             panels = winograd.transformed_panels(weight.value.numpy(), width)
@@ -162,9 +162,13 @@ class _Packer(PyExprMutator):
             primfunc_name_hint="packed_conv2d",
         )
 
-    def _winograd_pays(self, weight: relax.Expr, x_dtype: str, strides: list[int], dilation: list[int]) -> bool:
-        """Float 3×3 stride-1 convolutions with constant weights and vector-wide channels."""
-        if not isinstance(weight, tvm.ir.expr.Constant) or x_dtype != "float32" or str(weight.ty.dtype) != "float32":
+    def _winograd_pays(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
+        """Float 3×3 stride-1 convolutions with constant weights, vector-wide channels and a static
+        input shape (a dynamic batch would leave the matmuls' rows, the tiles, unknown to the
+        schedule, which then cannot tile them; the direct convolution tiles image rows)."""
+        if not isinstance(weight, tvm.ir.expr.Constant) or x.ty.dtype != "float32" or str(weight.ty.dtype) != "float32":
+            return False
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in x.ty.shape):
             return False
         shape = [int(d) for d in weight.ty.shape]
         return winograd.applies(shape, strides, dilation, 1) and column_lanes(shape[3], self.lanes) is not None
