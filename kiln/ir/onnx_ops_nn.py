@@ -111,8 +111,9 @@ def _softmax_cross_entropy(c: NodeContext):
 
 
 def _softmax_in(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis computed in x's own dtype, step by step, as Attention specifies
-    when softmax_precision is not given (softmax itself computes half types in float32)."""
+    """Softmax over the last axis with the exponentials and the quotient rounded to x's own dtype,
+    as Attention specifies when softmax_precision is not given (torch.softmax computes half types
+    wholly in float32 and rounds once); the sum accumulates in float32 either way."""
     exponentials = torch.exp(x - x.amax(-1, keepdim=True))
     return exponentials / exponentials.sum(-1, keepdim=True)
 

@@ -146,23 +146,20 @@ class _Packer(PyExprMutator):
             return call
         if attrs.out_dtype not in ("", "float32", "int32"):
             return call
-        strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
-        if self._winograd_pays(x, weight, strides, [int(d) for d in attrs.dilation]):
+        strides, padding, dilation = ([int(v) for v in values] for values in (attrs.strides, attrs.padding, attrs.dilation))
+        if self._winograd_applies(x, weight, strides, dilation):
             self.packed += 1
-            width = panel_width(int(weight.ty.shape[3]), self.lanes)
-            panels = winograd.transformed_panels(weight.value.numpy(), width)
+            panels = winograd.transformed_panels(weight.value.numpy(), panel_width(int(weight.ty.shape[3]), self.lanes))
             return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
         panels = self._panels(weight, 4, x.ty.dtype)
         if panels is None:
             return call
         self.packed += 1
         return self.builder_.call_te(
-            _packed_conv2d_nhwc, x, relax.const(panels),
-            [int(s) for s in attrs.strides], [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
-            primfunc_name_hint="packed_conv2d",
+            _packed_conv2d_nhwc, x, relax.const(panels), strides, padding, dilation, primfunc_name_hint="packed_conv2d"
         )
 
-    def _winograd_pays(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
+    def _winograd_applies(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
         """Float 3×3 stride-1 convolutions with constant weights, vector-wide channels and a static
         input shape (a dynamic batch would leave the matmuls' rows, the tiles, unknown to the
         schedule, which then cannot tile them; the direct convolution tiles image rows)."""
@@ -171,7 +168,7 @@ class _Packer(PyExprMutator):
         if not all(isinstance(d, tvm.tirx.IntImm) for d in x.ty.shape):
             return False
         shape = [int(d) for d in weight.ty.shape]
-        return winograd.applies(shape, strides, dilation, 1) and column_lanes(shape[3], self.lanes) is not None
+        return winograd.applies(shape, strides, dilation) and column_lanes(shape[3], self.lanes) is not None
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args

@@ -33,9 +33,9 @@ def _output_rows(m: list, row):
     return tirx.Select(row == 0, m[0] + m[1] + m[2], m[1] - m[2] - m[3])
 
 
-def applies(weight_shape: tuple[int, ...], strides, dilation, groups: int) -> bool:
-    """HWIO 3×3 weights, stride 1, no dilation, no groups."""
-    return tuple(weight_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+def applies(weight_shape: tuple[int, ...], strides, dilation) -> bool:
+    """HWIO 3×3 weights, stride 1, no dilation (the caller has ruled out groups)."""
+    return tuple(weight_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
 
 
 def transformed_panels(weight: np.ndarray, width: int) -> np.ndarray:
