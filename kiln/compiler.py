@@ -135,7 +135,7 @@ def _vector_lanes(resolved) -> int:
     if resolved.backend == "tvm" and resolved.device == "cpu":
         import tvm
 
-        from kiln.backends.tvm.schedules import vector_lanes
+        from kiln.backends.tvm.register_tile import vector_lanes
 
         return vector_lanes(tvm.target.Target(resolved.cpu_target))
     return 8

@@ -23,7 +23,7 @@ def host_cpu() -> dict[str, Any]:
     """The host as LLVM sees it: CPU name, the SIMD features it implies, and the widest vector."""
     from tvm.target import Target, codegen
 
-    from kiln.backends.tvm.schedules import vector_lanes
+    from kiln.backends.tvm.register_tile import vector_lanes
 
     mcpu = codegen.llvm_get_system_cpu()
     target = Target({"kind": "llvm", "mcpu": mcpu})

@@ -10,6 +10,7 @@ from tvm.target import Target
 
 import kiln
 from kiln.backends.targets import resolve_target
+from kiln.backends.tvm.register_tile import STACK_ALLOCATION_BYTES, RegisterTile, VectorUnit, register_tile
 from kiln.backends.tvm.schedules import has_integer_dot
 from tests.conftest import assert_matches, eager
 
@@ -81,9 +82,29 @@ def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):
     assert 'T.sblock("winograd_output")' in kernel and 'T.sblock("add' not in kernel and 'T.sblock("relu' not in kernel
 
 
-@pytest.mark.parametrize("rows, inner, outer", [(1, 7, 5), (13, 33, 48), (128, 64, 40), (3, 16, 1000)])
+@pytest.mark.parametrize("rows, inner, outer", [(1, 7, 5), (13, 33, 48), (128, 64, 40), (3, 16, 1000), (128, 384, 96)])
 def test_linear(rows, inner, outer):
     _check(nn.Linear(inner, outer), torch.randn(rows, inner))
+
+
+AVX512, AVX2 = VectorUnit(lanes=16, registers=32), VectorUnit(lanes=8, registers=16)
+
+
+def test_register_tile_choices():
+    # BERT's 128 tokens × 768: 8 rows × 3 vectors (24 accumulators; 2 vectors allow only 8 × 2)
+    assert register_tile(768, 128, 768, AVX512) == RegisterTile(rows=8, vectors=3, lanes=16)
+    assert register_tile(768, 128, 768, AVX2) == RegisterTile(rows=4, vectors=3, lanes=8)
+    # the (128, 384, 96) linear above takes the 3-vector tile on both
+    assert register_tile(96, 128, 384, AVX512).vectors == register_tile(96, 128, 384, AVX2).vectors == 3
+    # a short reduction keeps its tile on the stack, and at most 2 vectors wide
+    short = register_tile(576, 14, 96, AVX512)
+    assert short.rows * short.columns * 4 < STACK_ALLOCATION_BYTES and short.vectors <= 2
+    # a GEMV's 1000 outputs: single 8-lane vectors (no wider tile divides 125 of them)
+    assert register_tile(1000, 1, 1280, AVX512) == RegisterTile(rows=1, vectors=1, lanes=8)
+    # packed weights fix the vectors; rows must divide; unknown rows tile one at a time
+    assert register_tile(64, 56, 576, AVX512, vectors=2) == RegisterTile(rows=14, vectors=2, lanes=16)
+    assert register_tile(64, None, 576, AVX512).rows == 1
+    assert register_tile(7, 3, 10, AVX512) is None  # no vector of 4 or more divides 7
 
 
 def test_linear_on_3d_input_with_batch():

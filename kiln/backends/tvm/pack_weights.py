@@ -3,8 +3,9 @@
 `x @ W` with W (K × N) read NR columns at a time walks W with a stride of N floats per k: one new
 cache line, and for wide layers a new page, per multiply-add step. Stored as panels Wp[N/NR, K, NR]
 the same walk is sequential. The packing is done once, in numpy, when compiling; the matmul becomes
-a TE compute that indexes the panels, and `schedules.py` tiles it like any other reduction (its
-column tile is the panel width, so each tile reads one panel front to back).
+a TE compute that indexes the panels, and `schedules.py` tiles it like any other reduction. The
+panel width is the register tile's (`register_tile.py`), chosen here from the layer's rows, so
+each tile reads one panel front to back; the schedule reads it back from the panel's shape.
 """
 
 from __future__ import annotations
@@ -15,7 +16,21 @@ from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm import winograd
+from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile
 from kiln.backends.tvm.x86_dot import LANES, PAIR
+
+PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_matmul", "packed_matmul_int", "packed_conv2d", "packed_conv2d_int"
+# the computes reading packed panels: their panels' rank and the axis of the panel width
+_PANEL_WIDTH_AXIS = {PACKED_MATMUL: (3, 2), PACKED_MATMUL_INT: (4, 2), PACKED_CONV2D: (5, 4), PACKED_CONV2D_INT: (6, 4), winograd.MATMUL: (4, 3)}
+
+
+def packed_panel_width(block: tvm.s_tir.SBlock) -> int | None:
+    """The panel width of a compute made here (the register tile it was packed for), or None."""
+    rank_axis = _PANEL_WIDTH_AXIS.get(block.name_hint)
+    if rank_axis is None:
+        return None
+    panels = [r.source for r in block.reads if len(r.source.shape) == rank_axis[0]]
+    return int(panels[-1].shape[rank_axis[1]]) if panels else None
 
 
 def _product(x_value, weight_value, dtype: str):
@@ -38,7 +53,7 @@ def _packed_matmul(x: te.Tensor, panels: te.Tensor) -> te.Tensor:
     return te.compute(
         shape,
         lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dtype), axis=k),
-        name="packed_matmul_int" if integer else "packed_matmul",
+        name=PACKED_MATMUL_INT if integer else PACKED_MATMUL,
     )
 
 
@@ -70,34 +85,15 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
             _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dtype),
             axis=[rh, rw, ri],
         ),
-        name="packed_conv2d_int" if integer else "packed_conv2d",
+        name=PACKED_CONV2D_INT if integer else PACKED_CONV2D,
     )
-
-
-def column_lanes(channels: int, lanes: int) -> int | None:
-    """The widest vector of `lanes` floats, or of a half or a quarter of it (down to 4), that
-    divides `channels` (None if none does): on AVX-512, MobileNetV2's 24-channel layers take
-    8-float vectors rather than no tiling at all."""
-    while lanes >= 4:
-        if channels % lanes == 0:
-            return lanes
-        lanes //= 2
-    return None
-
-
-def panel_width(channels: int, lanes: int) -> int:
-    """Two vectors of output channels where they divide evenly, else one (vectors of
-    `column_lanes`): the column tile `schedules.register_tiled_reduction` picks for the same
-    output, so a tile reads one panel."""
-    vector = column_lanes(channels, lanes)
-    return 2 * vector if channels % (2 * vector) == 0 else vector
 
 
 @mutator
 class _Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, lanes: int, integer_dot: bool) -> None:
+    def __init__(self, mod: tvm.IRModule, unit: VectorUnit, integer_dot: bool) -> None:
         super().__init__(mod)
-        self.lanes = lanes
+        self.unit = unit
         self.integer_dot = integer_dot
         self.packed = 0
 
@@ -110,8 +106,9 @@ class _Packer(PyExprMutator):
             return self._conv2d(call)
         return call
 
-    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str) -> np.ndarray | None:
-        """The constant weight as panels of output channels (output channels last), or None.
+    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str, rows: int | None) -> np.ndarray | None:
+        """The constant weight as panels of output channels (output channels last), or None;
+        `rows`: the output rows the schedule tiles (a matmul's, a convolution's output width).
 
         Float weights: [..., N] → [N/NR, ..., NR]. Integer layers (int8 weights, int8 or int16
         activations, int32 results) on x86: [..., K, N] → [N/NR, ..., K/2, NR, 2], the reduction
@@ -119,10 +116,11 @@ class _Packer(PyExprMutator):
         if not isinstance(weight, tvm.ir.expr.Constant):
             return None
         array = weight.value.numpy()
-        if array.ndim != rank or column_lanes(array.shape[-1], self.lanes) is None:
+        if array.ndim != rank or column_lanes(array.shape[-1], self.unit.lanes) is None:
             return None
+        steps = int(np.prod(array.shape[:-1]))  # the reduction: all but the output channels
         if array.dtype == np.float32 and x_dtype == "float32":
-            width = panel_width(array.shape[-1], self.lanes)
+            width = register_tile(array.shape[-1], rows, steps, self.unit).columns
             split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
             return np.ascontiguousarray(np.moveaxis(split, -2, 0))
         if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot and array.shape[-1] % LANES == 0:
@@ -130,7 +128,7 @@ class _Packer(PyExprMutator):
                 array = np.pad(array, [(0, 0), (0, 0), (0, 1), (0, 0)])
             if array.shape[-2] % PAIR:
                 return None
-            width = panel_width(array.shape[-1], LANES)
+            width = register_tile(array.shape[-1], rows, int(np.prod(array.shape[:-1])), self.unit, lanes=LANES).columns
             *outer, depth, columns = array.shape
             split = array.reshape(*outer, depth // PAIR, PAIR, columns // width, width)
             # [..., K/2, 2, N/NR, NR] → [N/NR, ..., K/2, NR, 2]
@@ -149,9 +147,11 @@ class _Packer(PyExprMutator):
         strides, padding, dilation = ([int(v) for v in values] for values in (attrs.strides, attrs.padding, attrs.dilation))
         if self._winograd_applies(x, weight, strides, dilation):
             self.packed += 1
-            panels = winograd.transformed_panels(weight.value.numpy(), panel_width(int(weight.ty.shape[3]), self.lanes))
+            *_, channels_in, channels_out = (int(d) for d in weight.ty.shape)
+            tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
+            panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
             return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
-        panels = self._panels(weight, 4, x.ty.dtype)
+        panels = self._panels(weight, 4, x.ty.dtype, _output_width(x, weight, strides, padding, dilation))
         if panels is None:
             return call
         self.packed += 1
@@ -168,25 +168,38 @@ class _Packer(PyExprMutator):
         if not all(isinstance(d, tvm.tirx.IntImm) for d in x.ty.shape):
             return False
         shape = [int(d) for d in weight.ty.shape]
-        return winograd.applies(shape, strides, dilation) and column_lanes(shape[3], self.lanes) is not None
+        return winograd.applies(shape, strides, dilation) and column_lanes(shape[3], self.unit.lanes) is not None
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
-        panels = self._panels(weight, 2, x.ty.dtype)
+        panels = self._panels(weight, 2, x.ty.dtype, _static(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1)
         if panels is None:
             return call
         self.packed += 1
         return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
 
 
-def pack_weights(lanes: int, integer_dot: bool) -> tvm.transform.Pass:
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, tvm.tirx.IntImm) else None
+
+
+def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding: list[int], dilation: list[int]) -> int | None:
+    """An NHWC convolution's output width: the rows its schedule tiles."""
+    width = _static(x.ty.shape[2])
+    if width is None:
+        return None
+    kernel = int(weight.ty.shape[1])
+    return (width + padding[1] + padding[3] - dilation[1] * (kernel - 1) - 1) // strides[1] + 1
+
+
+def pack_weights(unit: VectorUnit, integer_dot: bool) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
     read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
     too where the target has `x86_dot.py`'s instruction (`integer_dot`)."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")
     def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        packer = _Packer(mod, lanes, integer_dot)
+        packer = _Packer(mod, unit, integer_dot)
         for global_var, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 packer.builder_.update_func(global_var, packer.visit_expr(func))

@@ -14,7 +14,6 @@ with vpmaddwd as the innermost step (`x86_dot.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from tvm import s_tir, tirx
@@ -24,7 +23,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
 
-from kiln.backends.tvm.pack_weights import column_lanes, panel_width
+from kiln.backends.tvm.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width
+from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
 from kiln.backends.tvm.x86_dot import AVX2_DOT, LANES, PAIR
 
@@ -32,33 +32,7 @@ from kiln.backends.tvm.x86_dot import AVX2_DOT, LANES, PAIR
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
 
 
-@dataclass(frozen=True)
-class VectorUnit:
-    """The target's SIMD registers: fp32 lanes of the widest, and how many of them there are (the
-    register tile's budget: AVX2 has 16 ymm registers, AVX-512 32 zmm, AArch64 NEON 32)."""
-
-    lanes: int
-    registers: int
-
-
 Strategy = Callable[[s_tir.Schedule, SBlockInfo, VectorUnit], bool]
-# TVM puts a constant-size buffer below this on the stack and fetches a larger one from the workspace
-# allocator, once per tile; a reduction of up to STACK_TILE_STEPS steps does not amortize that call
-STACK_ALLOCATION_BYTES, STACK_TILE_STEPS = 1024, 256
-
-
-def vector_unit(target: Target) -> VectorUnit:
-    features = llvm_get_cpu_features(target)
-    if "avx512f" in features:
-        return VectorUnit(16, 32)
-    if "avx" in features:
-        return VectorUnit(8, 16)
-    return VectorUnit(4, 32 if str(target.attrs.get("mtriple", "")).startswith("aarch64") else 16)
-
-
-def vector_lanes(target: Target) -> int:
-    """fp32 lanes of the widest SIMD register the target has."""
-    return vector_unit(target).lanes
 
 
 def has_integer_dot(target: Target) -> bool:
@@ -68,10 +42,6 @@ def has_integer_dot(target: Target) -> bool:
 
 def _constant(extent) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
 
 
 def _split_loops(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[list, list]:
@@ -100,7 +70,7 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: Vector
     return _tiled_reduction(sch, info, unit, dot=None)
 
 
-INTEGER_DOT_BLOCKS = ("packed_conv2d_int", "packed_matmul_int")  # pack_weights.py's integer computes
+INTEGER_DOT_BLOCKS = (PACKED_CONV2D_INT, PACKED_MATMUL_INT)
 
 
 def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
@@ -146,26 +116,26 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     columns, rows = _constant(sch.get(spatial[-1]).extent), _constant(sch.get(spatial[-2]).extent)
     if columns is None:
         return False
-    lanes = column_lanes(columns, unit.lanes) if dot is None else LANES if columns % LANES == 0 else None
-    if lanes is None:
+    lanes = LANES if dot is not None else column_lanes(columns, unit.lanes)
+    if lanes is None or columns % lanes:
         return False
-    nr = panel_width(columns, lanes)
-    accumulators = unit.registers - 2  # leave room for the weight vectors; the broadcast may spill
     block = info.block_rv
-    mr = accumulators // (nr // lanes)
-    if _reduction_steps(sch.get(block)) <= STACK_TILE_STEPS:
-        # as many rows as keep the tile on the stack (AVX-512, 1 thread: Winograd's 256-channel
-        # matmuls 1.25 -> 0.74 ms with 7×32 tiles instead of 14×32, MobileNetV2 8.1 -> 7.0 ms); longer
-        # reductions amortize the allocation and keep the larger tile (BERT's 768-deep matmuls)
-        mr = min(mr, (STACK_ALLOCATION_BYTES - 1) // (nr * 4))
-    mr = _largest_divisor(rows, mr) if rows is not None else 1
+    panel = packed_panel_width(sch.get(block))  # weights packed for a tile of this width
+    tile = register_tile(columns, rows, _reduction_steps(sch.get(block)), unit, lanes, vectors=panel // lanes if panel else None)
+    if tile is None or (panel and tile.columns != panel):
+        return False
+    mr, nr = tile.rows, tile.columns
     row_outer, row_inner = sch.split(spatial[-2], [None, mr])
     column_outer, column_inner = sch.split(spatial[-1], [None, nr])
+    # the tile's columns as one vector where that is a power of two (LLVM splits it into registers;
+    # on AVX2 that ran 1×1 convolutions up to 3× faster than unrolled single vectors); otherwise
+    # (3 vectors: LLVM would scalarize 48 floats) and for the instruction, single vectors unrolled
+    whole = dot is None and tile.vectors & (tile.vectors - 1) == 0
+    column_vectors, lane_loop = (None, column_inner) if whole else sch.split(column_inner, [None, lanes])
     if dot is None:
-        inner = [row_inner, column_inner]
-    else:  # pairs of reduction steps and single vectors of columns, innermost, for the instruction
+        inner = [row_inner, *([] if whole else [column_vectors]), lane_loop]
+    else:  # pairs of reduction steps innermost, for the instruction
         reduction[-1:] = sch.split(reduction[-1], [None, PAIR])
-        column_vectors, lane_loop = sch.split(column_inner, [None, lanes])
         inner = [row_inner, column_vectors, lane_loop, reduction.pop()]
     # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, *inner)
@@ -189,10 +159,10 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.unroll(row_inner)
-    if dot is None:
-        sch.vectorize(column_inner)
-    else:
+    if column_vectors is not None:
         sch.unroll(column_vectors)
+    if dot is None:
+        sch.vectorize(lane_loop)
     init = sch.decompose_reduction(block, reduction[0])
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])

@@ -18,7 +18,8 @@ from tvm import te, tirx, topi
 TILE = 2  # outputs per tile side
 ALPHA = TILE + 2  # inputs per tile side
 POSITIONS = ALPHA * ALPHA
-INPUT_TRANSFORM, OUTPUT_TRANSFORM = "winograd_input", "winograd_output"  # block names schedules.py looks for
+# block names schedules.py and pack_weights.py look for
+INPUT_TRANSFORM, MATMUL, OUTPUT_TRANSFORM = "winograd_input", "winograd_matmul", "winograd_output"
 
 _FILTER = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # G
 
@@ -47,13 +48,26 @@ def transformed_panels(weight: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(u, 2, 0)).astype(weight.dtype)
 
 
+def _tiles(shape, padding) -> tuple[int, int, int, int]:
+    """Output height and width, and tiles along each, of an NHWC input `shape`."""
+    top, left, bottom, right = (int(p) for p in padding)
+    _, height, width, _ = (int(d) for d in shape)
+    out_h, out_w = height + top + bottom - 2, width + left + right - 2
+    return out_h, out_w, -(-out_h // TILE), -(-out_w // TILE)
+
+
+def tile_count(shape, padding) -> int:
+    """Tiles of the whole batch: the rows of the 16 matmuls."""
+    *_, tiles_h, tiles_w = _tiles(shape, padding)
+    return int(shape[0]) * tiles_h * tiles_w
+
+
 def conv2d_nhwc(x: te.Tensor, panels: te.Tensor, padding) -> te.Tensor:
     """NHWC 3×3 stride-1 convolution of `x` by weights transformed with `transformed_panels`."""
     top, left, bottom, right = (int(p) for p in padding)
     batch, height, width, channels_in = (int(d) for d in x.shape)
-    out_h, out_w = height + top + bottom - 2, width + left + right - 2
-    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
-    tiles = batch * tiles_h * tiles_w
+    out_h, out_w, tiles_h, tiles_w = _tiles(x.shape, padding)
+    tiles = tile_count(x.shape, padding)
     # the last tiles read past the padded input: zeros there only reach outputs that are cropped
     extra_h, extra_w = tiles_h * TILE + 2 - (height + top + bottom), tiles_w * TILE + 2 - (width + left + right)
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom + extra_h, right + extra_w, 0], name="pad")
@@ -74,7 +88,7 @@ def conv2d_nhwc(x: te.Tensor, panels: te.Tensor, padding) -> te.Tensor:
     products = te.compute(
         (POSITIONS, tiles, int(panels.shape[0]) * width_panel),
         lambda t, p, co: te.sum(transformed[t, p, k] * panels[co // width_panel, t, k, co % width_panel], axis=k),
-        name="winograd_matmul",
+        name=MATMUL,
     )
 
     def output(n, h, w, co):

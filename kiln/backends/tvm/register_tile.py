@@ -1,0 +1,121 @@
+"""The register tile of a reduction: how many output rows (MR) and vectors of output columns (NR)
+stay in vector registers across the whole reduction.
+
+One choice serves two places: `pack_weights.py` stores constant weights as panels NR columns wide,
+and `schedules.py` tiles the reduction that reads them (or one without packed weights) with the
+same NR, so each tile reads one panel front to back. Both ask `register_tile` with what they know
+of the layer: its output columns, rows and reduction steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_cpu_features
+
+# TVM puts a constant-size buffer below this on the stack and fetches a larger one from the workspace
+# allocator, once per tile; a reduction of up to STACK_TILE_STEPS steps does not amortize that call
+STACK_ALLOCATION_BYTES, STACK_TILE_STEPS = 1024, 256
+FLOAT_BYTES = 4  # fp32 and int32 accumulators alike
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """The target's SIMD registers: fp32 lanes of the widest, and how many of them there are (the
+    register tile's budget: AVX2 has 16 ymm registers, AVX-512 32 zmm, AArch64 NEON 32)."""
+
+    lanes: int
+    registers: int
+
+    @property
+    def accumulators(self) -> int:
+        """Registers a tile may hold: the rest carry the weight vectors and the broadcast input."""
+        return self.registers - 2
+
+
+def vector_unit(target: Target) -> VectorUnit:
+    features = llvm_get_cpu_features(target)
+    if "avx512f" in features:
+        return VectorUnit(16, 32)
+    if "avx" in features:
+        return VectorUnit(8, 16)
+    return VectorUnit(4, 32 if str(target.attrs.get("mtriple", "")).startswith("aarch64") else 16)
+
+
+def vector_lanes(target: Target) -> int:
+    """fp32 lanes of the widest SIMD register the target has."""
+    return vector_unit(target).lanes
+
+
+def column_lanes(channels: int, lanes: int) -> int | None:
+    """The widest vector of `lanes` floats, or of a half or a quarter of it (down to 4), that
+    divides `channels` (None if none does): on AVX-512, MobileNetV2's 24-channel layers take
+    8-float vectors rather than no tiling at all."""
+    while lanes >= 4:
+        if channels % lanes == 0:
+            return lanes
+        lanes //= 2
+    return None
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class RegisterTile:
+    rows: int  # MR: output rows, unrolled
+    vectors: int  # NR / lanes: vectors of output columns per row, unrolled
+    lanes: int  # one vector, vectorized
+
+    @property
+    def columns(self) -> int:
+        return self.vectors * self.lanes
+
+
+# a core's multiply-add pipes, their latency in cycles and its vector load ports (AVX2/AVX-512
+# cores and Neoverse alike, near enough to rank tiles): a tile runs at the slowest of the pipes, its
+# dependency chains (one per accumulator) and its loads
+FMA_PIPES, FMA_LATENCY, LOAD_PORTS = 2, 4, 2
+# wider tiles read each weight vector once per row, which a few rows do not repay (a classifier's
+# GEMV: 1 × 25 vectors ran 1.4× slower than 1 × 1, the weights' bandwidth being the limit)
+MAX_VECTORS = 3
+
+
+def _multiply_adds_per_cycle(rows: int, vectors: int) -> float:
+    accumulators, loads = rows * vectors, rows + vectors  # broadcasts of the input, weight vectors
+    return min(FMA_PIPES, accumulators / FMA_LATENCY, LOAD_PORTS * accumulators / loads)
+
+
+def register_tile(
+    columns: int, rows: int | None, steps: int, unit: VectorUnit, lanes: int | None = None, vectors: int | None = None
+) -> RegisterTile | None:
+    """The tile with the highest estimated multiply-add rate (`_multiply_adds_per_cycle`); among
+    equals, the one that loads the fewest vectors per multiply-add. None when no vector divides
+    `columns`.
+
+    Rows must divide evenly (a tail would cost a predicate in the innermost loop), so the row count
+    decides the column width: BERT's 128 tokens take 8 rows × 3 vectors (24 accumulators, 11 loads
+    per step) where 2 vectors allow 8 × 2 (16, 10). `lanes`/`vectors` fix those (weights already
+    packed, an instruction's vector width). Rows unknown at compile time (a dynamic batch) tile one
+    row at a time."""
+    lanes = lanes or column_lanes(columns, unit.lanes)
+    if lanes is None or columns % lanes:
+        return None
+    best, best_key = None, None
+    widest = MAX_VECTORS if steps > STACK_TILE_STEPS else 2
+    for count in [vectors] if vectors else range(1, min(columns // lanes, widest) + 1):
+        if (columns // lanes) % count:
+            continue
+        mr = max(unit.accumulators // count, 1)
+        if steps <= STACK_TILE_STEPS:
+            # as many rows as keep the tile on the stack (AVX-512, 1 thread: Winograd's 256-channel
+            # matmuls 1.25 -> 0.74 ms with 7×32 tiles instead of 14×32, MobileNetV2 8.1 -> 7.0 ms);
+            # longer reductions amortize the allocation and keep the larger tile
+            mr = max(min(mr, (STACK_ALLOCATION_BYTES - 1) // (count * lanes * FLOAT_BYTES)), 1)
+        mr = largest_divisor(rows, mr) if rows is not None else 1
+        key = (_multiply_adds_per_cycle(mr, count), mr * count / (mr + count))
+        if best_key is None or key > best_key:
+            best, best_key = RegisterTile(mr, count, lanes), key
+    return best
