@@ -177,3 +177,10 @@ def test_dynamic_int8_linear_matches_its_integer_ir(rows, inner, outer):
     compiled = kiln.compile(model, (x,), quantize="dynamic_int8")
     with torch.no_grad():
         assert_matches(compiled(x), compiled.graph.run(x)[0])
+
+
+def test_fallback_runs_outer_loops_in_parallel_and_inner_ones_serially(tmp_path):
+    # (2, 100, 37): 200 parallel iterations are plenty; the 37 inner ones stay a serial loop rather
+    # than one fused parallel counter divided back into three indices per element
+    scheduled = _check(nn.GELU(), torch.randn(2, 100, 37), tmp_path=tmp_path)
+    assert "T.parallel(T.int64(200))" in scheduled and "in range(T.int64(37))" in scheduled
