@@ -78,9 +78,10 @@ class RegisterTile:
 # cores and Neoverse alike, near enough to rank tiles): a tile runs at the slowest of the pipes, its
 # dependency chains (one per accumulator) and its loads
 FMA_PIPES, FMA_LATENCY, LOAD_PORTS = 2, 4, 2
-# wider tiles read each weight vector once per row, which a few rows do not repay (a classifier's
-# GEMV: 1 × 25 vectors ran 1.4× slower than 1 × 1, the weights' bandwidth being the limit)
-MAX_VECTORS = 3
+# vectors per tile row: 3 for reductions over many rows (4 and more measured no faster on BERT,
+# MobileNetV2); a single row (a classifier's GEMV) needs more independent chains to hide the
+# multiply-add latency, FMA_PIPES × FMA_LATENCY of them
+MAX_VECTORS, MAX_SINGLE_ROW_VECTORS = 3, FMA_PIPES * FMA_LATENCY
 
 
 def _multiply_adds_per_cycle(rows: int, vectors: int) -> float:
@@ -97,18 +98,21 @@ def register_tile(
 
     Rows must divide evenly (a tail would cost a predicate in the innermost loop), so the row count
     decides the column width: BERT's 128 tokens take 8 rows × 3 vectors (24 accumulators, 11 loads
-    per step) where 2 vectors allow 8 × 2 (16, 10). `lanes`/`vectors` fix those (weights already
-    packed, an instruction's vector width). Rows unknown at compile time (a dynamic batch) tile one
+    per step) where 2 vectors allow 8 × 2 (16, 10); a GEMV's single row takes up to 8 vectors,
+    independent chains of multiply-adds. `lanes`/`vectors` fix those (weights already packed, an
+    instruction's vector width). Rows unknown at compile time (a dynamic batch) tile one
     row at a time."""
     lanes = lanes or column_lanes(columns, unit.lanes)
     if lanes is None or columns % lanes:
         return None
     best, best_key = None, None
-    widest = MAX_VECTORS if steps > STACK_TILE_STEPS else 2
+    widest = (MAX_SINGLE_ROW_VECTORS if rows == 1 else MAX_VECTORS) if steps > STACK_TILE_STEPS else 2
     for count in [vectors] if vectors else range(1, min(columns // lanes, widest) + 1):
         if (columns // lanes) % count:
             continue
         mr = max(unit.accumulators // count, 1)
+        if count > 2:  # its weight vectors and the broadcast need registers too (7 × 4 on AVX-512 spilled: 3× slower)
+            mr = max(min(mr, (unit.registers - 1 - count) // count), 1)
         if steps <= STACK_TILE_STEPS:
             # as many rows as keep the tile on the stack (AVX-512, 1 thread: Winograd's 256-channel
             # matmuls 1.25 -> 0.74 ms with 7×32 tiles instead of 14×32, MobileNetV2 8.1 -> 7.0 ms);

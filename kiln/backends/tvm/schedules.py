@@ -111,7 +111,9 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     if not info.is_reduction() or "O" in info.dom_kind():
         return False
     spatial, reduction = _split_loops(sch, info)
-    if len(spatial) < 2 or not reduction:
+    if len(spatial) == 1:  # a GEMV whose single row TVM dropped: one row of the tile
+        spatial.insert(0, sch.add_unit_loop(spatial[0]))
+    if not reduction:
         return False
     columns, rows = _constant(sch.get(spatial[-1]).extent), _constant(sch.get(spatial[-2]).extent)
     if columns is None:
@@ -127,10 +129,10 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     mr, nr = tile.rows, tile.columns
     row_outer, row_inner = sch.split(spatial[-2], [None, mr])
     column_outer, column_inner = sch.split(spatial[-1], [None, nr])
-    # the tile's columns as one vector where that is a power of two (LLVM splits it into registers;
-    # on AVX2 that ran 1×1 convolutions up to 3× faster than unrolled single vectors); otherwise
-    # (3 vectors: LLVM would scalarize 48 floats) and for the instruction, single vectors unrolled
-    whole = dot is None and tile.vectors & (tile.vectors - 1) == 0
+    # one or two vectors of columns as one vector (LLVM splits it into registers; on AVX2 that ran
+    # 1×1 convolutions up to 3× faster than unrolled single vectors); wider tiles (LLVM scalarizes
+    # a vector of 48 floats) and the instruction's, single vectors unrolled
+    whole = dot is None and tile.vectors <= 2
     column_vectors, lane_loop = (None, column_inner) if whole else sch.split(column_inner, [None, lanes])
     if dot is None:
         inner = [row_inner, *([] if whole else [column_vectors]), lane_loop]
