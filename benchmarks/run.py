@@ -46,9 +46,16 @@ def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def fp32_peak_gflops(vector_bits: int, ghz: float, cores: int) -> float:
-    """Two FMA pipes per core, each lanes × 2 FLOP per cycle, at the nominal clock (an estimate)."""
-    return cores * 2 * (vector_bits // 32) * 2 * ghz
+# cores whose FMA pipes are narrower than their widest vectors: Zen 4 runs a 512-bit FMA as two
+# 256-bit halves
+FMA_DATAPATH_BITS = {"znver4": 256}
+
+
+def fp32_peak_gflops(vector_bits: int, ghz: float, cores: int, llvm_cpu: str = "") -> float:
+    """Two FMA pipes per core, each lanes × 2 FLOP per cycle, at the nominal clock (an estimate:
+    cores boost above it)."""
+    bits = min(vector_bits, FMA_DATAPATH_BITS.get(llvm_cpu, vector_bits))
+    return cores * 2 * (bits // 32) * 2 * ghz
 
 
 def _scheduled(note: str) -> int:
@@ -134,7 +141,7 @@ def main() -> int:
     cpu, ghz = cpu_description()
     results = {
         "date": datetime.date.today().isoformat(), "cpu": cpu, "ghz": ghz, "llvm_cpu": host["mcpu"], "simd": host["simd"],
-        "cores": cores, "fp32_peak_gflops_per_core": fp32_peak_gflops(host["vector_bits"], ghz, 1),
+        "cores": cores, "fp32_peak_gflops_per_core": fp32_peak_gflops(host["vector_bits"], ghz, 1, host["mcpu"]),
         "repeats": args.repeats, "torch": torch.__version__, "models": {},
     }
     empty_tuning_dir = tempfile.mkdtemp()
@@ -186,7 +193,7 @@ def markdown(results: dict) -> str:
         f"# Kiln benchmark — {results['date']}",
         "",
         f"CPU: {results['cpu']} (LLVM: {results['llvm_cpu']}; {', '.join(results['simd'])}), {results['cores']} cores "
-        f"at {results['ghz']:.2f} GHz, fp32 peak ≈ {peak:.0f} GFLOP/s per core (2 FMA × lanes × 2 × clock). "
+        f"at {results['ghz']:.2f} GHz, fp32 peak ≈ {peak:.0f} GFLOP/s per core (2 FMA × lanes of the FMA datapath × 2 × nominal clock; cores boost above it). "
         f"Batch 1, fp32, median of {results['repeats']} interleaved turns, one process; torch {results['torch']}.",
         "",
         "| model | threads | eager | torch.compile | ONNX Runtime | Kiln | Kiln tuned | Kiln / ORT | Kiln / Inductor | Kiln GFLOP/s (peak) | Kiln compile |",

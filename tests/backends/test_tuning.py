@@ -75,3 +75,25 @@ def test_database_of_another_cpu_is_not_applied(tuned, tmp_path):
     assert "not used (other CPU/target): llvm-skylake-avx512-0123456789ab" in row.note
     scheduled = next(r for r in compiled.report.rows if r.name == "ScheduleCPU")
     assert scheduled.index == row.index + 1  # Kiln's rules scheduled everything
+
+
+class EmbeddingBag(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table, self.head = torch.nn.Embedding(100, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, tokens):
+        return self.head(self.table(tokens))
+
+
+def test_kernel_that_cannot_run_on_random_inputs_keeps_the_default_schedule(tmp_path):
+    # MetaSchedule times kernels on random inputs: the embedding's gather reads random indices out
+    # of bounds and crashes its runner; tuning goes on without that kernel instead of failing
+    model, tokens = EmbeddingBag().eval(), torch.randint(0, 100, (1, 8))
+    lines = []
+    summary = kiln.tune(model, (tokens,), trials=0, tuning_dir=tmp_path, progress=lines.append)
+    skipped = [line for line in lines if "cannot run on random inputs" in line]
+    assert len(skipped) == 1 and "take" in skipped[0]
+    assert summary.tasks and not any("take" in task.name for task in summary.tasks)
+    compiled = kiln.compile(model, (tokens,), tuning_dir=tmp_path)
+    torch.testing.assert_close(compiled(tokens), model(tokens).detach(), rtol=1e-5, atol=1e-5)
