@@ -105,6 +105,21 @@ def _tensorize_marked(sch: s_tir.Schedule) -> None:
                 break
 
 
+CACHED_WEIGHT_BYTES = 256 * 1024  # a quarter of a typical per-core L2
+
+
+def _weight_bytes(block) -> int | None:
+    """Bytes of the block's last operand (the weights of x · w: packed panels, depthwise filters)."""
+    weights = block.reads[-1].source
+    extents = [_constant(d) for d in weights.shape]
+    if any(e is None for e in extents):
+        return None
+    size = weights.dtype.bits // 8
+    for extent in extents:
+        size *= extent
+    return size
+
+
 def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, dot: str | None) -> bool:
     """The register-tiled reduction; with `dot`, its innermost 8 columns × 2 reduction steps become
     that tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
@@ -147,6 +162,14 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
         tile = sch.fuse(*spatial[:-2], row_outer) if spatial[:-2] else row_outer
         sch.compute_at(widened[0], column_outer)
         sch.vectorize(sch.get_loops(widened[0])[-1])
+    elif (_weight_bytes(sch.get(block)) or CACHED_WEIGHT_BYTES + 1) <= CACHED_WEIGHT_BYTES:
+        # weights that stay in cache anyway: rows outermost, so each thread takes a band of the
+        # image (all its channels), the band the next layer's thread reads back from its own cache
+        # (Zen 4, 2 threads, interleaved: MobileNetV2 8.0 -> 6.7 ms, ResNet-18 20.0 -> 14.2 ms in
+        # a slow hour of the machine; 1 thread unchanged)
+        sch.reorder(*spatial[:-2], row_outer, column_outer)
+        tile = sch.fuse(*spatial[:-2], row_outer, column_outer)
+        sch.parallel(tile)
     else:
         tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
         sch.parallel(tile)
