@@ -24,13 +24,27 @@ PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_mat
 _PANEL_WIDTH_AXIS = {PACKED_MATMUL: (3, 2), PACKED_MATMUL_INT: (4, 2), PACKED_CONV2D: (5, 4), PACKED_CONV2D_INT: (6, 4), winograd.MATMUL: (4, 3)}
 
 
+def static_extent(extent) -> int | None:
+    return int(extent) if isinstance(extent, tvm.tirx.IntImm) else None
+
+
+def weight_buffer(block: tvm.s_tir.SBlock) -> tvm.tirx.Buffer:
+    """The last operand of a reduction x · w: its weights (packed panels, depthwise filters)."""
+    return block.reads[-1].source
+
+
 def packed_panel_width(block: tvm.s_tir.SBlock) -> int | None:
     """The panel width of a compute made here (the register tile it was packed for), or None."""
     rank_axis = _PANEL_WIDTH_AXIS.get(block.name_hint)
-    if rank_axis is None:
+    panels = weight_buffer(block)
+    if rank_axis is None or len(panels.shape) != rank_axis[0]:
         return None
-    panels = [r.source for r in block.reads if len(r.source.shape) == rank_axis[0]]
-    return int(panels[-1].shape[rank_axis[1]]) if panels else None
+    return int(panels.shape[rank_axis[1]])
+
+
+def _convolved(padded, kernel, stride, dilation):
+    """Outputs along one axis of a convolution over `padded` inputs (ints or TIR expressions)."""
+    return (padded - (kernel - 1) * dilation - 1) // stride + 1
 
 
 def _product(x_value, weight_value, dtype: str):
@@ -70,8 +84,7 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, extra], name="pad") if padding_needed else x
     (sh, sw), (dh, dw) = strides, dilation
     batch, height, width_in, _ = padded.shape
-    out_h = (height - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width_in - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _convolved(height, kh, sh, dh), _convolved(width_in, kw, sw, dw)
     rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
 
     def weight(o, rh, rw, ri):
@@ -172,24 +185,19 @@ class _Packer(PyExprMutator):
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
-        panels = self._panels(weight, 2, x.ty.dtype, _static(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1)
+        panels = self._panels(weight, 2, x.ty.dtype, static_extent(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1)
         if panels is None:
             return call
         self.packed += 1
         return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
 
 
-def _static(extent) -> int | None:
-    return int(extent) if isinstance(extent, tvm.tirx.IntImm) else None
-
-
 def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding: list[int], dilation: list[int]) -> int | None:
     """An NHWC convolution's output width: the rows its schedule tiles."""
-    width = _static(x.ty.shape[2])
+    width = static_extent(x.ty.shape[2])
     if width is None:
         return None
-    kernel = int(weight.ty.shape[1])
-    return (width + padding[1] + padding[3] - dilation[1] * (kernel - 1) - 1) // strides[1] + 1
+    return _convolved(width + padding[1] + padding[3], int(weight.ty.shape[1]), strides[1], dilation[1])
 
 
 def pack_weights(unit: VectorUnit, integer_dot: bool) -> tvm.transform.Pass:

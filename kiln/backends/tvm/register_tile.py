@@ -78,8 +78,8 @@ class RegisterTile:
 # cores and Neoverse alike, near enough to rank tiles): a tile runs at the slowest of the pipes, its
 # dependency chains (one per accumulator) and its loads
 FMA_PIPES, FMA_LATENCY, LOAD_PORTS = 2, 4, 2
-# vectors per tile row: 3 for reductions over many rows (4 and more measured no faster on BERT,
-# MobileNetV2); a single row (a classifier's GEMV) needs more independent chains to hide the
+# vectors per tile row: 3 for reductions over many rows (7 × 4 spilled on MobileNetV2's 7-row
+# layers, 3× slower); a single row (a classifier's GEMV) needs more independent chains to hide the
 # multiply-add latency, FMA_PIPES × FMA_LATENCY of them
 MAX_VECTORS, MAX_SINGLE_ROW_VECTORS = 3, FMA_PIPES * FMA_LATENCY
 
@@ -111,7 +111,9 @@ def register_tile(
         if (columns // lanes) % count:
             continue
         mr = max(unit.accumulators // count, 1)
-        if count > 2:  # its weight vectors and the broadcast need registers too (7 × 4 on AVX-512 spilled: 3× slower)
+        if count > 2:
+            # its weight vectors and the broadcast need registers too; 1- and 2-vector tiles keep
+            # the budget measured on AVX2 (7 × 2: FMAs take the weights as memory operands)
             mr = max(min(mr, (unit.registers - 1 - count) // count), 1)
         if steps <= STACK_TILE_STEPS:
             # as many rows as keep the tile on the stack (AVX-512, 1 thread: Winograd's 256-channel

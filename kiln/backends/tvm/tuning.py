@@ -161,12 +161,12 @@ class _Measurer:
             for result, workload in zip(built, workloads)
         ]
         measured = [future.result() for future in self.runner.run(inputs)]
-        return [result.error_msg.strip() or "failed" if result.error_msg else [float(s) for s in result.run_secs] for result in measured]
+        return [result.error_msg or [float(s) for s in result.run_secs] for result in measured]
 
 
 def _seed_defaults(tasks, target, records, measurer: _Measurer, state: dict, say) -> None:
     """Measure Kiln's default schedule of every task not yet seeded and commit it as a record."""
-    missing = [task for task in tasks if "default_seconds" not in state.setdefault(task.task_name, {"trials": 0})]
+    missing = [task for task in tasks if not {"default_seconds", "unmeasurable"} & set(state.setdefault(task.task_name, {"trials": 0}))]
     if not missing:
         return
     say(f"measuring Kiln's default schedules of {len(missing)} tasks")
@@ -176,7 +176,7 @@ def _seed_defaults(tasks, target, records, measurer: _Measurer, state: dict, say
         if isinstance(run_secs, str):
             # MetaSchedule times kernels on random inputs; an embedding's gather reads random
             # indices out of bounds and crashes the runner: that kernel keeps Kiln's schedule
-            state[task.task_name]["unmeasurable"] = run_secs.splitlines()[-1][:200]
+            state[task.task_name]["unmeasurable"] = run_secs.strip().splitlines()[-1][:200]
             say(f"{task.task_name}: not tuned, it cannot run on random inputs (e.g. a gather's indices); Kiln's schedule stays")
             continue
         workload = task.dispatched[0]

@@ -67,7 +67,7 @@ def conv2d_nhwc(x: te.Tensor, panels: te.Tensor, padding) -> te.Tensor:
     top, left, bottom, right = (int(p) for p in padding)
     batch, height, width, channels_in = (int(d) for d in x.shape)
     out_h, out_w, tiles_h, tiles_w = _tiles(x.shape, padding)
-    tiles = tile_count(x.shape, padding)
+    tiles = batch * tiles_h * tiles_w
     # the last tiles read past the padded input: zeros there only reach outputs that are cropped
     extra_h, extra_w = tiles_h * TILE + 2 - (height + top + bottom), tiles_w * TILE + 2 - (width + left + right)
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom + extra_h, right + extra_w, 0], name="pad")
