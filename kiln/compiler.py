@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
+from kiln.errors import FrontendError, TargetError
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch
 from kiln.module import CompiledModule
@@ -43,6 +45,7 @@ def capture(
     example_kwargs: dict[str, Any] | None = None,
     dynamic_batch: bool = False,
     input_shapes: dict[str, Sequence[int]] | None = None,
+    dynamic_shapes: Any = None,
 ) -> tuple[Graph, list[torch.Tensor], list[torch.Tensor]]:
     """The model's graph, its flat example inputs, and the eager outputs every drift is measured
     against. An ONNX model (path or ModelProto) becomes a torch module first (onnx_frontend.py);
@@ -52,11 +55,29 @@ def capture(
 
         model, generated = onnx_module(model, input_shapes)
         example_inputs = example_inputs or generated
-    model = model.eval()
-    with torch.no_grad():
-        reference = pytree.tree_leaves(model(*example_inputs, **(example_kwargs or {})))
-    graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch)
+    with inference_mode(model):
+        graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
+        try:
+            with torch.no_grad():
+                outputs = model(*example_inputs, **(example_kwargs or {}))
+        except Exception as error:
+            raise FrontendError(f"{type(model).__name__} failed when run eagerly on the example inputs: "
+                                f"{type(error).__name__}: {error}") from error
+    reference = [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
     return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
+
+
+@contextlib.contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode while Kiln captures it, and afterwards every submodule back in the
+    mode the user left it (a model being trained stays in training mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -70,6 +91,7 @@ def compile(  # noqa: A001 - the public name users expect
     disable: Sequence[str] = (),
     stop_after: str | None = None,
     dynamic_batch: bool = False,
+    dynamic_shapes: Any = None,
     debug_dir: str | Path | None = None,
     threads: int | None = None,
     tuning_dir: str | Path | None = None,
@@ -86,7 +108,9 @@ def compile(  # noqa: A001 - the public name users expect
     The report (`.report`) has a row per pass, Kiln's and the backend's, with time, statistics and
     the drift of the outputs from the eager model on `example_inputs`. With `debug_dir`, the IR
     after every pass is written there as numbered files beside the report and a drift table.
-    `dynamic_batch=True` makes dim 0 of every input a free batch size. `threads` is the number of
+    `dynamic_shapes` makes any dims free sizes, in torch.export's spelling (`{"input_ids": {1:
+    torch.export.Dim("seq", max=512)}}`); `dynamic_batch=True` is the short form for dim 0 of
+    every input. Non-tensor `example_kwargs` (`use_cache=False`) are compiled in as constants. `threads` is the number of
     CPU threads the compiled code runs on (default: every core; TVM_NUM_THREADS caps it).
     Schedules tuned by `kiln.tune` for this CPU are used automatically; `tuning_dir` says where the
     databases are (default: $KILN_TUNING_DIR, else ~/.cache/kiln/tuning).
@@ -112,13 +136,15 @@ def compile(  # noqa: A001 - the public name users expect
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
 
-    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
+    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
     manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
     graph, report = manager.run(graph)
 
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
     executable = get_backend(resolved.backend).build(graph, context)
-    signature = Signature(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec)
+    signature = Signature.of(graph)
     compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
     if remote is not None:
         context.say(f"upload to the board at {remote}")

@@ -10,7 +10,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln.errors import InputMismatchError
-from kiln.ir.graph import TensorSpec
+from kiln.ir.graph import ConstantInput, Graph, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -19,16 +19,41 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     in_spec: pytree.TreeSpec
     out_spec: pytree.TreeSpec
+    constant_inputs: tuple[ConstantInput, ...] = ()
+
+    @classmethod
+    def of(cls, graph: Graph) -> "Signature":
+        return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs)
 
     def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-        """The flat input tensors, checked against the specs (count, rank, sizes, dtype)."""
-        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
+        compiled as a constant (`use_cache=False`) may be left out; given, it must be that value."""
+        kwargs = {**self._baked_keywords(), **kwargs}
+        flat, spec = pytree.tree_flatten((tuple(args), kwargs))
         expected = ", ".join(s.describe() for s in self.inputs)
-        if len(flat) != len(self.inputs) or spec != self.in_spec:
-            raise InputMismatchError(f"expected {len(self.inputs)} input(s) ({expected}), got {len(flat)}: {_describe(flat)}")
+        if spec != self.in_spec:
+            raise InputMismatchError(
+                f"expected {len(self.inputs)} input(s) ({expected}), got {len(flat)}: {_describe(flat)}")
+        for constant in self.constant_inputs:
+            value = flat[constant.position]
+            if type(value) is not type(constant.value) or value != constant.value:
+                raise InputMismatchError(
+                    f"input '{constant.path}' was compiled as the constant {constant.value!r}; got {value!r}. "
+                    f"Compile again with {constant.path}={value!r} for that behaviour")
+        baked = {c.position for c in self.constant_inputs}
+        flat = [value for position, value in enumerate(flat) if position not in baked]
         tensors = [self._tensor(value, spec) for value, spec in zip(flat, self.inputs)]
         self._check_shapes(tensors)
         return tensors
+
+    def _baked_keywords(self) -> dict[str, Any]:
+        """Top-level keywords that were constants (or None) at capture: what an omitted one means."""
+        kwargs_spec = self.in_spec.children_specs[1]
+        baked = {c.path: c.value for c in self.constant_inputs if c.path in (kwargs_spec.context or [])}
+        for name, child in zip(kwargs_spec.context or [], kwargs_spec.children_specs):
+            if child.type is type(None):
+                baked[name] = None
+        return baked
 
     @staticmethod
     def _tensor(value: Any, spec: TensorSpec) -> torch.Tensor:
@@ -66,6 +91,7 @@ class Signature:
             "outputs": [s.to_json() for s in self.outputs],
             "in_spec": pytree.treespec_dumps(self.in_spec),
             "out_spec": pytree.treespec_dumps(self.out_spec),
+            "constant_inputs": [c.to_json() for c in self.constant_inputs],
         }
 
     @classmethod
@@ -73,9 +99,19 @@ class Signature:
         return cls(
             tuple(TensorSpec.from_json(s) for s in data["inputs"]),
             tuple(TensorSpec.from_json(s) for s in data["outputs"]),
-            pytree.treespec_loads(data["in_spec"]),
-            pytree.treespec_loads(data["out_spec"]),
+            _load_spec(data["in_spec"]),
+            _load_spec(data["out_spec"]),
+            tuple(ConstantInput.from_json(c) for c in data.get("constant_inputs", ())),
         )
+
+
+def _load_spec(text: str) -> pytree.TreeSpec:
+    """A saved tree spec; one holding a `transformers` cache needs its classes registered first."""
+    if "transformers." in text:
+        from kiln.ir.transformers_caches import register_cache_pytrees
+
+        register_cache_pytrees()
+    return pytree.treespec_loads(text)
 
 
 def _shape(shape: Sequence[Any]) -> str:

@@ -61,6 +61,24 @@ class TensorSpec:
         return cls(data["name"], tuple(data["shape"]), getattr(torch, data["dtype"]))
 
 
+@dataclass(frozen=True)
+class ConstantInput:
+    """A non-tensor leaf of the model's inputs (`use_cache=False`, a mode string, an int): baked
+    into the capture as a constant, so the graph has no placeholder for it. `position` is its index
+    among the flattened (args, kwargs) leaves, `path` names it as the user wrote it."""
+
+    position: int
+    path: str
+    value: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"position": self.position, "path": self.path, "value": self.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ConstantInput":
+        return cls(data["position"], data["path"], data["value"])
+
+
 def spec_of(name: str, value: Any) -> TensorSpec:
     """The spec of a node's `meta["val"]`; symbolic dims become their symbol's name."""
     dims: list[Dim] = []
@@ -82,12 +100,14 @@ class Graph:
         in_spec: pytree.TreeSpec,
         out_spec: pytree.TreeSpec,
         symbol_names: dict[str, str] | None = None,
+        constant_inputs: Sequence[ConstantInput] = (),
     ) -> None:
         self.module = module
         self.in_spec = in_spec
         self.out_spec = out_spec
         # Maps export's symbol names (s77) to user-facing names (batch).
         self.symbol_names = dict(symbol_names or {})
+        self.constant_inputs = tuple(constant_inputs)
 
     # ----------------------------------------------------------------- structure
     @property
@@ -128,7 +148,7 @@ class Graph:
         """A new graph a pass may edit freely: the node structure is copied, weights are shared."""
         graph = copy.deepcopy(self.module.graph)
         module = fx.GraphModule(self.module, graph)
-        return Graph(module, self.in_spec, self.out_spec, self.symbol_names)
+        return Graph(module, self.in_spec, self.out_spec, self.symbol_names, self.constant_inputs)
 
     def add_constant(self, tensor: torch.Tensor, name_hint: str, before: fx.Node) -> fx.Node:
         """Register `tensor` as a new weight and return a `get_attr` node for it, placed before `before`."""
@@ -168,8 +188,10 @@ class Graph:
 
     # ----------------------------------------------------------------- execution
     def flatten_inputs(self, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """The graph's flat tensor inputs from the model's (args, kwargs): constants left out."""
         flat, _ = pytree.tree_flatten((tuple(args), dict(kwargs or {})))
-        return flat
+        baked = {c.position for c in self.constant_inputs}
+        return [value for position, value in enumerate(flat) if position not in baked]
 
     def run(self, *flat_inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Execute the graph in PyTorch: the numerical reference at this stage."""

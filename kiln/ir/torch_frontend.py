@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 
 from kiln.errors import FrontendError, KilnError
-from kiln.ir.graph import Graph
+from kiln.ir.graph import ConstantInput, Graph
+from kiln.ir.transformers_caches import is_transformers_model, register_cache_pytrees
 
 BATCH = "batch"
 
@@ -19,62 +21,168 @@ def from_torch(
     example_inputs: Sequence[Any],
     example_kwargs: dict[str, Any] | None = None,
     dynamic_batch: bool = False,
+    dynamic_shapes: Any = None,
 ) -> Graph:
-    """Capture `model` in inference mode. With `dynamic_batch`, dim 0 of every tensor input is one
-    symbolic size named "batch", so the compiled module accepts any batch."""
-    model = model.eval()
+    """Capture `model` in inference mode.
+
+    `dynamic_shapes` is torch.export's own spelling (per argument name or position, a dict
+    {axis: torch.export.Dim("seq", max=512)} for each tensor), so one compiled module serves every
+    size of those dims; the dims keep the names of their `Dim`s. `dynamic_batch=True` is the
+    short form for dim 0 of every tensor input as one size named "batch". Non-tensor keyword
+    arguments (`use_cache=False`) are baked into the capture as constants."""
     args = tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
-    dynamic_shapes = None
+    _check_arguments(model, args, kwargs)
     if dynamic_batch:
-        # export specializes a size-1 dim to a constant: trace with batch 2 instead
-        args, kwargs = torch.utils._pytree.tree_map(_batch_of_two, (args, kwargs))
+        if dynamic_shapes is not None:
+            raise FrontendError("give dynamic_batch=True or dynamic_shapes, not both (dynamic_batch is dim 0 of every input)")
         batch = torch.export.Dim(BATCH)
-        named = inspect.signature(model.forward).bind(*args, **kwargs).arguments
-        dynamic_shapes = torch.utils._pytree.tree_map(
-            lambda x: {0: batch} if isinstance(x, torch.Tensor) else None, dict(named)
-        )
+        dynamic_shapes = {name: pytree.tree_map(lambda x: {0: batch} if isinstance(x, torch.Tensor) and x.dim() else None, value)
+                          for name, value in _bound_arguments(model, args, kwargs).items()}
+    names: dict[tuple[int, int], str] = {}
+    if dynamic_shapes is not None:
+        args, kwargs, names = _dynamic_axes(model, args, kwargs, dynamic_shapes)
+    if is_transformers_model(model):
+        register_cache_pytrees(model)  # decoder LMs return their KV cache by default
     try:
         with torch.no_grad():
             exported = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes)
+            # export's graph may mutate tensors in place (MPNet's relative position buckets:
+            # `add_`); Kiln's passes need values, so functionalize without decomposing anything
+            exported = exported.run_decompositions({})
     except KilnError:
         raise  # already names the problem (an unsupported ONNX op, say)
     except Exception as error:
-        raise FrontendError(f"torch.export could not capture {type(model).__name__}: {error}") from error
-    return from_exported_program(exported, {BATCH: BATCH} if dynamic_batch else None)
+        hint = ""
+        if "Cache" in str(error) and "not a known type" in str(error):
+            hint = " (the model returns a cache object: pass use_cache=False in example_kwargs if you do not need it)"
+        raise FrontendError(f"torch.export could not capture {type(model).__name__}{hint}: {error}") from error
+    return from_exported_program(exported, names)
 
 
-def from_exported_program(exported: torch.export.ExportedProgram, names: dict[str, str] | None = None) -> Graph:
+def _check_arguments(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Example inputs that cannot be a call of the model's forward, named before export runs it."""
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as error:
+        given = ", ".join([f"{len(args)} positional"] + list(kwargs)) if args or kwargs else "none"
+        raise FrontendError(
+            f"the example inputs do not fit {type(model).__name__}.forward{inspect.signature(model.forward)}: {error} "
+            f"(given: {given}). Kiln traces the model on example inputs: kiln.compile(model, example_inputs=(x,))") from error
+
+
+def _bound_arguments(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return dict(inspect.signature(model.forward).bind(*args, **kwargs).arguments)
+
+
+def _dynamic_axes(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], dynamic_shapes: Any):
+    """The example inputs with every dynamic axis of size 0 or 1 widened to 2 (export would
+    specialize it), and the name of each dynamic (flat tensor input, axis)."""
+    bound = _bound_arguments(model, args, kwargs)
+    if isinstance(dynamic_shapes, dict):
+        unknown = set(dynamic_shapes) - set(bound)
+        if unknown:
+            raise FrontendError(f"dynamic_shapes names {sorted(unknown)}, which are not arguments given to "
+                                f"{type(model).__name__}.forward (given: {list(bound)})")
+        per_argument = {name: dynamic_shapes.get(name) for name in bound}
+    else:
+        if len(dynamic_shapes) != len(bound):
+            raise FrontendError(f"dynamic_shapes has {len(dynamic_shapes)} entries for {len(bound)} arguments ({list(bound)})")
+        per_argument = dict(zip(bound, dynamic_shapes))
+    axes_of: dict[int, dict[int, Any]] = {}  # id of an input tensor -> its dynamic axes
+
+    def collect(value: Any, spec: Any) -> None:
+        if spec is None:
+            return
+        if isinstance(value, torch.Tensor):
+            axes = spec if isinstance(spec, dict) else {i: d for i, d in enumerate(spec) if d is not None}
+            axes_of[id(value)] = axes
+        elif isinstance(value, (list, tuple)):
+            for item, item_spec in zip(value, spec):
+                collect(item, item_spec)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, spec.get(key))
+
+    for name, value in bound.items():
+        collect(value, per_argument[name])
+    names: dict[tuple[int, int], str] = {}
+    tensors = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
+    for index, tensor in enumerate(tensors):
+        for axis, dim in axes_of.get(id(tensor), {}).items():
+            name = getattr(dim, "__name__", None)
+            if name and not name.startswith("DimHint"):
+                names[(index, axis % tensor.dim())] = name
+
+    def widen(value: Any) -> Any:
+        axes = axes_of.get(id(value)) if isinstance(value, torch.Tensor) else None
+        for axis in axes or ():
+            if value.shape[axis] == 1:
+                value = value.expand(*[2 if i == axis % value.dim() else -1 for i in range(value.dim())]).clone()
+        return value
+
+    args, kwargs = pytree.tree_map(widen, (args, kwargs))
+    return args, kwargs, names
+
+
+def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tuple[int, int], str] | None = None) -> Graph:
     """Turn an ExportedProgram into a Graph with flat inputs/outputs and weights as attributes.
 
-    `names` maps the user's dimension names to themselves; export's symbols for them (s77...) are
-    resolved through the program's range constraints.
+    `names` gives the user's name of the dynamic dim at (flat tensor input, axis); export's symbol
+    there (s77...) is shown under that name.
     """
     module = exported.module()
     # Unlifting adds a guard-checking call and pytree calling convention; Kiln validates inputs
     # itself and keeps the user's nesting in specs instead.
+    # Export's dtype assertions (`.to()` calls) go too: the signature checks input dtypes.
     for node in list(module.graph.nodes):
-        if node.op == "call_module":
+        if node.op == "call_module" or node.target is torch.ops.aten._assert_tensor_metadata.default:
             module.graph.erase_node(node)
     module.graph._codegen = fx.graph.CodeGen()
+    # ... and, in newer torch, forward hooks that check the user's (args, kwargs) against the
+    # export-time pytree: the graph is called with flat tensors
+    module._forward_pre_hooks.clear()
+    module._forward_hooks.clear()
     module.delete_all_unused_submodules()
+    constants = _bake_constant_inputs(exported, module)
     module.recompile()
-    graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec)
+    graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants)
     graph.symbol_names = _symbol_names(graph, names or {})
     return graph
 
 
-def _symbol_names(graph: Graph, names: dict[str, str]) -> dict[str, str]:
-    """Name export's symbols: a symbol on dim 0 of an input is the batch when one was asked for."""
+def _bake_constant_inputs(exported: torch.export.ExportedProgram, module: fx.GraphModule) -> list[ConstantInput]:
+    """Export specializes non-tensor inputs (bools, ints, strings) but keeps an unused placeholder
+    for each; Kiln drops those and records the values, which calls are then checked against."""
+    from torch.export.graph_signature import ConstantArgument, InputKind
+
+    user_inputs = [s for s in exported.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    paths = [pytree.keystr(path) for path, _ in pytree.tree_flatten_with_path(
+        pytree.tree_unflatten([0] * exported.call_spec.in_spec.num_leaves, exported.call_spec.in_spec))[0]]
+    placeholders = list(module.graph.find_nodes(op="placeholder"))
+    constants = []
+    for position, (spec, placeholder) in enumerate(zip(user_inputs, placeholders)):
+        if isinstance(spec.arg, ConstantArgument):
+            constants.append(ConstantInput(position, _readable_path(paths[position]), spec.arg.value))
+            module.graph.erase_node(placeholder)
+    return constants
+
+
+def _readable_path(keystr: str) -> str:
+    """`[1]['use_cache']` (export's path into (args, kwargs)) as the user wrote it: `use_cache`."""
+    if keystr.startswith("[1]['"):
+        head, _, rest = keystr[5:].partition("']")
+        return head + rest
+    if keystr.startswith("[0]["):
+        index, _, rest = keystr[4:].partition("]")
+        return f"argument {index}{rest}"
+    return keystr
+
+
+def _symbol_names(graph: Graph, names: dict[tuple[int, int], str]) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    for spec in graph.inputs:
+    for index, spec in enumerate(graph.inputs):
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, str):
-                mapping[dim] = BATCH if axis == 0 and BATCH in names else dim
+                mapping[dim] = names.get((index, axis), mapping.get(dim, dim))
     return mapping
-
-
-def _batch_of_two(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
-        return value.expand(2, *value.shape[1:]).clone()
-    return value

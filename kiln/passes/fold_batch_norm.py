@@ -51,6 +51,6 @@ def _fold(graph: Graph, bn: fx.Node) -> fx.Node | None:
     return folded
 
 
-@register_pass("fold_batch_norm", "Fold inference batch norm into the preceding conv/linear weights and bias")
+@register_pass("fold_batch_norm", "Fold inference batch norm into the preceding conv/linear weights and bias", preserves_values=True)
 def fold_batch_norm(graph: Graph) -> int:
     return apply_rewrites(graph, {"aten.batch_norm": _fold})

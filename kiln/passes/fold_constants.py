@@ -25,7 +25,7 @@ def _foldable(node: fx.Node, max_growth: float) -> bool:
     return value.numel() <= max(max_growth * input_numel, 1024)
 
 
-@register_pass("fold_constants", "Evaluate ops whose inputs are all weights; store the result as a weight")
+@register_pass("fold_constants", "Evaluate ops whose inputs are all weights; store the result as a weight", preserves_values=True)
 def fold_constants(graph: Graph, max_growth: float = 1.0) -> int:
     changes = 0
     for node in list(graph.module.graph.nodes):

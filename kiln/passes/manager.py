@@ -3,6 +3,7 @@ drift against the eager model, IR dumps), so no pass carries any of it."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -15,12 +16,23 @@ from kiln.passes.registry import PassResult, get_pass
 
 Progress = Callable[[str], None]
 
+# How far a value-preserving pass may move the outputs, relative to their scale: float
+# reassociation (folding a batch norm into weights) moves them ~1e-7.
+PRESERVED_TOLERANCE = 1e-5
+
+
+def verification_default() -> bool:
+    """Verification is on where $KILN_VERIFY_PASSES is set (the test suite sets it)."""
+    return os.environ.get("KILN_VERIFY_PASSES", "") not in ("", "0")
+
 
 class PassManager:
     """Runs `pipeline` (a list of (pass name, options)) on a Graph.
 
     With `reference` (the eager model's flat outputs on `inputs`), every row of the report carries
-    the drift of the graph after that pass.
+    the drift of the graph after that pass. With `verify` (default: $KILN_VERIFY_PASSES), a pass
+    registered as value-preserving whose outputs move from the previous graph's is a PassError
+    naming it: a broken rewrite is caught where it happens, not as a wrong answer later.
     """
 
     def __init__(
@@ -31,38 +43,58 @@ class PassManager:
         reference: Sequence[torch.Tensor] | None = None,
         debug: DebugDir | None = None,
         progress: Progress | None = None,
+        verify: bool | None = None,
     ) -> None:
         self.pipeline = list(pipeline)
         self.inputs, self.reference = inputs, reference
         self.debug = debug or DebugDir(None)
         self.progress = progress
+        self.verify = verification_default() if verify is None else verify
 
-    def drift(self, graph: Graph) -> Drift | None:
-        if self.reference is None or self.inputs is None:
+    def outputs(self, graph: Graph, stage: str) -> tuple[torch.Tensor, ...] | None:
+        """The graph's outputs on the example inputs, where drift or verification needs them."""
+        if self.inputs is None or (self.reference is None and not self.verify):
             return None
-        return Drift.between(graph.run(*self.inputs), self.reference)
+        try:
+            return graph.run(*self.inputs)
+        except Exception as error:  # the graph a pass left cannot run: that pass broke it
+            raise PassError(f"the graph after {stage} fails on the example inputs: {type(error).__name__}: {error}") from error
 
     def run(self, graph: Graph, report: Report | None = None) -> tuple[Graph, Report]:
         report = report if report is not None else Report()
+        previous = self.outputs(graph, "capture")
         if not report.rows:
-            self._record(report, "input", graph, 0.0, None)
+            self._record(report, "input", graph, 0.0, None, previous)
         for name, options in self.pipeline:
             if self.progress:
                 self.progress(f"pass {name}")
             start = time.perf_counter()
             try:
                 result = get_pass(name)(graph, **options)
-            except KilnError:
+            except KilnError as error:
+                if isinstance(error, PassError) and f"'{name}'" not in str(error):
+                    raise PassError(f"pass '{name}': {error}") from error
                 raise
             except Exception as error:
                 raise PassError(f"pass '{name}' failed: {type(error).__name__}: {error}") from error
+            seconds = time.perf_counter() - start
             graph = result.graph
-            self._record(report, name, graph, time.perf_counter() - start, result)
+            outputs = self.outputs(graph, f"pass '{name}'")
+            if self.verify and get_pass(name).preserves_values and previous is not None:
+                moved = Drift.between(outputs, previous)
+                if moved.exceeds(PRESERVED_TOLERANCE):
+                    raise PassError(
+                        f"pass '{name}' promises to preserve values but moved the outputs by {moved.max_abs:.3e} "
+                        f"({moved.max_rel:.2e} of their scale; allowed {PRESERVED_TOLERANCE:.0e}): a broken rewrite")
+            previous = outputs
+            self._record(report, name, graph, seconds, result, outputs)
         return graph, report
 
-    def _record(self, report: Report, name: str, graph: Graph, seconds: float, result: PassResult | None) -> None:
+    def _record(self, report: Report, name: str, graph: Graph, seconds: float, result: PassResult | None,
+                outputs: Sequence[torch.Tensor] | None) -> None:
+        drift = Drift.between(outputs, self.reference) if outputs is not None and self.reference is not None else None
         record = report.add(PassRecord(
-            report.next_index(), name, "kiln", seconds, result and result.changes, graph.stats(), self.drift(graph),
+            report.next_index(), name, "kiln", seconds, result and result.changes, graph.stats(), drift,
             note=result.note if result else "", layers=result.layers if result else {},
         ))
         self.debug.dump(record.index, name, graph.text())

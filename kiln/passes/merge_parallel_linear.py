@@ -57,7 +57,7 @@ def _merge(graph: Graph, group: list[fx.Node]) -> None:
         fx_graph.erase_node(node)
 
 
-@register_pass("merge_parallel_linear", "Merge linear layers sharing an input (e.g. Q/K/V) into one wider linear")
+@register_pass("merge_parallel_linear", "Merge linear layers sharing an input (e.g. Q/K/V) into one wider linear", preserves_values=True)
 def merge_parallel_linear(graph: Graph, min_group: int = 2) -> int:
     groups: dict[tuple, list[fx.Node]] = defaultdict(list)
     for node in graph.module.graph.nodes:  # graph order: the first of a group comes first

@@ -39,6 +39,8 @@ class Pass:
     description: str
     rewrite: Rewrite
     options: dict[str, Any] = field(default_factory=dict)
+    # the pass promises the same outputs (up to float rounding): the manager can check it
+    preserves_values: bool = False
 
     def __call__(self, graph: Graph, **options: Any) -> PassResult:
         unknown = set(options) - set(self.options)
@@ -54,14 +56,16 @@ class Pass:
 PASSES: dict[str, Pass] = {}
 
 
-def register_pass(name: str, description: str) -> Callable[[Rewrite], Pass]:
-    """Decorator: the keyword arguments of the rewrite function (with defaults) are its options."""
+def register_pass(name: str, description: str, preserves_values: bool = False) -> Callable[[Rewrite], Pass]:
+    """Decorator: the keyword arguments of the rewrite function (with defaults) are its options.
+    `preserves_values` is the pass's contract that its rewrite changes no output beyond float
+    rounding (clean-up, folding); with verification on, the manager holds it to that."""
 
     def decorate(rewrite: Rewrite) -> Pass:
         if name in PASSES:
             raise PassError(f"a pass named '{name}' is already registered")
         parameters = list(inspect.signature(rewrite).parameters.values())[1:]
-        registered = Pass(name, description, rewrite, {p.name: p.default for p in parameters})
+        registered = Pass(name, description, rewrite, {p.name: p.default for p in parameters}, preserves_values)
         PASSES[name] = registered
         return registered
 

@@ -35,7 +35,7 @@ def _copy(_graph: Graph, node: fx.Node) -> fx.Node | None:
         user = pending.pop()
         if user not in seen:
             seen.add(user)
-            if user.target == aten.view.default:
+            if user.target in (aten.view.default, aten._unsafe_view.default):
                 user.target = aten.reshape.default
             pending.extend(user.users)
     return node.args[0]
@@ -123,6 +123,6 @@ NOOP_RULES = {
 }
 
 
-@register_pass("remove_noops", "Drop inference no-ops: dropout, copies, identity and chained reshapes/permutes, x*1, x+0")
+@register_pass("remove_noops", "Drop inference no-ops: dropout, copies, identity and chained reshapes/permutes, x*1, x+0", preserves_values=True)
 def remove_noops(graph: Graph) -> int:
     return apply_rewrites(graph, NOOP_RULES)

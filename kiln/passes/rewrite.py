@@ -40,7 +40,11 @@ def apply_rewrites(graph: Graph, table: dict[str, RewriteRule]) -> int:
 
 
 def is_pure(node: fx.Node) -> bool:
-    return node.op in ("call_function", "get_attr") and not node.is_impure()
+    """A node passes may fold, merge or drop: no side effect, and no input written in place
+    (`add_`: folding it would overwrite a weight, merging two would apply it once)."""
+    schema = getattr(node.target, "_schema", None)
+    mutates = schema is not None and schema.is_mutable
+    return node.op in ("call_function", "get_attr") and not node.is_impure() and not mutates
 
 
 def erase_if_dead(node: fx.Node) -> None:

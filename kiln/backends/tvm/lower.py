@@ -195,6 +195,84 @@ def _split_with_sizes(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.Tuple([importer.block_builder.emit(p) for p in pieces]))
 
 
+def _cat(node: fx.Node, importer) -> Any:
+    """cat without the empty 1-D tensors torch's legacy rule skips (a `transformers` DynamicCache
+    starts each layer's keys as `torch.tensor([])` and concatenates onto it): Relax's concat
+    requires one rank."""
+    from tvm import relax
+
+    tensors = list(node.args[0])
+    ranks = {len(t.meta["val"].shape) for t in tensors if isinstance(t, fx.Node) and "val" in t.meta}
+    kept = [t for t in tensors if not (tuple(t.meta["val"].shape) == (0,) and len(ranks) > 1)]
+    if len(kept) == len(tensors):
+        return _stock_converter(importer, "cat.default")(node)
+    if len(kept) == 1:
+        return importer.env[kept[0]]
+    axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return importer.block_builder.emit(relax.op.concat([importer.env[t] for t in kept], axis=axis))
+
+
+def _index(node: fx.Node, importer) -> Any:
+    """Advanced indexing x[..., i, j, ...] (integer index tensors, None for a full axis) as one take
+    over the indexed axes merged into one: the linear index is Σ (i_k mod size_k)·stride_k over
+    the broadcast index tensors, so negative indices wrap as in torch. Torch's layout rule follows:
+    adjacent indexed axes keep their place, separated ones move to the front. The importer's
+    sequential takes assumed in-range indices (Falcon's `qkv[..., [-2], :]` read garbage) and failed
+    on broadcast index tensors (`unfold`'s)."""
+    from tvm import relax, tirx
+
+    indices = list(node.args[1])
+    given = [axis for axis, index in enumerate(indices) if index is not None]
+    index_nodes = [indices[axis] for axis in given]
+    bb, x = importer.block_builder, importer.env[node.args[0]]
+    shape = list(x.ty.shape)
+    sizes = [shape[axis] for axis in given]
+    if any(index.meta["val"].dtype == torch.bool for index in index_nodes) or not all(
+            isinstance(size, tirx.IntImm) for size in sizes):
+        return _stock_converter(importer, "index.Tensor")(node)
+    sizes = [int(size) for size in sizes]
+    adjacent = given == list(range(given[0], given[-1] + 1))
+    if not adjacent:  # the indexed axes first, the rest in order
+        order = given + [axis for axis in range(len(shape)) if axis not in given]
+        x = bb.emit(relax.op.permute_dims(x, order))
+        shape = [shape[axis] for axis in order]
+        given = list(range(len(given)))
+    first, last = given[0], given[-1]
+    merged = 1
+    for size in sizes:
+        merged *= size
+    if len(given) > 1:
+        x = bb.emit(relax.op.reshape(x, shape[:first] + [merged] + shape[last + 1:]))
+    linear, stride = None, merged
+    for index_node, size in zip(index_nodes, sizes):
+        stride //= size
+        index = importer.env[index_node]
+        dtype = str(index.ty.dtype)
+        index = bb.emit(relax.op.floor_mod(index, relax.const(size, dtype)))
+        term = index if stride == 1 else bb.emit(relax.op.multiply(index, relax.const(stride, dtype)))
+        linear = term if linear is None else bb.emit(relax.op.add(linear, term))
+    return bb.emit(relax.op.take(x, linear, axis=first))
+
+
+def _squeeze(node: fx.Node, importer) -> Any:
+    """squeeze of the named dims that have size 1, axes made non-negative: the importer passes
+    negative axes through (ConvertLayout then fails with std::bad_alloc: SigLIP's attention-pooling
+    head), and when no named dim has size 1 it squeezes every size-1 dim instead of none."""
+    from tvm import relax, tirx
+
+    x = importer.env[node.args[0]]
+    shape = list(x.ty.shape)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", node.kwargs.get("dims"))
+    if dims is None:
+        axes = [axis for axis, size in enumerate(shape) if isinstance(size, tirx.IntImm) and int(size) == 1]
+    else:
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        axes = sorted({d % len(shape) for d in dims if isinstance(shape[d % len(shape)], tirx.IntImm) and int(shape[d % len(shape)]) == 1})
+    if not axes:
+        return x
+    return importer.block_builder.emit(relax.op.squeeze(x, axes))
+
+
 def _stock_converter(importer, name: str) -> Callable[[fx.Node], Any]:
     """The importer's own converter for `name`, under Kiln's wrappers (its table built once per import)."""
     stock = getattr(importer, "_kiln_stock_converters", None)
@@ -274,6 +352,9 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "split_with_sizes.default": _split_with_sizes,
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
+    "cat.default": _cat,
+    **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},
+    "index.Tensor": _index,
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,

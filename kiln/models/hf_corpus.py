@@ -1,0 +1,234 @@
+"""A corpus of real Hugging Face `transformers` architectures, built from tiny configs.
+
+What users bring is not Kiln's own zoo: these are the classes `transformers` ships, built with
+their default flags (`use_cache` included) and called as their documentation calls them, with
+random weights (nothing is downloaded). Sizes are tiny (hidden 32, two layers) so the whole
+corpus compiles in minutes; the architecture — attention variants, position schemes, caches,
+patch embeddings, convolutional feature extractors — is what the corpus exercises.
+
+`CORPUS[name]()` returns `(model, example_inputs, example_kwargs)`; the tests and
+`benchmarks/coverage.py` compile every entry and compare it with eager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+SEQUENCE = 8
+VOCAB = 99
+IMAGE = 32
+
+Built = tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]
+
+# the small sizes every text config shares, in each family's own spelling
+_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+             max_position_embeddings=64)
+_DECODER = dict(_TEXT, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_VISION = dict(image_size=IMAGE, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=37)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One corpus entry: its family (for the coverage table) and how to build it."""
+
+    family: str
+    build: Callable[[], Built]
+
+    def __call__(self) -> Built:
+        torch.manual_seed(0)
+        model, args, kwargs = self.build()
+        return model.eval(), args, kwargs
+
+
+def _ids(batch: int = 1, length: int = SEQUENCE) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def _text(model_class: str, config_class: str, **config: Any) -> Callable[[], Built]:
+    """A model called with token ids and an attention mask, as tokenizers hand them over."""
+
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+        ids = _ids()
+        return model, (ids,), {"attention_mask": torch.ones_like(ids)}
+
+    return build
+
+
+def _ids_only(model_class: str, config_class: str, **config: Any) -> Callable[[], Built]:
+    def build() -> Built:
+        import transformers
+
+        return getattr(transformers, model_class)(getattr(transformers, config_class)(**config)), (_ids(),), {}
+
+    return build
+
+
+def _seq2seq(model_class: str, config_class: str, **config: Any) -> Callable[[], Built]:
+    """Encoder-decoders called for one teacher-forced step: source ids and decoder ids."""
+
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+        ids = _ids()
+        return model, (ids,), {"attention_mask": torch.ones_like(ids), "decoder_input_ids": _ids(length=4)}
+
+    return build
+
+
+def _image(model_class: str, config_class: str, size: int = IMAGE, **config: Any) -> Callable[[], Built]:
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+        return model, (torch.randn(1, config.get("num_channels", 3), size, size),), {}
+
+    return build
+
+
+def _audio(model_class: str, config_class: str, samples: int = 1600, **config: Any) -> Callable[[], Built]:
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+        return model, (torch.randn(1, samples),), {}
+
+    return build
+
+
+def _whisper_encoder() -> Built:
+    import transformers
+
+    config = transformers.WhisperConfig(
+        vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=16, max_source_positions=16,
+        max_target_positions=16)
+    return transformers.WhisperForAudioClassification(config), (torch.randn(1, 16, 32),), {}
+
+
+def _clip_vision() -> Built:
+    import transformers
+
+    return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**_VISION)), (torch.randn(1, 3, IMAGE, IMAGE),), {}
+
+
+def _clip_text() -> Built:
+    import transformers
+
+    config = transformers.CLIPTextConfig(**{k: v for k, v in _TEXT.items()})
+    ids = _ids()
+    return transformers.CLIPTextModel(config), (ids,), {"attention_mask": torch.ones_like(ids)}
+
+
+def _siglip_vision() -> Built:
+    import transformers
+
+    return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**_VISION)), (torch.randn(1, 3, IMAGE, IMAGE),), {}
+
+
+_BART = dict(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+             decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+_T5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+_CONVNET = dict(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1])
+
+CORPUS: dict[str, Architecture] = {
+    # text encoders
+    "bert": Architecture("text encoder", _text("BertModel", "BertConfig", **_TEXT)),
+    "roberta": Architecture("text encoder", _text("RobertaModel", "RobertaConfig", **_TEXT, pad_token_id=1)),
+    "xlm_roberta": Architecture("text encoder", _text("XLMRobertaModel", "XLMRobertaConfig", **_TEXT, pad_token_id=1)),
+    "distilbert": Architecture("text encoder", _text(
+        "DistilBertModel", "DistilBertConfig", vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+        max_position_embeddings=64)),
+    "albert": Architecture("text encoder", _text("AlbertModel", "AlbertConfig", **_TEXT, embedding_size=16)),
+    "electra": Architecture("text encoder", _text("ElectraModel", "ElectraConfig", **_TEXT, embedding_size=16)),
+    "deberta_v2": Architecture("text encoder", _text("DebertaV2Model", "DebertaV2Config", **_TEXT)),
+    "deberta": Architecture("text encoder", _text("DebertaModel", "DebertaConfig", **_TEXT)),
+    "mpnet": Architecture("text encoder", _text("MPNetModel", "MPNetConfig", **_TEXT)),
+    "mobilebert": Architecture("text encoder", _text(
+        "MobileBertModel", "MobileBertConfig", **dict(_TEXT, hidden_size=32, intermediate_size=32), embedding_size=16,
+        intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=2)),
+    "squeezebert": Architecture("text encoder", _text(
+        "SqueezeBertModel", "SqueezeBertConfig", **dict(_TEXT, intermediate_size=36), embedding_size=32, q_groups=2, k_groups=2, v_groups=2,
+        post_attention_groups=2, intermediate_groups=2, output_groups=2)),
+    "convbert": Architecture("text encoder", _text("ConvBertModel", "ConvBertConfig", **_TEXT, embedding_size=32)),
+    "ernie": Architecture("text encoder", _text("ErnieModel", "ErnieConfig", **_TEXT)),
+    "funnel": Architecture("text encoder", _text(
+        "FunnelModel", "FunnelConfig", vocab_size=VOCAB, block_sizes=[1, 1], d_model=32, n_head=4, d_head=8,
+        d_inner=37)),
+    "modernbert": Architecture("text encoder", _text(
+        "ModernBertModel", "ModernBertConfig", **_TEXT, pad_token_id=0, global_attn_every_n_layers=2,
+        local_attention=4)),
+    "t5_encoder": Architecture("text encoder", _text("T5EncoderModel", "T5Config", **_T5)),
+    "clip_text": Architecture("text encoder", _clip_text),
+    # decoder language models, called as for a forward pass (use_cache at its default)
+    "gpt2": Architecture("decoder LM", _text(
+        "GPT2LMHeadModel", "GPT2Config", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+    "llama": Architecture("decoder LM", _text("LlamaForCausalLM", "LlamaConfig", **_DECODER)),
+    "mistral": Architecture("decoder LM", _text("MistralForCausalLM", "MistralConfig", **_DECODER, sliding_window=4)),
+    "qwen2": Architecture("decoder LM", _text("Qwen2ForCausalLM", "Qwen2Config", **_DECODER)),
+    "qwen3": Architecture("decoder LM", _text("Qwen3ForCausalLM", "Qwen3Config", **_DECODER, head_dim=8)),
+    "phi3": Architecture("decoder LM", _text("Phi3ForCausalLM", "Phi3Config", **_DECODER)),
+    "phi": Architecture("decoder LM", _text("PhiForCausalLM", "PhiConfig", **_DECODER)),
+    "gemma": Architecture("decoder LM", _text("GemmaForCausalLM", "GemmaConfig", **_DECODER, head_dim=8)),
+    "gemma2": Architecture("decoder LM", _text("Gemma2ForCausalLM", "Gemma2Config", **_DECODER, head_dim=8,
+                                               sliding_window=4)),
+    "opt": Architecture("decoder LM", _text(
+        "OPTForCausalLM", "OPTConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        ffn_dim=37, max_position_embeddings=64, word_embed_proj_dim=32)),
+    "gpt_neox": Architecture("decoder LM", _text("GPTNeoXForCausalLM", "GPTNeoXConfig", **_TEXT)),
+    "falcon": Architecture("decoder LM", _text(
+        "FalconForCausalLM", "FalconConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4)),
+    "bloom": Architecture("decoder LM", _text(
+        "BloomForCausalLM", "BloomConfig", vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)),
+    "gptj": Architecture("decoder LM", _text(
+        "GPTJForCausalLM", "GPTJConfig", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+        n_positions=64)),
+    "stablelm": Architecture("decoder LM", _text("StableLmForCausalLM", "StableLmConfig", **_DECODER)),
+    "olmo": Architecture("decoder LM", _text("OlmoForCausalLM", "OlmoConfig", **_DECODER)),
+    "starcoder2": Architecture("decoder LM", _text("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER)),
+    "granite": Architecture("decoder LM", _text("GraniteForCausalLM", "GraniteConfig", **_DECODER)),
+    # encoder-decoders, one teacher-forced step
+    "bart": Architecture("encoder-decoder", _seq2seq("BartForConditionalGeneration", "BartConfig", **_BART)),
+    "t5": Architecture("encoder-decoder", _seq2seq("T5ForConditionalGeneration", "T5Config", **_T5)),
+    "marian": Architecture("encoder-decoder", _seq2seq("MarianMTModel", "MarianConfig", **_BART)),
+    "pegasus": Architecture("encoder-decoder", _seq2seq("PegasusForConditionalGeneration", "PegasusConfig", **_BART)),
+    # vision transformers and CNNs
+    "vit": Architecture("vision", _image("ViTModel", "ViTConfig", **_VISION)),
+    "deit": Architecture("vision", _image("DeiTModel", "DeiTConfig", **_VISION)),
+    "beit": Architecture("vision", _image("BeitModel", "BeitConfig", **_VISION, use_relative_position_bias=True)),
+    "dinov2": Architecture("vision", _image("Dinov2Model", "Dinov2Config", **_VISION)),
+    "swin": Architecture("vision", _image(
+        "SwinModel", "SwinConfig", image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+        window_size=4)),
+    "convnext": Architecture("vision", _image("ConvNextModel", "ConvNextConfig", num_stages=2, **_CONVNET)),
+    "resnet": Architecture("vision", _image("ResNetModel", "ResNetConfig", embedding_size=8, **_CONVNET)),
+    "regnet": Architecture("vision", _image("RegNetModel", "RegNetConfig", embedding_size=8, groups_width=8,
+                                            **_CONVNET)),
+    "mobilenet_v2": Architecture("vision", _image("MobileNetV2Model", "MobileNetV2Config", image_size=IMAGE,
+                                                  depth_multiplier=0.25)),
+    "segformer": Architecture("vision", _image(
+        "SegformerModel", "SegformerConfig", num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+        hidden_sizes=[8, 16], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])),
+    "clip_vision": Architecture("multimodal tower", _clip_vision),
+    "siglip_vision": Architecture("multimodal tower", _siglip_vision),
+    # speech encoders
+    "wav2vec2": Architecture("speech", _audio(
+        "Wav2Vec2Model", "Wav2Vec2Config", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4)),
+    "hubert": Architecture("speech", _audio(
+        "HubertModel", "HubertConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4)),
+    "whisper_encoder": Architecture("speech", _whisper_encoder),
+}
