@@ -10,6 +10,7 @@ from kiln.compiler import bisect, compile
 from kiln.distill import distill
 from kiln.errors import (
     ArtifactError,
+    BackendError,
     FrontendError,
     InputMismatchError,
     KilnError,
@@ -27,6 +28,6 @@ from kiln.tune import tune
 __version__ = "0.1.0"
 
 __all__ = [
-    "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "CompiledModule", "FrontendError", "InputMismatchError",
+    "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "BackendError", "CompiledModule", "FrontendError", "InputMismatchError",
     "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "distill", "load", "register_pass", "tune",
 ]

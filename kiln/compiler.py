@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
-from kiln.errors import FrontendError, TargetError
+from kiln.errors import FrontendError, TargetError, stage
 from kiln.ir.graph import Graph
-from kiln.ir.torch_frontend import from_torch
+from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
 from kiln.passes.instrument import PassRecord
@@ -65,19 +64,6 @@ def capture(
                                 f"{type(error).__name__}: {error}") from error
     reference = [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
     return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
-
-
-@contextlib.contextmanager
-def inference_mode(model: torch.nn.Module) -> Iterator[None]:
-    """The model in eval mode while Kiln captures it, and afterwards every submodule back in the
-    mode the user left it (a model being trained stays in training mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -138,19 +124,23 @@ def compile(  # noqa: A001 - the public name users expect
 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
-    graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
-    manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
-    graph, report = manager.run(graph)
+    with stage("capture"):
+        graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
+    with stage("the graph passes"):
+        manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
+        graph, report = manager.run(graph)
 
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
-    executable = get_backend(resolved.backend).build(graph, context)
+    with stage(f"the {resolved.backend} backend"):
+        executable = get_backend(resolved.backend).build(graph, context)
     signature = Signature.of(graph)
     compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
     if remote is not None:
         context.say(f"upload to the board at {remote}")
         start = time.perf_counter()
-        compiled = compiled.to_remote(remote)
-        drift = Drift.between(compiled.executable(inputs), reference)
+        with stage(f"running on the board at {remote}"):
+            compiled = compiled.to_remote(remote)
+            drift = Drift.between(compiled.executable(inputs), reference)
         report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
     debug.write_report(report)
     return compiled

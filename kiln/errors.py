@@ -1,6 +1,11 @@
 """Kiln's error hierarchy: every failure a user can cause is one of these, with a message that
 names the op, node, shape or file involved."""
 
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
 
 class KilnError(Exception):
     """Base class of every error Kiln raises on purpose."""
@@ -17,6 +22,16 @@ class UnsupportedOpError(KilnError):
         self.op, self.node, self.source, self.backend = op, node, source, backend
         where = f"\n  from the model at:\n{source}" if source else " (no source location recorded)"
         super().__init__(f"operator {op} (node '{node}') is not supported by {backend}{where}")
+
+
+class BackendError(KilnError):
+    """A backend stage (an importer converter, a TVM pass, code generation) failed on a graph
+    Kiln accepted: names the stage, and the op, node and model source line where known; for a
+    TVM pass or codegen, `reproducer` is a script that replays the failure on its own."""
+
+    def __init__(self, message: str, stage: str, node: str = "", op: str = "", source: str = "", reproducer: str = "") -> None:
+        self.stage, self.node, self.op, self.source, self.reproducer = stage, node, op, source, reproducer
+        super().__init__(message)
 
 
 class InputMismatchError(KilnError, ValueError):
@@ -46,3 +61,21 @@ class ValueRequiredError(FrontendError):
     def __init__(self, message: str, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class InternalError(KilnError):
+    """Something failed that no check of Kiln's anticipated: a Kiln defect, reported with the
+    stage it happened in rather than as a bare exception from inside torch or TVM."""
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Within a public API: whatever escapes `name` as a non-Kiln exception becomes an
+    InternalError naming the stage, the original chained as its cause."""
+    try:
+        yield
+    except KilnError:
+        raise
+    except Exception as error:
+        raise InternalError(f"{name} failed: {type(error).__name__}: {error} "
+                            "(Kiln did not expect this: please report it with this message)") from error

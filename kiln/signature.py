@@ -28,7 +28,9 @@ class Signature:
     def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
         """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
         compiled as a constant (`use_cache=False`) may be left out; given, it must be that value."""
-        kwargs = {**self._baked_keywords(), **kwargs}
+        given = {**self._baked_keywords(), **kwargs}
+        order = list(self.in_spec.children_specs[1].context or [])  # keywords in the order they were captured
+        kwargs = {name: given[name] for name in order if name in given} | {k: v for k, v in given.items() if k not in order}
         flat, spec = pytree.tree_flatten((tuple(args), kwargs))
         expected = ", ".join(s.describe() for s in self.inputs)
         if spec != self.in_spec:

@@ -72,3 +72,70 @@ def test_max_pool_indices_are_refused_not_zeros():
 
     with pytest.raises(kiln.errors.UnsupportedOpError, match="max_pool2d_with_indices.*indices output"):
         kiln.compile(PoolWithIndices(), (torch.randn(1, 2, 4, 4),), target="llvm")
+
+
+class TwoInputs(torch.nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+def test_compile_without_example_inputs_names_the_missing_arguments():
+    with pytest.raises(kiln.FrontendError, match=r"do not fit TwoInputs.forward\(x, y\).*example_inputs"):
+        kiln.compile(TwoInputs())
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5])
+def test_threads_must_be_a_positive_count(threads):
+    with pytest.raises(kiln.TargetError, match="threads"):
+        kiln.compile(models.MLP(), (torch.randn(4, 64),), threads=threads)
+
+
+def test_compile_leaves_the_users_module_in_the_mode_it_was_in():
+    model = models.SmallCNN().train()
+    model.features[1].eval()  # a mixed mode, as a user fine-tuning with frozen batch norms has it
+    modes = [m.training for m in model.modules()]
+    kiln.compile(model, (torch.randn(2, 3, 32, 32),))
+    assert [m.training for m in model.modules()] == modes
+
+
+class Scaled(torch.nn.Module):
+    def forward(self, x, mode="double", scale=2, bias=None):
+        y = x * scale if mode == "double" else x
+        return y if bias is None else y + bias
+
+
+def test_non_tensor_keywords_are_constants_checked_at_call_time():
+    x = torch.randn(3)
+    compiled = kiln.compile(Scaled(), (x,), example_kwargs={"mode": "double", "scale": 3})
+    assert torch.allclose(compiled(x, mode="double", scale=3), x * 3)
+    assert torch.allclose(compiled(x), x * 3)  # left out: the compiled values
+    with pytest.raises(kiln.InputMismatchError, match="'scale' was compiled as the constant 3; got 4"):
+        compiled(x, scale=4)
+    with pytest.raises(kiln.InputMismatchError, match="'mode' was compiled as the constant 'double'"):
+        compiled(x, mode="same")
+
+
+def test_an_importer_failure_names_the_node_op_and_model_line(monkeypatch):
+    from kiln.backends.tvm import lower
+
+    def broken(node, importer):
+        raise RuntimeError("planted importer failure")
+
+    monkeypatch.setitem(lower.CUSTOM_CONVERTERS, "gelu.default", broken)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    with pytest.raises(kiln.BackendError) as caught:
+        kiln.compile(model, (torch.randn(2, 8),))
+    message = str(caught.value)
+    assert "node 'gelu'" in message and "aten.gelu.default" in message and "planted importer failure" in message
+    assert caught.value.stage == "import"
+
+
+def test_an_unexpected_failure_is_a_kiln_error_naming_the_stage(monkeypatch):
+    from kiln.backends import tvm as tvm_backend
+
+    def broken(graph, context):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(tvm_backend, "lower_and_fuse", broken)
+    with pytest.raises(kiln.KilnError, match="the tvm backend failed: ZeroDivisionError: planted"):
+        kiln.compile(models.MLP(), (torch.randn(4, 64),))

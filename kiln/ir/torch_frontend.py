@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Sequence
+import operator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -30,8 +32,24 @@ def from_torch(
     size of those dims; the dims keep the names of their `Dim`s. `dynamic_batch=True` is the
     short form for dim 0 of every tensor input as one size named "batch". Non-tensor keyword
     arguments (`use_cache=False`) are baked into the capture as constants."""
-    args = tuple(example_inputs)
-    kwargs = dict(example_kwargs or {})
+    with inference_mode(model):
+        return _capture(model, tuple(example_inputs), dict(example_kwargs or {}), dynamic_batch, dynamic_shapes)
+
+
+@contextlib.contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode while Kiln captures it, and afterwards every submodule back in the
+    mode the user left it (a model being trained stays in training mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _capture(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], dynamic_batch: bool, dynamic_shapes: Any) -> Graph:
     _check_arguments(model, args, kwargs)
     if dynamic_batch:
         if dynamic_shapes is not None:
@@ -47,9 +65,6 @@ def from_torch(
     try:
         with torch.no_grad():
             exported = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes)
-            # export's graph may mutate tensors in place (MPNet's relative position buckets:
-            # `add_`); Kiln's passes need values, so functionalize without decomposing anything
-            exported = exported.run_decompositions({})
     except KilnError:
         raise  # already names the problem (an unsupported ONNX op, say)
     except Exception as error:
@@ -132,6 +147,12 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     there (s77...) is shown under that name.
     """
     module = exported.module()
+    if not _without_in_place_ops(module.graph):
+        # an in-place op writes through a view, an input or a weight: torch's functionalization
+        # knows those aliases (it spells views with fixed shapes, which is why it is the fallback)
+        exported = exported.run_decompositions({})
+        module = exported.module()
+        _batch_norm_as_one_op(module.graph)
     # Unlifting adds a guard-checking call and pytree calling convention; Kiln validates inputs
     # itself and keeps the user's nesting in specs instead.
     # Export's dtype assertions (`.to()` calls) go too: the signature checks input dtypes.
@@ -149,6 +170,72 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants)
     graph.symbol_names = _symbol_names(graph, names or {})
     return graph
+
+
+def _without_in_place_ops(graph: fx.Graph) -> bool:
+    """Export's graph may write tensors in place (MPNet's relative position buckets: `ret += …`,
+    ResNets' `relu_`); Kiln's passes reason about values, so each such op becomes its functional
+    form and the later readers of the tensor it wrote read its result instead. False, with the
+    graph unchanged, where a write reaches other tensors (a view, an input, a weight)."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    rewrites = []
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        functional = _functional_overload(node.target)
+        written = node.args[0] if node.args else None
+        writes_first_only = all(a.alias_info is None or not a.alias_info.is_write for a in schema.arguments[1:])
+        if functional is None or not writes_first_only or not isinstance(written, fx.Node) or _aliased(written, node):
+            return False
+        rewrites.append((node, functional))
+    for node, functional in rewrites:  # in order: a second write reads the first's result
+        node.target, written = functional, node.args[0]
+        for reader in list(written.users):
+            if reader is not node and order[reader] > order[node]:
+                reader.replace_input_with(written, node)
+    return True
+
+
+def _functional_overload(target: Any) -> Any:
+    """aten.add_.Tensor → aten.add.Tensor (None where torch has no such twin)."""
+    packet = target.overloadpacket.__name__
+    if not packet.endswith("_") or packet.startswith("_"):
+        return None
+    twin = getattr(torch.ops.aten, packet[:-1], None)
+    return getattr(twin, target._overloadname, None) if twin is not None else None
+
+
+def _returns_alias(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
+def _aliased(tensor: fx.Node, writer: fx.Node) -> bool:
+    """Whether writing `tensor` in place would change another value: it is an input or a weight,
+    a view of something, or something else views it."""
+    if tensor.op in ("placeholder", "get_attr") or (tensor.op == "call_function" and _returns_alias(tensor)):
+        return True
+    return any(user is not writer and user.op == "call_function" and _returns_alias(user) and not
+               getattr(user.target, "_schema").is_mutable for user in tensor.users)
+
+
+def _batch_norm_as_one_op(graph: fx.Graph) -> None:
+    """Functionalization spells inference batch norm `_native_batch_norm_legit_no_training` with
+    a getitem of its output: Kiln's IR keeps it as the `aten.batch_norm` its passes fold."""
+    aten = torch.ops.aten
+    for node in list(graph.find_nodes(op="call_function", target=aten._native_batch_norm_legit_no_training.default)):
+        users = list(node.users)
+        if not all(user.target is operator.getitem and user.args[1] == 0 for user in users):
+            continue
+        x, weight, bias, mean, var, momentum, eps = node.args
+        with graph.inserting_before(node):
+            norm = graph.call_function(aten.batch_norm.default, (x, weight, bias, mean, var, False, momentum, eps, True))
+        norm.meta = dict(users[0].meta) if users else {}
+        for user in users:
+            user.replace_all_uses_with(norm)
+            graph.erase_node(user)
+        graph.erase_node(node)
 
 
 def _bake_constant_inputs(exported: torch.export.ExportedProgram, module: fx.GraphModule) -> list[ConstantInput]:

@@ -232,3 +232,4 @@ CORPUS: dict[str, Architecture] = {
         num_conv_pos_embedding_groups=4)),
     "whisper_encoder": Architecture("speech", _whisper_encoder),
 }
+

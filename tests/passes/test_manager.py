@@ -76,3 +76,46 @@ def test_pipeline_edits(cnn):
     assert names(stopped) == ["remove_noops", "fold_batch_norm"]
     with pytest.raises(kiln.PassError, match="unknown optimization level"):
         kiln.compile(model, inputs, opt_level="O9")
+
+
+@register_pass("test_plant_value_change", "TEST ONLY: claims to preserve values but scales the output", preserves_values=True)
+def plant_value_change(graph: Graph) -> int:
+    output = graph.output_node
+    first = output.args[0][0]
+    with graph.module.graph.inserting_before(output):
+        scaled = graph.module.graph.call_function(torch.ops.aten.mul.Tensor, (first, 1.001))
+    output.args = ((scaled, *output.args[0][1:]),)
+    return 1
+
+
+def test_verification_names_a_value_preserving_pass_that_moves_the_outputs(cnn):
+    model, inputs = cnn
+    pipeline = ["remove_noops", "test_plant_value_change", "dce"]
+    with pytest.raises(kiln.PassError, match="pass 'test_plant_value_change' promises to preserve values"):
+        kiln.compile(model, inputs, passes=pipeline, target="eager")
+
+
+def test_every_cleanup_pass_preserves_values_on_the_zoo():
+    """The property that would have caught MPNet's in-place bug: each value-preserving pass of O3
+    leaves the outputs where the previous graph had them."""
+    from kiln.compiler import capture
+    from kiln.models import ZOO
+    from kiln.passes import PassManager, get_pass, resolve_pipeline
+
+    pipeline = resolve_pipeline("O3")
+    assert all(get_pass(name).preserves_values for name, _ in pipeline)
+    for name, build in ZOO.items():
+        model, inputs = build()
+        graph, flat, reference = capture(model, inputs)
+        _, report = PassManager(pipeline, inputs=flat, reference=reference, verify=True).run(graph)
+        assert all(row.drift.max_rel <= 1e-5 for row in report.rows), name
+
+
+def test_an_in_place_op_is_neither_folded_nor_merged():
+    from kiln.passes.rewrite import is_pure
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    add_ = graph.call_function(torch.ops.aten.add_.Tensor, (x, x))
+    add = graph.call_function(torch.ops.aten.add.Tensor, (x, x))
+    assert not is_pure(add_) and is_pure(add)

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from kiln.backends.tvm.quantized import QUANTIZED_CONVERTERS
-from kiln.errors import UnsupportedOpError
+from kiln.errors import BackendError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph
 
 
@@ -416,6 +416,38 @@ def to_relax(graph: Graph):
 
             return tvm.runtime.tensor(tensor.detach().cpu().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
 
-    program = graph.to_exported_program().run_decompositions()
+        def create_convert_map(self):
+            return _NamingFailures(super().create_convert_map())
+
+    try:
+        program = graph.to_exported_program().run_decompositions()
+    except Exception as error:
+        raise BackendError(f"torch's decompositions (before the TVM import) failed: {type(error).__name__}: {error}",
+                           stage="decompose") from error
     check_supported(program)
     return Importer().from_exported_program(program, False, False, False, CUSTOM_CONVERTERS or None)
+
+
+class _NamingFailures(dict):
+    """The importer's converter table, each converter failing with Kiln's error naming the node,
+    its op and the model line it came from, instead of a bare TVM or Python exception."""
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        convert = super().__getitem__(name)
+
+        def named(node: fx.Node, *importer) -> Any:
+            try:
+                return convert(node, *importer)
+            except KilnError:
+                raise
+            except Exception as error:
+                shapes = ", ".join(str(tuple(a.meta["val"].shape)) for a in node.all_input_nodes
+                                   if hasattr(a.meta.get("val"), "shape"))
+                source = model_source(node)
+                where = f"\n  from the model at:\n{source}" if source else ""
+                raise BackendError(
+                    f"the TVM importer failed on node '{node.name}' ({node.target}, inputs {shapes or 'none'}): "
+                    f"{type(error).__name__}: {error}{where}", stage="import", node=node.name, op=str(node.target),
+                    source=source) from error
+
+        return named

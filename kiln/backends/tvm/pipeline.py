@@ -21,6 +21,7 @@ from tvm.target import Target
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.pack_weights import pack_weights
 from kiln.backends.tvm.register_tile import vector_unit
+from kiln.backends.tvm.reproducer import write_reproducer
 from kiln.backends.tvm.schedules import CPU_RULES, has_integer_dot
 from kiln.backends.tvm.tuning_database import TuningDatabase
 from kiln.passes.instrument import PassRecord
@@ -116,7 +117,10 @@ def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses
         for name, make_pass in passes:
             context.say(f"tvm {name}")
             start = time.perf_counter()
-            mod = make_pass()(mod)
+            try:
+                mod = make_pass()(mod)
+            except Exception as error:
+                raise write_reproducer(mod, target, name, make_pass, context.debug.path, error) from error
             record = context.report.add(
                 PassRecord(context.report.next_index(), name, "tvm", time.perf_counter() - start, note=_describe(mod))
             )
@@ -134,8 +138,11 @@ def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 def build(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.runtime.Executable:
     context.say("tvm codegen (TIR lowering + LLVM)")
     start = time.perf_counter()
-    with target:
-        executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target), tir_pipeline="default")
+    try:
+        with target:
+            executable = tvm.compile(mod, target, relax_pipeline=lowering_pipeline(target), tir_pipeline="default")
+    except Exception as error:
+        raise write_reproducer(mod, target, "codegen", None, context.debug.path, error) from error
     context.report.add(
         PassRecord(context.report.next_index(), "codegen", "tvm", time.perf_counter() - start, note=str(target.attrs.get("mcpu", "")))
     )

@@ -1,0 +1,74 @@
+"""Crash reproducers, LLVM's habit: when a TVM pass or the code generator fails, the module as it
+was before that stage is written (TVMScript to read, TVM's JSON to replay exactly) with a
+few-line Python script that runs the failing stage on it alone, and the error names the script.
+
+A maintainer (ours or TVM's) gets the failure without the user's model, weights or Kiln's
+pipeline in front of it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import tvm
+
+from kiln.errors import BackendError
+
+SCRIPT = '''"""Replays Kiln's failing TVM stage '{stage}' on the module written beside this script."""
+import sys
+sys.path[:0] = {paths!r}
+from kiln.backends.tvm.reproducer import replay
+
+replay({module!r}, target={target!r}, stage={stage!r}, factory={factory!r})
+'''
+
+
+def factory_path(make_pass: Callable) -> str:
+    """`module:qualname` of a pass factory that can be imported again ('' for a lambda)."""
+    name = getattr(make_pass, "__qualname__", "")
+    return "" if "<" in name else f"{make_pass.__module__}:{name}"
+
+
+def write_reproducer(mod: tvm.IRModule, target: tvm.target.Target, stage: str, make_pass: Callable | None,
+                     folder: Path | None, error: Exception) -> BackendError:
+    """The BackendError for `stage` failing on `mod`, after writing its reproducer into `folder`
+    (a new temporary folder when the compile has no debug directory)."""
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="kiln-crash-"))
+    safe = "".join(c if c.isalnum() else "_" for c in stage)
+    module_json = folder / f"crash_{safe}_module.json"
+    script = folder / f"crash_{safe}_replay.py"
+    (folder / f"crash_{safe}_module.py").write_text(mod.script(show_meta=False))
+    module_json.write_text(tvm.ir.save_json(mod))
+    kiln_root = str(Path(__file__).resolve().parents[3])
+    factory = factory_path(make_pass) if make_pass is not None else ""
+    paths = [kiln_root] + ([str(Path.cwd())] if factory and not factory.startswith("kiln.") else [])
+    script.write_text(SCRIPT.format(stage=stage, paths=paths, module=module_json.name, target=str(target), factory=factory))
+    return BackendError(
+        f"TVM stage '{stage}' failed: {type(error).__name__}: {error}\n"
+        f"  reproducer: python {script}  (the module before '{stage}': {folder / f'crash_{safe}_module.py'})",
+        stage=stage, reproducer=str(script))
+
+
+def replay(module_json: str, target: str, stage: str, factory: str = "") -> tvm.IRModule:
+    """Run `stage` (one of Kiln's TVM passes by name, the factory at `factory`, or "codegen") on the
+    saved module: what the reproducer script calls."""
+    here = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
+    path = Path(module_json) if Path(module_json).is_absolute() else here / module_json
+    mod = tvm.ir.load_json(path.read_text())
+    tvm_target = tvm.target.Target(target)
+    from kiln.backends.tvm.pipeline import fusion_passes, lowering_pipeline, schedule_passes
+
+    with tvm_target:
+        if stage == "codegen":
+            return tvm.compile(mod, tvm_target, relax_pipeline=lowering_pipeline(tvm_target), tir_pipeline="default")
+        if factory:
+            module_name, _, qualname = factory.partition(":")
+            make_pass = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                make_pass = getattr(make_pass, part)
+        else:
+            make_pass = dict(fusion_passes(tvm_target) + schedule_passes(None, tvm_target))[stage]
+        return make_pass()(mod)

@@ -1,0 +1,59 @@
+"""Ops the TVM importer got wrong or refused, lowered by Kiln's converters: each equals eager."""
+
+import pytest
+import torch
+
+import kiln
+from tests.conftest import eager
+
+
+class Indexed(torch.nn.Module):
+    def __init__(self, pick):
+        super().__init__()
+        self.pick = pick
+
+    def forward(self, x, i, j):
+        return self.pick(x, i, j)
+
+
+INDEXING = {
+    "adjacent index tensors broadcast": lambda x, i, j: x[:, i, j],
+    "separated index tensors move to the front": lambda x, i, j: x[i, :, j],
+    "one negative index": lambda x, i, j: x[:, :, j],
+    "every axis indexed": lambda x, i, j: x[i, j, 0, 0],
+    "constant negative index (Falcon's key slice)": lambda x, i, j: x[..., [-2], :],
+}
+
+
+@pytest.mark.parametrize("case", INDEXING)
+def test_advanced_indexing_wraps_negative_indices_and_broadcasts(case):
+    model = Indexed(INDEXING[case])
+    inputs = (torch.randn(3, 5, 7, 4), torch.tensor([[0, -1], [2, 1]]), torch.tensor([1, -3]))
+    compiled = kiln.compile(model, inputs)
+    assert torch.equal(compiled(*inputs), eager(model, *inputs))
+
+
+class Squeezes(torch.nn.Module):
+    def forward(self, x):
+        a = x.unsqueeze(3).squeeze(-2)  # a dim of size 3: torch leaves it, the importer squeezed all
+        b = x.unsqueeze(-2).squeeze(-2)  # a negative size-1 dim
+        return a, b
+
+
+def test_squeeze_of_a_dim_that_is_not_one_is_a_noop():
+    x = torch.randn(2, 1, 3)
+    compiled = kiln.compile(Squeezes(), (x,))
+    for got, want in zip(compiled(x), eager(Squeezes(), x)):
+        assert got.shape == want.shape and torch.equal(got, want)
+
+
+class CatOntoEmpty(torch.nn.Module):
+    """A transformers DynamicCache concatenates each layer's first keys onto torch.tensor([])."""
+
+    def forward(self, x):
+        return torch.cat([torch.tensor([]), x], dim=-2)
+
+
+def test_cat_skips_legacy_empty_tensors():
+    x = torch.randn(1, 2, 5, 4)
+    assert torch.equal(kiln.compile(CatOntoEmpty(), (x,))(x), eager(CatOntoEmpty(), x))
