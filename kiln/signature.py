@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,10 +20,11 @@ class Signature:
     in_spec: pytree.TreeSpec
     out_spec: pytree.TreeSpec
     constant_inputs: tuple[ConstantInput, ...] = ()
+    dim_ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, graph: Graph) -> "Signature":
-        return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs)
+        return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs, graph.dim_ranges)
 
     def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
         """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
@@ -76,6 +77,11 @@ class Signature:
                 if isinstance(want, int):
                     problem |= size != want
                 else:
+                    low, high = self.dim_ranges.get(want, (0, None))
+                    if size < low or (high is not None and size > high):
+                        raise InputMismatchError(
+                            f"input '{spec.name}': dimension '{want}' is {size}; this module was compiled for "
+                            f"{want} in [{low}, {'∞' if high is None else high}]")
                     first = symbols.setdefault(want, (size, spec.name))
                     if first[0] != size:
                         raise InputMismatchError(
@@ -94,6 +100,7 @@ class Signature:
             "in_spec": pytree.treespec_dumps(self.in_spec),
             "out_spec": pytree.treespec_dumps(self.out_spec),
             "constant_inputs": [c.to_json() for c in self.constant_inputs],
+            "dim_ranges": {name: list(bounds) for name, bounds in self.dim_ranges.items()},
         }
 
     @classmethod
@@ -104,6 +111,7 @@ class Signature:
             _load_spec(data["in_spec"]),
             _load_spec(data["out_spec"]),
             tuple(ConstantInput.from_json(c) for c in data.get("constant_inputs", ())),
+            {name: (low, high) for name, (low, high) in data.get("dim_ranges", {}).items()},
         )
 
 

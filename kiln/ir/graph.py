@@ -45,10 +45,12 @@ class TensorSpec:
         dims = ", ".join(str(d) for d in self.shape)
         return f"{self.name}: {str(self.dtype).removeprefix('torch.')}[{dims}]"
 
-    def example(self, symbolic_size: int = 2) -> torch.Tensor:
+    def example(self, symbolic_size: int | dict[str, int] = 2) -> torch.Tensor:
         """A tensor this spec accepts; symbolic dims take `symbolic_size` (not 0/1, which
-        torch.export would specialize)."""
-        shape = [symbolic_size if isinstance(d, str) else d for d in self.shape]
+        torch.export would specialize), or the size it gives each dim by name."""
+        sizes = symbolic_size if isinstance(symbolic_size, dict) else {}
+        default = 2 if isinstance(symbolic_size, dict) else symbolic_size
+        shape = [sizes.get(d, default) if isinstance(d, str) else d for d in self.shape]
         if self.dtype.is_floating_point:
             return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(self.dtype)
         return torch.zeros(shape, dtype=self.dtype)
@@ -101,6 +103,7 @@ class Graph:
         out_spec: pytree.TreeSpec,
         symbol_names: dict[str, str] | None = None,
         constant_inputs: Sequence[ConstantInput] = (),
+        dim_ranges: dict[str, tuple[int, int | None]] | None = None,
     ) -> None:
         self.module = module
         self.in_spec = in_spec
@@ -108,6 +111,8 @@ class Graph:
         # Maps export's symbol names (s77) to user-facing names (batch).
         self.symbol_names = dict(symbol_names or {})
         self.constant_inputs = tuple(constant_inputs)
+        # The sizes each named dynamic dim may take, (min, max or None): the module is correct there.
+        self.dim_ranges = dict(dim_ranges or {})
 
     # ----------------------------------------------------------------- structure
     @property
@@ -148,7 +153,7 @@ class Graph:
         """A new graph a pass may edit freely: the node structure is copied, weights are shared."""
         graph = copy.deepcopy(self.module.graph)
         module = fx.GraphModule(self.module, graph)
-        return Graph(module, self.in_spec, self.out_spec, self.symbol_names, self.constant_inputs)
+        return Graph(module, self.in_spec, self.out_spec, self.symbol_names, self.constant_inputs, self.dim_ranges)
 
     def add_constant(self, tensor: torch.Tensor, name_hint: str, before: fx.Node) -> fx.Node:
         """Register `tensor` as a new weight and return a `get_attr` node for it, placed before `before`."""
@@ -199,7 +204,9 @@ class Graph:
             return tuple(self.module(*flat_inputs))
 
     def example_inputs(self, symbolic_size: int = 2) -> tuple[torch.Tensor, ...]:
-        return tuple(spec.example(symbolic_size) for spec in self.inputs)
+        """Inputs of the graph's specs; each dynamic dim at `symbolic_size`, or its smallest legal size."""
+        sizes = {name: max(symbolic_size, low) for name, (low, _) in self.dim_ranges.items()}
+        return tuple(spec.example(sizes) if sizes else spec.example(symbolic_size) for spec in self.inputs)
 
     def to_exported_program(self) -> torch.export.ExportedProgram:
         """Re-capture this graph with torch.export (what TVM's importer and `save` consume)."""
@@ -207,10 +214,15 @@ class Graph:
         dynamic_shapes = []
         for spec in self.inputs:
             dynamic_shapes.append(
-                {axis: dims.setdefault(d, torch.export.Dim(d)) for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+                {axis: dims.setdefault(d, self._export_dim(d)) for axis, d in enumerate(spec.shape) if isinstance(d, str)}
                 or None
             )
         return torch.export.export(self.module, self.example_inputs(), dynamic_shapes=tuple(dynamic_shapes))
+
+    def _export_dim(self, name: str) -> Any:
+        low, high = self.dim_ranges.get(name, (0, None))
+        bounds = {"min": low} if low > 2 else {}
+        return torch.export.Dim(name, **bounds, **({"max": high} if high is not None else {}))
 
     # ----------------------------------------------------------------- display
     def text(self) -> str:

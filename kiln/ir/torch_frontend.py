@@ -169,6 +169,7 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     module.recompile()
     graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants)
     graph.symbol_names = _symbol_names(graph, names or {})
+    graph.dim_ranges = _dim_ranges(exported, graph.symbol_names)
     return graph
 
 
@@ -264,6 +265,16 @@ def _readable_path(keystr: str) -> str:
         index, _, rest = keystr[4:].partition("]")
         return f"argument {index}{rest}"
     return keystr
+
+
+def _dim_ranges(exported: torch.export.ExportedProgram, names: dict[str, str]) -> dict[str, tuple[int, int | None]]:
+    """The range export proved each dynamic dim correct for, under the user's name for it."""
+    ranges = {}
+    for symbol, bounds in exported.range_constraints.items():
+        if str(symbol) in names:
+            high = bounds.upper
+            ranges[names[str(symbol)]] = (int(bounds.lower), int(high) if high.is_finite else None)
+    return ranges
 
 
 def _symbol_names(graph: Graph, names: dict[tuple[int, int], str]) -> dict[str, str]:

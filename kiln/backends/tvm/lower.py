@@ -273,6 +273,24 @@ def _squeeze(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.squeeze(x, axes))
 
 
+def _slice(node: fx.Node, importer) -> Any:
+    """x[..., :n] with n a dynamic size torch proved in bounds (BERT's `position_ids[:, :seq]`
+    under a Dim with a maximum): a slice TVM may assume in bounds, so its size is n and not
+    min(n, length), which TVM cannot simplify and which left later shapes unknown."""
+    from tvm import relax
+
+    dim = node.args[1] if len(node.args) > 1 else 0
+    start = node.args[2] if len(node.args) > 2 else None
+    end = node.args[3] if len(node.args) > 3 else None
+    step = node.args[4] if len(node.args) > 4 else 1
+    proven = (start in (None, 0) and step == 1 and isinstance(end, fx.Node)
+              and str(end.meta.get("val")) == str(node.meta["val"].shape[dim]))
+    if not proven:
+        return _stock_converter(importer, "slice.Tensor")(node)
+    x = importer.env[node.args[0]]
+    return importer.block_builder.emit(relax.op.strided_slice(x, [dim], [0], [importer.env[end]], [1], assume_inbound=True))
+
+
 def _stock_converter(importer, name: str) -> Callable[[fx.Node], Any]:
     """The importer's own converter for `name`, under Kiln's wrappers (its table built once per import)."""
     stock = getattr(importer, "_kiln_stock_converters", None)
@@ -353,6 +371,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
     "cat.default": _cat,
+    "slice.Tensor": _slice,
     **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},
     "index.Tensor": _index,
     "cumsum.default": _scan("cumsum"),
