@@ -272,9 +272,16 @@ def _dim_ranges(exported: torch.export.ExportedProgram, names: dict[str, str]) -
     ranges = {}
     for symbol, bounds in exported.range_constraints.items():
         if str(symbol) in names:
-            high = bounds.upper
-            ranges[names[str(symbol)]] = (int(bounds.lower), int(high) if high.is_finite else None)
+            ranges[names[str(symbol)]] = (_finite(bounds.lower) or 0, _finite(bounds.upper))
     return ranges
+
+
+def _finite(bound: Any) -> int | None:
+    """A range bound as an int; None for torch's symbolic infinity (which int() refuses)."""
+    try:
+        return int(bound)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
 
 
 def _symbol_names(graph: Graph, names: dict[tuple[int, int], str]) -> dict[str, str]:

@@ -166,18 +166,38 @@ def _scan(topi_name: str):
     return convert
 
 
-def _matmul(node: fx.Node, importer) -> Any:
-    """matmul/mm/bmm returned in the inputs' dtype: the importer's converters hard-code float32
-    outputs, so fp16/bf16 models came out float32 and float64 ones lost their precision. Half types
-    accumulate in float32 and round once, as PyTorch does (fp16 sums drifted by an ulp or two)."""
+def _product(importer, a, b):
+    """a @ b in the inputs' dtype: the importer's converters hard-code float32 outputs, so fp16/bf16
+    models came out float32 and float64 ones lost their precision. Half types accumulate in
+    float32 and round once, as PyTorch does (fp16 sums drifted by an ulp or two)."""
     from tvm import relax
 
-    a, b = importer.env[node.args[0]], importer.env[node.args[1]]
     dtype = str(a.ty.dtype)
     if dtype in ("float16", "bfloat16"):
         product = importer.block_builder.emit(relax.op.matmul(a, b, out_dtype="float32"))
         return importer.block_builder.emit(relax.op.astype(product, dtype))
     return importer.block_builder.emit(relax.op.matmul(a, b, out_dtype=dtype))
+
+
+def _matmul(node: fx.Node, importer) -> Any:
+    """matmul/mm/bmm in the inputs' dtype (see _product)."""
+    return _product(importer, importer.env[node.args[0]], importer.env[node.args[1]])
+
+
+def _addmm(node: fx.Node, importer) -> Any:
+    """beta·bias + alpha·(a @ b) in the inputs' dtype: the stock addmm added a float32 product to a
+    float64 bias, which Relax refuses (linear layers of float64 models)."""
+    from tvm import relax
+
+    bias, a, b = (importer.env[x] for x in node.args[:3])
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    dtype = str(a.ty.dtype)
+    product = _product(importer, a, b)
+    if alpha != 1:
+        product = importer.block_builder.emit(relax.op.multiply(product, relax.const(alpha, dtype)))
+    if beta != 1:
+        bias = importer.block_builder.emit(relax.op.multiply(bias, relax.const(beta, dtype)))
+    return importer.block_builder.emit(relax.op.add(bias, product))
 
 
 def _split_with_sizes(node: fx.Node, importer) -> Any:
@@ -378,6 +398,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
     **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
+    "addmm.default": _addmm,
     **{name: _in_float32(name) for name in (
         "softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "sum.default", "sum.dim_IntList",
         "mean.default", "mean.dim")},
