@@ -57,3 +57,21 @@ class CatOntoEmpty(torch.nn.Module):
 def test_cat_skips_legacy_empty_tensors():
     x = torch.randn(1, 2, 5, 4)
     assert torch.equal(kiln.compile(CatOntoEmpty(), (x,))(x), eager(CatOntoEmpty(), x))
+
+
+FLOAT64 = {
+    "grouped strided conv2d": (lambda: torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+    "conv1d with bias": (lambda: torch.nn.Conv1d(3, 5, 3, padding=1), (2, 3, 10)),
+    "layer norm": (lambda: torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.LayerNorm(6)), (3, 6)),
+}
+
+
+@pytest.mark.parametrize("case", FLOAT64)
+def test_float64_layers_compute_in_float64(case):
+    """Found by the fuzzer: the importer's float32 convolutions gave float64 models float32
+    accuracy, and TVM's layer norm refused float64."""
+    build, shape = FLOAT64[case]
+    model, x = build().double().eval(), torch.randn(shape, dtype=torch.float64)
+    got, want = kiln.compile(model, (x,))(x), eager(model, x)
+    assert got.dtype == torch.float64
+    assert (got - want).abs().max() <= 1e-12 * want.abs().max()

@@ -335,6 +335,63 @@ def _in_input_dtype(name: str):
     return convert
 
 
+def _conv(name: str):
+    """conv1d/2d/3d: float64 ones computed in float64 (through the importer's float32 they had
+    float32's accuracy, found by the fuzzer); other dtypes as `_in_input_dtype`."""
+    in_input_dtype = _in_input_dtype(name)
+
+    def convert(node: fx.Node, importer) -> Any:
+        if str(importer.env[node.args[0]].ty.dtype) != "float64":
+            return in_input_dtype(node, importer)
+        args = importer.retrieve_args(node)
+        x, weight, bias, stride, padding, dilation, groups = (list(args) + [None, None, None, 1, 0, 1, 1][len(args):])[:7]
+        return _convolution_in_dtype(importer, x, weight, bias, stride, padding, dilation, groups)
+
+    return convert
+
+
+def _convolution_in_dtype(importer, x, weight, bias, stride, padding, dilation, groups) -> Any:
+    """A 1/2/3-D convolution (channels first) computed and returned in its input's dtype."""
+    from tvm import relax
+
+    rank = len(x.ty.shape) - 2
+    op = {1: relax.op.nn.conv1d, 2: relax.op.nn.conv2d, 3: relax.op.nn.conv3d}[rank]
+    data_layout, kernel_layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[rank]
+    result = importer.block_builder.emit(op(
+        x, weight, strides=stride, padding=padding, dilation=dilation, groups=groups, data_layout=data_layout,
+        kernel_layout=kernel_layout, out_dtype=str(x.ty.dtype)))
+    if bias is None:
+        return result
+    return importer.block_builder.emit(relax.op.add(result, relax.op.reshape(bias, (1, -1) + (1,) * rank)))
+
+
+def _layer_norm(name: str):
+    """layer norm of float64 inputs from its mean and variance: TVM's layer_norm legalizes only
+    float32 and float16. Other dtypes take the importer's converter."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        x = importer.env[node.args[0]]
+        dtype = str(x.ty.dtype)
+        if dtype != "float64":
+            return _stock_converter(importer, name)(node)
+        bb = importer.block_builder
+        axes = list(range(-len(node.args[1]), 0))
+        weight, bias = (importer.env.get(node.args[i]) if len(node.args) > i and node.args[i] is not None else None for i in (2, 3))
+        eps = node.args[4] if len(node.args) > 4 else 1e-5
+        centered = bb.emit(relax.op.subtract(x, relax.op.mean(x, axes, keepdims=True)))
+        variance = bb.emit(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
+        y = bb.emit(relax.op.multiply(centered, relax.op.rsqrt(relax.op.add(variance, relax.const(eps, dtype)))))
+        if weight is not None:
+            y = bb.emit(relax.op.multiply(y, weight))
+        if bias is not None:
+            y = bb.emit(relax.op.add(y, bias))
+        return y
+
+    return convert
+
+
 def _in_float32(name: str):
     """The importer's converter run on float32 copies of half-precision inputs, the result rounded
     back once: what PyTorch's CPU kernels do for softmax and sums (TVM's own accumulate in the half
@@ -365,6 +422,8 @@ def _convolution(node: fx.Node, importer) -> Any:
 
     args = importer.retrieve_args(node)
     x, weight, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+    if not transposed and str(x.ty.dtype) == "float64":
+        return _convolution_in_dtype(importer, x, weight, bias, stride, padding, dilation, groups)
     if not (transposed and len(x.ty.shape) == 5):
         return _in_input_dtype("convolution.default")(node, importer)
     result = importer.block_builder.emit(relax.op.nn.conv3d_transpose(
@@ -391,6 +450,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "grid_sampler_2d.default": _grid_sampler_2d,
     "scatter_reduce.two": _scatter_reduce,
     "cat.default": _cat,
+    **{name: _layer_norm(name) for name in ("layer_norm.default", "native_layer_norm.default")},
     "slice.Tensor": _slice,
     **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},
     "index.Tensor": _index,
@@ -402,8 +462,8 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     **{name: _in_float32(name) for name in (
         "softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "sum.default", "sum.dim_IntList",
         "mean.default", "mean.dim")},
-    **{name: _in_input_dtype(name) for name in (
-        "conv1d.default", "conv2d.default", "conv3d.default", "conv_transpose1d.default", "conv_transpose2d.input")},
+    **{name: _conv(name) for name in ("conv1d.default", "conv2d.default", "conv3d.default")},
+    **{name: _in_input_dtype(name) for name in ("conv_transpose1d.default", "conv_transpose2d.input")},
     "convolution.default": _convolution,
 }
 
