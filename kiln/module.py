@@ -72,23 +72,45 @@ class CompiledModule:
             raise TargetError(f"{action} needs a TVM target; this module's target is '{self.target.name}'")
         return self.executable.built
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, sign_with: Any = None) -> None:
+        """Write the `.kiln` artifact; `sign_with` (an Ed25519 private key or its PEM file, from
+        `kiln keygen`) signs it, so a loader can ask for `trusted_keys`."""
         manifest = {
+            "built_by": _builder(),
             "backend": self.target.backend,
             "target": {"name": self.target.name, "tvm": self.target.tvm_target},
             "signature": self.signature.to_json(),
             "threads": self.threads,
             "report": self.report.to_json(),
         }
-        artifact.write_artifact(path, manifest, self.executable.save)
+        artifact.write_artifact(path, manifest, self.executable.save, sign_with)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.signature.inputs)
         return f"<kiln.CompiledModule {self.target.name} ({ins})>"
 
 
-def load(path: str | Path) -> CompiledModule:
-    """Restore a module saved with `CompiledModule.save`, in any process."""
+def _builder() -> dict[str, str]:
+    """Who built an artifact: the versions that made it and the machine, for `kiln info`."""
+    import platform
+    import sys
+
+    import kiln
+
+    versions = {"kiln": kiln.__version__, "torch": torch.__version__, "python": platform.python_version(),
+                "machine": platform.machine()}
+    if "tvm" in sys.modules:
+        versions["tvm"] = sys.modules["tvm"].__version__
+    return versions
+
+
+def load(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> CompiledModule:
+    """Restore a module saved with `CompiledModule.save`, in any process.
+
+    Loading maps the artifact's native library into this process, which runs its code: load only
+    artifacts you built or whose signer you trust. With `trusted_keys` (Ed25519 public keys, their
+    PEM files or hex strings), an artifact not signed by one of them is refused before anything is
+    unpacked or loaded."""
 
     def restore(manifest: dict[str, Any], folder: Path) -> CompiledModule:
         target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
@@ -97,4 +119,4 @@ def load(path: str | Path) -> CompiledModule:
         report = Report.from_json(manifest["report"])
         return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, report, threads)
 
-    return artifact.read_artifact(path, restore)
+    return artifact.read_artifact(path, restore, trusted_keys)
