@@ -249,7 +249,7 @@ def classify(program: Program, target: str = "llvm") -> Outcome:
     try:
         got = kiln.compile(model, inputs, target=target, threads=1)(*inputs)
     except kiln.KilnError as error:
-        internal = isinstance(error, (kiln.BackendError, getattr(kiln.errors, "InternalError")))
+        internal = isinstance(error, (kiln.BackendError, kiln.errors.InternalError))
         return Outcome("kiln error" if internal else "refused", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", program)
     except Exception as error:  # noqa: BLE001 - what the fuzzer exists to find
         return Outcome("crashed", f"{type(error).__name__}: {str(error)[:200]}", program)
