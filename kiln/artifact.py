@@ -70,7 +70,7 @@ def read_manifest(path: str | Path) -> tuple[dict[str, Any], bytes | None]:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(_read_member(archive, MANIFEST, MAX_MANIFEST_BYTES, path))
+            manifest = _checked_manifest(_read_member(archive, MANIFEST, MAX_MANIFEST_BYTES, path), path)
             return manifest, _optional_member(archive, SIGNATURE, path)
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, json.JSONDecodeError, UnicodeDecodeError, zlib.error) as error:
         raise ArtifactError(f"{path}: not a readable Kiln artifact ({type(error).__name__}: {error})") from error
@@ -97,11 +97,7 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
     try:
         with zipfile.ZipFile(path) as archive:
             manifest_bytes = _read_member(archive, MANIFEST, MAX_MANIFEST_BYTES, path)
-            manifest = json.loads(manifest_bytes)
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-                raise ArtifactError(f"{path}: not a Kiln artifact (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
-            if manifest.get("version") != VERSION:
-                raise ArtifactError(f"{path}: artifact format version {manifest.get('version')}, this Kiln reads {VERSION}")
+            manifest = _checked_manifest(manifest_bytes, path)
             files = _checked_members(archive, manifest, path)
             if trusted_keys is not None:
                 from kiln.signing import verify_manifest
@@ -129,6 +125,15 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
         raise ArtifactError(f"{path}: the artifact is truncated or not a zip file ({error})") from error
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError, zlib.error) as error:
         raise ArtifactError(f"{path}: the artifact is corrupt or incomplete ({type(error).__name__}: {error})") from error
+
+
+def _checked_manifest(manifest_bytes: bytes, path: Path) -> dict[str, Any]:
+    manifest = json.loads(manifest_bytes)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a Kiln artifact (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("version") != VERSION:
+        raise ArtifactError(f"{path}: artifact format version {manifest.get('version')}, this Kiln reads {VERSION}")
+    return manifest
 
 
 def safe_member_name(name: str) -> bool:

@@ -139,20 +139,27 @@ def verify(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     """What an artifact says about itself, without loading any of its code."""
-    import json
-
     from kiln.artifact import read_manifest
+    from kiln.errors import ArtifactError
+    from kiln.signing import parse_signature
 
     manifest, signature = read_manifest(args.artifact)
-    target = manifest.get("target", {})
-    print(f"{args.artifact}: Kiln artifact, format version {manifest.get('version')}")
-    print(f"  target:   {target.get('name')} ({target.get('tvm') or manifest.get('backend')})")
-    print(f"  built by: {', '.join(f'{k} {v}' for k, v in manifest.get('built_by', {}).items()) or 'unrecorded'}")
-    inputs = manifest.get("signature", {}).get("inputs", [])
-    described = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in inputs)
-    print(f"  inputs:   {described}")
-    print(f"  files:    {', '.join(manifest.get('files', {}))}")
-    print(f"  signed:   {'by ' + json.loads(signature)['public_key'] if signature else 'no'} (kiln verify checks it)")
+    try:
+        target = manifest.get("target", {})
+        built_by = ", ".join(f"{k} {v}" for k, v in manifest.get("built_by", {}).items())
+        inputs = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in manifest.get("signature", {}).get("inputs", []))
+        lines = [
+            f"{args.artifact}: Kiln artifact, format version {manifest['version']}",
+            f"  target:   {target.get('name')} ({target.get('tvm') or manifest.get('backend')})",
+            f"  built by: {built_by or 'unrecorded'}",
+            f"  inputs:   {inputs}",
+            f"  files:    {', '.join(manifest.get('files', {}))}",
+        ]
+    except (AttributeError, KeyError, TypeError) as error:
+        raise ArtifactError(f"{args.artifact}: the manifest does not have the fields of a Kiln artifact ({error!r})") from error
+    signer = parse_signature(signature, args.artifact)[0].hex() if signature else None
+    lines.append(f"  signed:   {'by ' + signer + ' (claimed; kiln verify checks it)' if signer else 'no'}")
+    print("\n".join(lines))
     return 0
 
 

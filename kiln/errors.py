@@ -39,7 +39,8 @@ class InputMismatchError(KilnError, ValueError):
 
 
 class ArtifactError(KilnError):
-    """A saved Kiln artifact that cannot be read: missing, truncated, corrupt or from another version."""
+    """A file Kiln saved and reads back (an artifact, a tuning database, a bundle) that cannot be read or
+    is refused: missing, truncated, corrupt, from another version, or unsafe to unpack or load."""
 
 
 class PassError(KilnError):

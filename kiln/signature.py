@@ -30,7 +30,7 @@ class Signature:
         """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
         compiled as a constant (`use_cache=False`) may be left out; given, it must be that value."""
         given = {**self._baked_keywords(), **kwargs}
-        order = list(self.in_spec.children_specs[1].context or [])  # keywords in the order they were captured
+        order = list(self.in_spec.child(1).context or [])  # keywords in the order they were captured
         kwargs = {name: given[name] for name in order if name in given} | {k: v for k, v in given.items() if k not in order}
         flat, spec = pytree.tree_flatten((tuple(args), kwargs))
         expected = ", ".join(s.describe() for s in self.inputs)
@@ -51,9 +51,9 @@ class Signature:
 
     def _baked_keywords(self) -> dict[str, Any]:
         """Top-level keywords that were constants (or None) at capture: what an omitted one means."""
-        kwargs_spec = self.in_spec.children_specs[1]
+        kwargs_spec = self.in_spec.child(1)
         baked = {c.path: c.value for c in self.constant_inputs if c.path in (kwargs_spec.context or [])}
-        for name, child in zip(kwargs_spec.context or [], kwargs_spec.children_specs):
+        for name, child in zip(kwargs_spec.context or [], kwargs_spec.children()):
             if child.type is type(None):
                 baked[name] = None
         return baked

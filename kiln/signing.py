@@ -49,13 +49,7 @@ def verify_manifest(manifest_bytes: bytes, signature: bytes | None, trusted_keys
 
     if signature is None:
         raise ArtifactError(f"{source}: the artifact is not signed, and trusted_keys asks for a signature; refused")
-    try:
-        record = json.loads(signature)
-        signer, value = bytes.fromhex(record["public_key"]), bytes.fromhex(record["signature"])
-        if record.get("algorithm") != "ed25519" or len(signer) != 32 or len(value) != 64:
-            raise ValueError("not an Ed25519 signature")
-    except (ValueError, KeyError, TypeError) as error:
-        raise ArtifactError(f"{source}: the artifact's signature is malformed or truncated ({error}); refused") from error
+    signer, value = parse_signature(signature, source)
     trusted = {_public_bytes(key): key for key in trusted_keys}
     if signer not in trusted:
         raise ArtifactError(f"{source}: signed by key {signer.hex()[:16]}…, which is not among the trusted keys; refused")
@@ -66,6 +60,18 @@ def verify_manifest(manifest_bytes: bytes, signature: bytes | None, trusted_keys
     except InvalidSignature:
         raise ArtifactError(f"{source}: the signature does not match the artifact's contents (tampered?); refused") from None
     return signer.hex()
+
+
+def parse_signature(signature: bytes, source: Path) -> tuple[bytes, bytes]:
+    """(signer's public key, signature) of a signature member; not yet verified."""
+    try:
+        record = json.loads(signature)
+        signer, value = bytes.fromhex(record["public_key"]), bytes.fromhex(record["signature"])
+        if record.get("algorithm") != "ed25519" or len(signer) != 32 or len(value) != 64:
+            raise ValueError("not an Ed25519 signature")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{source}: the artifact's signature is malformed or truncated ({error}); refused") from error
+    return signer, value
 
 
 def _private_key(key: KeyLike):

@@ -62,6 +62,7 @@ def tune(
     to stderr. Interrupted, it resumes where it stopped when run again with the same arguments.
     """
     from kiln.backends.tvm import lower_and_fuse
+    from kiln.backends.tvm.remote import warn_if_public
     from kiln.backends.tvm.threads import usable_cores
     from kiln.backends.tvm.tuning import Measurement, tune_module
     from kiln.backends.tvm.tuning_database import TuningDatabase
@@ -78,6 +79,8 @@ def tune(
     database = TuningDatabase.for_target(Path(tuning_dir) if tuning_dir else None, tvm_target)
     if resolved.cross and remote is None and tracker is None:
         raise TargetError(f"target '{resolved.name}' runs on a board: tune it there with remote='host:port' or tracker='host:port', key=...")
+    for address in filter(None, (remote, tracker)):
+        warn_if_public(address)
     measurement = Measurement(remote, tracker, key, boards=_registered_boards(tracker, key) if tracker else 1)
     toolchain = resolved.toolchain
     cross_compiler = toolchain.require(resolved.name) if toolchain else None

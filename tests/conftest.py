@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +73,21 @@ def aarch64_tracker():
         pytest.skip(f"no emulated aarch64 boards: {error}")
     yield board
     board.stop()
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A folder outside what a hostile file names, and a private temporary directory for Kiln's
+    unpacking: after each hostile input both must look exactly as before."""
+    sandbox, temporary = tmp_path / "sandbox", tmp_path / "tmp"
+    sandbox.mkdir(), temporary.mkdir()
+    (sandbox / "keep.txt").write_text("untouched")
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    before = tree(sandbox)
+    yield sandbox
+    assert tree(sandbox) == before, "a hostile input wrote outside its folder"
+    assert tree(temporary) == set(), "a hostile input left temporary files behind"

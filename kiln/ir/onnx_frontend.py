@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper, shape_inference
+from onnx import TensorProto, external_data_helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError, UnsupportedOpError, ValueRequiredError
@@ -42,12 +42,64 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str
     if not path.is_file():
         raise FrontendError(f"{path}: no such ONNX file")
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and friends
         raise FrontendError(f"{path}: not a readable ONNX model (truncated or malformed: {error})") from error
     if not proto.graph.node:
         raise FrontendError(f"{path}: the ONNX file holds no graph (truncated or not an ONNX model)")
+    _load_external_data(proto, path)
     return proto, str(path)
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Tensors kept in side files, read only from plain files inside the model's folder: a
+    location that is absolute, climbs out with '..' or goes through a symlink is refused (a model
+    file must not make Kiln read, say, an SSH key into a weight)."""
+    folder = path.parent.resolve()
+    external = [tensor for tensor in _tensors(proto.graph) if external_data_helper.uses_external_data(tensor)]
+    for tensor in external:
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        resolved = (folder / location).resolve()
+        unsafe = (not location or Path(location).is_absolute() or ".." in Path(location).parts
+                  or folder not in resolved.parents or (folder / location).is_symlink())
+        if unsafe:
+            raise FrontendError(
+                f"{path}: initializer '{tensor.name}' keeps its data at {location!r}, outside the model's folder "
+                f"{folder} (absolute, '..' or a symlink); refused"
+            )
+        if not resolved.is_file():
+            raise FrontendError(f"{path}: initializer '{tensor.name}' keeps its data in {location!r}, which is not in {folder}")
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(folder))
+    except Exception as error:  # onnx's own checks: offsets past the end, lengths that disagree
+        raise FrontendError(f"{path}: the model's external data cannot be read: {error}") from error
+    for tensor in external:
+        expected = _raw_bytes(tensor)
+        if expected is not None and len(tensor.raw_data) != expected:
+            raise FrontendError(f"{path}: initializer '{tensor.name}' ({list(tensor.dims)}) needs {expected:,} bytes of "
+                                f"external data, its file gives {len(tensor.raw_data):,} (truncated?)")
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's raw data must hold (sub-byte types packed); None for strings."""
+    if tensor.data_type == TensorProto.STRING:
+        return None
+    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4, TensorProto.INT2: 2, TensorProto.UINT2: 2}
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if tensor.data_type in bits:
+        return (count * bits[tensor.data_type] + 7) // 8
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            yield from ([attribute.t] if attribute.HasField("t") else [])
+            yield from attribute.tensors
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                yield from _tensors(subgraph)
 
 
 def check_model(model: onnx.ModelProto, source: str) -> None:

@@ -1,12 +1,17 @@
 """`CompiledModule.export`: a folder to copy to the board and run there with only TVM's runtime.
 
     module.so          the model (kernels, VM bytecode and weights), linked for the target's CPU
-    kiln_bundle.json   target, device, input and output names, shapes and dtypes
+    kiln_bundle.json   target, device, input and output names, shapes and dtypes, the library's SHA-256
     run.py             a minimal runner (bundle_runner.py), numpy + tvm runtime only
+
+The runner checks the library's name and checksum before it maps it: a library corrupted on the
+way, or swapped beside the manifest, is refused, not run. The checksum is no proof of who built
+it (whoever edits the manifest can edit it too): ship the signed `.kiln` and `kiln verify` it for that.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +19,7 @@ from typing import Any
 
 from kiln.backends.tvm import bundle_runner
 from kiln.backends.tvm.executable import LIBRARY_FILE, TVMExecutable
+from kiln.errors import ArtifactError
 from kiln.signature import Signature
 
 MANIFEST_FILE = "kiln_bundle.json"
@@ -22,10 +28,15 @@ RUNNER_FILE = "run.py"
 
 def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    for name in (LIBRARY_FILE, MANIFEST_FILE, RUNNER_FILE):
+        if (folder / name).is_symlink() or (folder / name).is_dir():
+            raise ArtifactError(f"{folder / name} is a {'symlink' if (folder / name).is_symlink() else 'folder'}: "
+                                f"the bundle writes a file there; refused (export to a fresh folder)")
     executable.write_shared_library(folder / LIBRARY_FILE)
     target = executable.target
     manifest: dict[str, Any] = {
         "library": LIBRARY_FILE,
+        "library_sha256": hashlib.sha256((folder / LIBRARY_FILE).read_bytes()).hexdigest(),
         "target": target.name,
         "tvm_target": target.tvm_target,
         "device": target.device,

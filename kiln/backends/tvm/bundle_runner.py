@@ -6,6 +6,7 @@
 Copied verbatim into every bundle by `CompiledModule.export`; it must not import Kiln.
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -43,10 +44,27 @@ def _load_cuda_runtime() -> None:
 def load_bundle(folder: Path = HERE):
     """(virtual machine, device, manifest) of the bundle in `folder`."""
     manifest = json.loads((folder / "kiln_bundle.json").read_text())
+    library = _verified_library(folder, manifest)
     if manifest["device"] == "cuda":
         _load_cuda_runtime()
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
-    return VirtualMachine(tvm.runtime.load_module(str(folder / manifest["library"])), device), device, manifest
+    return VirtualMachine(tvm.runtime.load_module(str(library)), device), device, manifest
+
+
+class BundleError(Exception):
+    """The bundle's library is not the one it was exported with."""
+
+
+def _verified_library(folder: Path, manifest: dict) -> Path:
+    """The library's path, once its name is a plain file of this folder and its SHA-256 is the
+    manifest's: checked before it is mapped, since mapping a library runs its code."""
+    name = manifest.get("library", "")
+    path = folder / name
+    if not name or "/" in name or "\\" in name or name in (".", "..") or path.is_symlink() or not path.is_file():
+        raise BundleError(f"kiln_bundle.json names library {name!r}: not a plain file of {folder}; refused")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("library_sha256"):
+        raise BundleError(f"{path}: its SHA-256 is not the one kiln_bundle.json records; refused (re-export the bundle)")
+    return path
 
 
 def main(argv):

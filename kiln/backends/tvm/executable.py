@@ -17,7 +17,7 @@ from tvm.support import cc
 
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.threads import pool_size, use_threads
-from kiln.errors import TargetError
+from kiln.errors import ArtifactError, TargetError
 from kiln.timing import median_seconds
 
 LIBRARY_FILE = "module.so"
@@ -138,7 +138,33 @@ class TVMExecutable:
         """Loaded into this process only where it can run here; otherwise kept as bytes for the board
         (this machine could not even load it: wrong CPU, or no CUDA runtime)."""
         path = folder / LIBRARY_FILE
-        executable = cls(target, threads, shared_library=path.read_bytes())
+        data = path.read_bytes()
+        found = elf_architecture(data)
+        if found != target.architecture:
+            raise ArtifactError(
+                f"the artifact's library is {found or 'not an ELF shared library'}, but its manifest says it is built "
+                f"for target '{target.name}' ({target.architecture}); refused before loading it"
+            )
+        executable = cls(target, threads, shared_library=data)
         if executable.why_not_here() is None:
-            executable.library, executable.shared_library = tvm.runtime.load_module(str(path)), None
+            try:
+                executable.library, executable.shared_library = tvm.runtime.load_module(str(path)), None
+            except Exception as error:  # dlopen's and TVM's errors, whatever the library held
+                raise ArtifactError(f"the artifact's library could not be loaded: {str(error).splitlines()[-1]}") from error
         return executable
+
+
+# ELF e_machine values, named as ResolvedTarget.architecture names them
+_ELF_MACHINES = {3: "x86", 40: "armv7", 62: "x86_64", 183: "aarch64"}
+
+
+def elf_architecture(data: bytes) -> str | None:
+    """The CPU architecture an ELF shared library is for, from its header; None when `data` is
+    not an ELF shared object (a library for another CPU is refused before dlopen sees it)."""
+    if len(data) < 20 or data[:4] != b"\x7fELF" or data[5] not in (1, 2):
+        return None
+    order = "little" if data[5] == 1 else "big"
+    if int.from_bytes(data[16:18], order) != 3:  # ET_DYN
+        return None
+    machine = int.from_bytes(data[18:20], order)
+    return _ELF_MACHINES.get(machine, f"ELF machine {machine}")

@@ -100,8 +100,12 @@ def default_schedule(func: tvm.tirx.PrimFunc, target: Target):
 
 
 def schedule_passes(database: TuningDatabase | None, target: Target) -> NamedPasses:
-    """Tuned schedules from the database where it has them, the default rules for the rest."""
-    tuned = [("ApplyTuningDatabase", database.apply_pass)] if database is not None and database.exists() else []
+    """Tuned schedules from the database where it has them, the default rules for the rest; a
+    database that is not what TVM wrote is refused here, before TVM parses it."""
+    tuned = []
+    if database is not None and database.exists():
+        database.check()
+        tuned = [("ApplyTuningDatabase", database.apply_pass)]
     name = "ScheduleGPU" if target.kind.name == "cuda" else "ScheduleCPU"
     return tuned + [(name, lambda: dl.ApplyDefaultSchedule(*schedule_rules(target)))]
 

@@ -8,7 +8,10 @@ returned by `vm["main"]` is not subscriptable from the client side.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -29,8 +32,39 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class OpenRPCAddressWarning(UserWarning):
+    """An RPC server reached over a public address: TVM's RPC has no authentication."""
+
+
+def public_addresses(host: str) -> list[str]:
+    """The addresses `host` resolves to that are neither loopback nor a private range (what a
+    stranger on the network could also reach); a name that does not resolve is left to connect."""
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return []
+    return sorted(a for a in resolved if not _is_local(ipaddress.ip_address(a.split("%")[0])))
+
+
+def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def warn_if_public(address: str) -> None:
+    host, _ = parse_address(address)
+    public = public_addresses(host)
+    if public:
+        warnings.warn(
+            f"the RPC server at {address} ({', '.join(public)}) is on a public address: TVM's RPC server runs "
+            f"whatever module it is sent and has no authentication. Bind it to a private interface or reach it "
+            f"through an SSH tunnel (see the README's 'Trust and security').",
+            OpenRPCAddressWarning, stacklevel=3,
+        )
+
+
 def connect(address: str) -> rpc.RPCSession:
     host, port = parse_address(address)
+    warn_if_public(address)
     try:
         return rpc.connect(host, port, session_timeout=SESSION_TIMEOUT_S)
     except (RuntimeError, OSError) as error:  # TVM raises RuntimeError subclasses

@@ -22,9 +22,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
 from kiln.backends.tvm.pipeline import default_schedule
-from kiln.backends.tvm.tuning_database import TuningDatabase
+from kiln.backends.tvm.tuning_database import STATE_FILE, TuningDatabase
 
-STATE_FILE = "kiln_progress.json"
 
 
 @dataclass
@@ -203,7 +202,7 @@ def tune_module(
     tasks = ms.relax_integration.extract_tasks(mod, target)
     records = database.open()
     state_path = database.path / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state = database.progress()
     measurer = _Measurer(target, measurement, cross_compiler)
     _seed_defaults(tasks, target, records, measurer, state, say)
     state_path.write_text(json.dumps(state, indent=1))
