@@ -151,6 +151,7 @@ def info(args: argparse.Namespace) -> int:
         lines = [
             f"{args.artifact}: Kiln artifact, format version {manifest['version']}",
             f"  target:   {target.get('name')} ({target.get('tvm') or manifest.get('backend')})",
+            f"  CPU:      needs {', '.join(target.get('cpu_features', [])) or 'no listed extension'}",
             f"  built by: {built_by or 'unrecorded'}",
             f"  inputs:   {inputs}",
             f"  files:    {', '.join(manifest.get('files', {}))}",

@@ -78,7 +78,8 @@ class CompiledModule:
         manifest = {
             "built_by": _builder(),
             "backend": self.target.backend,
-            "target": {"name": self.target.name, "tvm": self.target.tvm_target},
+            # the instruction-set extensions its kernels may use: a CPU without one is refused before it runs
+            "target": {"name": self.target.name, "tvm": self.target.tvm_target, "cpu_features": self.target.cpu_features},
             "signature": self.signature.to_json(),
             "threads": self.threads,
             "report": self.report.to_json(),

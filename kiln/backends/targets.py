@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from kiln.errors import TargetError
@@ -30,6 +31,26 @@ def host_cpu() -> dict[str, Any]:
     features = codegen.llvm_get_cpu_features(target)
     simd = [f for f in ("avx512f", "avx512bw", "avx512vnni", "amx-tile", "avx2", "fma", "avx", "neon", "sve") if f in features]
     return {"mcpu": mcpu, "simd": simd, "vector_bits": 32 * vector_lanes(target)}
+
+
+# instruction-set extensions Kiln's kernels use, as LLVM names them -> as Linux's /proc/cpuinfo does
+KERNEL_FEATURES = {
+    "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16", "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
+
+
+def host_features() -> set[str]:
+    """KERNEL_FEATURES this machine's CPU has, as the kernel reports them (a VM may hide some its CPU
+    model has: AMX needs the kernel's support too), in LLVM's names; LLVM's view where no
+    /proc/cpuinfo exists."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        from tvm.target import Target, codegen
+
+        return set(codegen.llvm_get_cpu_features(Target(host_llvm_target()))) & set(KERNEL_FEATURES)
+    return {name for name, flag in KERNEL_FEATURES.items() if flag in flags}
 
 
 def host_llvm_target() -> dict[str, Any]:
@@ -145,6 +166,22 @@ class ResolvedTarget:
     def cross(self) -> bool:
         """True when the code cannot run on this machine's CPU."""
         return self.backend == "tvm" and self.architecture != platform.machine()
+
+    @property
+    def cpu_features(self) -> list[str]:
+        """KERNEL_FEATURES the code may use: those the target's CPU (its mcpu and mattr) implies."""
+        if self.backend != "tvm":
+            return []
+        from tvm.target import Target, codegen
+
+        return sorted(set(codegen.llvm_get_cpu_features(Target(self.cpu_target))) & set(KERNEL_FEATURES))
+
+    def missing_cpu_features(self) -> list[str]:
+        """Of `cpu_features`, those this machine's CPU lacks (its code would stop on an illegal
+        instruction here); none for a board's target, which never runs here."""
+        if self.cross or self.backend != "tvm":
+            return []
+        return sorted(set(self.cpu_features) - host_features())
 
     @property
     def toolchain(self) -> Toolchain | None:

@@ -11,7 +11,7 @@ from tvm.target import Target
 import kiln
 from kiln.backends.targets import resolve_target
 from kiln.backends.tvm.register_tile import STACK_ALLOCATION_BYTES, RegisterTile, VectorUnit, register_tile
-from kiln.backends.tvm.schedules import has_integer_dot
+from kiln.backends.tvm.x86_dot import integer_dots
 from tests.conftest import assert_matches, eager
 
 # (in, out, kernel, stride, padding, dilation, groups, height, width, batch)

@@ -72,6 +72,13 @@ class TVMExecutable:
                 f"this module is built for target '{self.target.name}' ({self.target.architecture}) and this machine is "
                 f"{platform.machine()}: run it on the board with cm.to_remote('host:port'), or cm.export(folder) to deploy it"
             )
+        missing = self.target.missing_cpu_features()
+        if missing:
+            return (
+                f"this module is built for target '{self.target.name}', whose kernels use {', '.join(missing)}, and this "
+                f"machine's CPU lacks {'it' if len(missing) == 1 else 'them'}: compile for target 'llvm' here "
+                f"(the host's CPU is detected), or run it on a CPU that has {'it' if len(missing) == 1 else 'them'}"
+            )
         if self.target.device == "cuda" and not tvm.cuda(0).exist:
             return (
                 f"no CUDA device: this module is built for target '{self.target.name}' "

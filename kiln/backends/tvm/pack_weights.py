@@ -17,7 +17,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm import winograd
 from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile
-from kiln.backends.tvm.x86_dot import LANES, PAIR
+from kiln.backends.tvm.x86_dot import DotInstruction
 
 PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_matmul", "packed_matmul_int", "packed_conv2d", "packed_conv2d_int"
 # the computes reading packed panels: their panels' rank and the axis of the panel width
@@ -52,36 +52,46 @@ def _product(x_value, weight_value, dtype: str):
     return x_value.astype(dtype) * weight_value.astype(dtype)
 
 
-def _packed_matmul(x: te.Tensor, panels: te.Tensor) -> te.Tensor:
-    """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/2, NR, 2] (int8, pairs of
-    reduction steps interleaved for `x86_dot.py`)."""
+def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None = None) -> te.Tensor:
+    """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/G, NR, G] (int8, groups of G
+    reduction steps interleaved for `x86_dot.py`); less `correction` [N] (the zero point's share)."""
     integer = len(panels.shape) == 4
-    width, pair = int(panels.shape[2]), int(panels.shape[3]) if integer else 1
+    width, group = int(panels.shape[2]), int(panels.shape[3]) if integer else 1
     dtype = "int32" if integer else x.dtype
     k = te.reduce_axis((0, x.shape[-1]), name="k")
     shape = [*x.shape[:-1], panels.shape[0] * width]
 
     def weight(j, k):
-        return panels[j // width, k // pair, j % width, k % pair] if integer else panels[j // width, k, j % width]
+        return panels[j // width, k // group, j % width, k % group] if integer else panels[j // width, k, j % width]
 
-    return te.compute(
+    product = te.compute(
         shape,
         lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dtype), axis=k),
         name=PACKED_MATMUL_INT if integer else PACKED_MATMUL,
     )
+    return _corrected(product, correction)
 
 
-def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation) -> te.Tensor:
+def _corrected(product: te.Tensor, correction: te.Tensor | None) -> te.Tensor:
+    """The integer result less the zero point's share per output channel (an epilogue of the tile)."""
+    if correction is None:
+        return product
+    return te.compute(product.shape, lambda *i: product[i] - correction[i[-1]], name="zero_point_correction")
+
+
+def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation, pad_value: int = 0,
+                        correction: te.Tensor | None = None) -> te.Tensor:
     """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR] (float) or
-    [O/NR, KH, KW, I/2, NR, 2] (int8, input-channel pairs interleaved for `x86_dot.py`)."""
+    [O/NR, KH, KW, I/G, NR, G] (int8, groups of G input channels interleaved for `x86_dot.py`).
+    Integer inputs pad with `pad_value` (uint8 activations: their zero point, real zero)."""
     integer = len(panels.shape) == 6
-    width, pair = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
+    width, group = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
     dtype = "int32" if integer else x.dtype
     top, left, bottom, right = (int(p) for p in padding)
-    kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * pair
-    extra = ci - int(x.shape[3])  # the zero channel that makes an odd channel count pairs
+    kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * group
+    extra = ci - int(x.shape[3])  # the zero-weight channels that make the channel count whole groups
     padding_needed = top or left or bottom or right or extra
-    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, extra], name="pad") if padding_needed else x
+    padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, extra], pad_value=pad_value, name="pad") if padding_needed else x
     (sh, sw), (dh, dw) = strides, dilation
     batch, height, width_in, _ = padded.shape
     out_h, out_w = _convolved(height, kh, sh, dh), _convolved(width_in, kw, sw, dw)
@@ -89,10 +99,10 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
 
     def weight(o, rh, rw, ri):
         if integer:
-            return panels[o // width, rh, rw, ri // pair, o % width, ri % pair]
+            return panels[o // width, rh, rw, ri // group, o % width, ri % group]
         return panels[o // width, rh, rw, ri, o % width]
 
-    return te.compute(
+    product = te.compute(
         (batch, out_h, out_w, panels.shape[0] * width),
         lambda n, h, w, o: te.sum(
             _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dtype),
@@ -100,14 +110,15 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
         ),
         name=PACKED_CONV2D_INT if integer else PACKED_CONV2D,
     )
+    return _corrected(product, correction)
 
 
 @mutator
 class _Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, unit: VectorUnit, integer_dot: bool) -> None:
+    def __init__(self, mod: tvm.IRModule, unit: VectorUnit, integer_dots: list[DotInstruction]) -> None:
         super().__init__(mod)
         self.unit = unit
-        self.integer_dot = integer_dot
+        self.integer_dots = integer_dots
         self.packed = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's visitor name
@@ -119,13 +130,42 @@ class _Packer(PyExprMutator):
             return self._conv2d(call)
         return call
 
-    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str, rows: int | None) -> np.ndarray | None:
+    def _uint8_source(self, x: relax.Expr) -> tuple[relax.Expr, int] | None:
+        """(the uint8 tensor, its zero point) when x is `astype(u8, int16) − zero_point`, the form
+        `quantized.py` gives integer activations; None for any other input."""
+        bound = self._bound(x)
+        if isinstance(bound, relax.TupleGetItem) and isinstance(self._bound(bound.tuple_value), relax.Tuple):
+            bound = self._bound(self._bound(bound.tuple_value).fields[bound.index])  # quantize_dynamic's (values, scales)
+        if _is_call(bound, "relax.permute_dims"):  # channels-last at the graph's input
+            inner = self._uint8_source(bound.args[0])
+            return None if inner is None else (self.builder_.emit(relax.op.permute_dims(inner[0], bound.attrs.axes)), inner[1])
+        if not _is_call(bound, "relax.subtract") or not isinstance(bound.args[1], tvm.ir.expr.Constant):
+            return None
+        widened = self._bound(bound.args[0])
+        if not _is_call(widened, "relax.astype") or str(widened.args[0].ty.dtype) != "uint8":
+            return None
+        return widened.args[0], int(bound.args[1].value.numpy())
+
+    def _bound(self, expr: relax.Expr) -> relax.Expr | None:
+        """What a variable is bound to (None for a function parameter); other expressions as they are."""
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+
+    def _integer_operands(self, x: relax.Expr, weight: relax.Expr) -> list[tuple[DotInstruction, relax.Expr, int]]:
+        """(instruction, the activations it reads, their zero point: 0 when already taken off) for
+        each instruction that could run this integer layer, fastest first."""
+        if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.ty.dtype) != "int8" or x.ty.dtype != "int16":
+            return []
+        source = None if all(dot.subtracts_zero_point for dot in self.integer_dots) else self._uint8_source(x)
+        return [(dot, x, 0) if dot.subtracts_zero_point else (dot, *source)
+                for dot in self.integer_dots if dot.subtracts_zero_point or source is not None]
+
+    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str, rows: int | None, dot: DotInstruction | None = None) -> np.ndarray | None:
         """The constant weight as panels of output channels (output channels last), or None;
         `rows`: the output rows the schedule tiles (a matmul's, a convolution's output width).
 
-        Float weights: [..., N] → [N/NR, ..., NR]. Integer layers (int8 weights, int8 or int16
-        activations, int32 results) on x86: [..., K, N] → [N/NR, ..., K/2, NR, 2], the reduction
-        in interleaved pairs, the layout `x86_dot.py`'s instruction reads."""
+        Float weights: [..., N] → [N/NR, ..., NR]. Integer layers (int8 weights, int32 results) for
+        `dot`: [..., K, N] → [N/NR, ..., K/G, NR, G], the reduction in interleaved groups of G, the
+        layout its instruction reads."""
         if not isinstance(weight, tvm.ir.expr.Constant):
             return None
         array = weight.value.numpy()
@@ -136,18 +176,27 @@ class _Packer(PyExprMutator):
             width = register_tile(array.shape[-1], rows, steps, self.unit).columns
             split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
             return np.ascontiguousarray(np.moveaxis(split, -2, 0))
-        if array.dtype == np.int8 and x_dtype in ("int8", "int16") and self.integer_dot and array.shape[-1] % LANES == 0:
-            if array.shape[-2] % PAIR and rank == 4:  # odd input channels (an RGB stem): one zero channel more
-                array = np.pad(array, [(0, 0), (0, 0), (0, 1), (0, 0)])
-            if array.shape[-2] % PAIR:
+        if array.dtype == np.int8 and dot is not None and array.shape[-1] % dot.lanes == 0:
+            group = dot.group
+            if array.shape[-2] % group and rank == 4:  # channels not whole groups (an RGB stem): zero channels more
+                array = np.pad(array, [(0, 0), (0, 0), (0, -array.shape[-2] % group), (0, 0)])
+            if array.shape[-2] % group:
                 return None
-            width = register_tile(array.shape[-1], rows, int(np.prod(array.shape[:-1])), self.unit, lanes=LANES).columns
+            width = register_tile(array.shape[-1], rows, int(np.prod(array.shape[:-1])), self.unit, lanes=dot.lanes).columns
             *outer, depth, columns = array.shape
-            split = array.reshape(*outer, depth // PAIR, PAIR, columns // width, width)
-            # [..., K/2, 2, N/NR, NR] → [N/NR, ..., K/2, NR, 2]
+            split = array.reshape(*outer, depth // group, group, columns // width, width)
+            # [..., K/G, G, N/NR, NR] → [N/NR, ..., K/G, NR, G]
             moved = np.moveaxis(split, -2, 0)
             return np.ascontiguousarray(np.swapaxes(moved, -1, -2))
         return None
+
+    @staticmethod
+    def _correction(weight: relax.Expr, zero_point: int) -> relax.Expr | None:
+        """zero_point · Σ w per output channel (the last axis), as an int32 constant; None for 0."""
+        if not zero_point:
+            return None
+        array = weight.value.numpy().astype(np.int64)
+        return relax.const((zero_point * array.reshape(-1, array.shape[-1]).sum(0)).astype(np.int32))
 
     def _conv2d(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
@@ -164,13 +213,16 @@ class _Packer(PyExprMutator):
             tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
             panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
             return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
-        panels = self._panels(weight, 4, x.ty.dtype, _output_width(x, weight, strides, padding, dilation))
-        if panels is None:
-            return call
-        self.packed += 1
-        return self.builder_.call_te(
-            _packed_conv2d_nhwc, x, relax.const(panels), strides, padding, dilation, primfunc_name_hint="packed_conv2d"
-        )
+        rows = _output_width(x, weight, strides, padding, dilation)
+        for dot, source, zero_point in self._integer_operands(x, weight) or [(None, x, 0)]:
+            panels = self._panels(weight, 4, x.ty.dtype, rows, dot)
+            if panels is not None:
+                self.packed += 1
+                return self.builder_.call_te(
+                    _packed_conv2d_nhwc, source, relax.const(panels), strides, padding, dilation, zero_point,
+                    self._correction(weight, zero_point), primfunc_name_hint="packed_conv2d",
+                )
+        return call
 
     def _winograd_applies(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
         """Float 3×3 stride-1 convolutions with constant weights, vector-wide channels and a static
@@ -185,11 +237,14 @@ class _Packer(PyExprMutator):
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
-        panels = self._panels(weight, 2, x.ty.dtype, static_extent(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1)
-        if panels is None:
-            return call
-        self.packed += 1
-        return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
+        rows = static_extent(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1
+        for dot, source, zero_point in self._integer_operands(x, weight) or [(None, x, 0)]:
+            panels = self._panels(weight, 2, x.ty.dtype, rows, dot)
+            if panels is not None:
+                self.packed += 1
+                return self.builder_.call_te(_packed_matmul, source, relax.const(panels),
+                                             self._correction(weight, zero_point), primfunc_name_hint="packed_matmul")
+        return call
 
 
 def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding: list[int], dilation: list[int]) -> int | None:
@@ -200,14 +255,18 @@ def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding
     return _convolved(width + padding[1] + padding[3], int(weight.ty.shape[1]), strides[1], dilation[1])
 
 
-def pack_weights(unit: VectorUnit, integer_dot: bool) -> tvm.transform.Pass:
+def _is_call(expr, op_name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
+
+
+def pack_weights(unit: VectorUnit, integer_dots: list[DotInstruction]) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
     read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
-    too where the target has `x86_dot.py`'s instruction (`integer_dot`)."""
+    too, for the first of `integer_dots` (the target's `x86_dot.py` instructions) that applies."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")
     def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        packer = _Packer(mod, unit, integer_dot)
+        packer = _Packer(mod, unit, integer_dots)
         for global_var, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 packer.builder_.update_func(global_var, packer.visit_expr(func))

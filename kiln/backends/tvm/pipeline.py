@@ -22,8 +22,9 @@ from kiln.backends.base import BuildContext
 from kiln.backends.tvm.pack_weights import pack_weights
 from kiln.backends.tvm.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
-from kiln.backends.tvm.schedules import CPU_RULES, has_integer_dot
+from kiln.backends.tvm.schedules import CPU_RULES
 from kiln.backends.tvm.tuning_database import TuningDatabase
+from kiln.backends.tvm.x86_dot import integer_dots
 from kiln.passes.instrument import PassRecord
 
 
@@ -41,7 +42,7 @@ def fusion_passes(target: Target) -> NamedPasses:
         # the graph's edges
         ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
         ("FoldConstantWeights", relax.transform.FoldConstant),  # W.T of linear layers becomes a constant
-        ("PackWeights", lambda: pack_weights(vector_unit(target), has_integer_dot(target))),
+        ("PackWeights", lambda: pack_weights(vector_unit(target), integer_dots(target))),
     ]
     return [
         ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),

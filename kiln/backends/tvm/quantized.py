@@ -1,6 +1,6 @@
 """TVM lowering of Kiln's integer operators (kiln/ir/quantized_ops.py): uint8 × int8 convolutions
 and matmuls with int32 accumulation, as Relax integer ops that TVM compiles to integer kernels
-(`pack_weights.py` and `schedules.py` turn them into vpmaddwd kernels on AVX2 CPUs)."""
+(`pack_weights.py` and `schedules.py` turn them into the CPU's dot-product instruction, `x86_dot.py`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,43 @@ from typing import Any
 
 import torch.fx as fx
 
+# the zero point of dynamic int8 activations carried as uint8: symmetric int8 values + 128
+DYNAMIC_ZERO_POINT = 128
+
+
+def _less_zero_point(values, zero_point: int, importer) -> Any:
+    """uint8 activations as int16 less their zero point: `astype(u8, int16) − zero_point`, the
+    values the layers multiply (real zero is 0, so convolutions pad with zeros). The uint8 tensor
+    underneath stays visible: `pack_weights.py` hands it, with the zero point, to VNNI kernels,
+    which read uint8; vpmaddwd kernels take the int16 difference as it is."""
+    from tvm import relax
+
+    bb = importer.block_builder
+    return bb.emit(relax.op.subtract(bb.emit(relax.op.astype(values, "int16")), relax.const(zero_point, "int16")))
+
+
+def _clamped(x, low: float, high: float) -> Any:
+    """clip as maximum/minimum with scalar constants: TVM's ConvertLayout passes those through in
+    channels-last layout, while `clip` stops it (an NHWC↔NCHW transpose around every quantize)."""
+    from tvm import relax
+
+    dtype = x.ty.dtype
+    return relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
+
 
 def _quantize(node: fx.Node, importer) -> Any:
-    """uint8 activations arrive in TVM as int16 values less their zero point: real zero is 0, so
-    convolutions pad with zeros and need no zero-point correction, and `x86_dot.py`'s instruction
-    takes int16 as it is. The values are exactly the IR's uint8 ones, shifted."""
+    """round(x / scale) + zero_point, saturated to uint8: exactly the IR's uint8 values."""
     from tvm import relax
 
     x, scale, zero_point = importer.env[node.args[0]], node.args[1], node.args[2]
-    rounded = relax.op.round(relax.op.divide(x, relax.const(scale, x.ty.dtype)))
-    return importer.block_builder.emit(relax.op.astype(relax.op.clip(rounded, -zero_point, 255 - zero_point), "int16"))
+    bb = importer.block_builder
+    rounded = relax.op.add(relax.op.round(relax.op.divide(x, relax.const(scale, x.ty.dtype))), relax.const(zero_point, x.ty.dtype))
+    values = bb.emit(relax.op.astype(_clamped(bb.emit(rounded), 0.0, 255.0), "uint8"))
+    return _less_zero_point(values, zero_point, importer)
 
 
 def _quantize_dynamic(node: fx.Node, importer) -> Any:
+    """Symmetric int8 per row, carried as uint8 + 128 (what VNNI reads) less that offset."""
     from tvm import relax
 
     x = importer.env[node.args[0]]
@@ -28,15 +52,15 @@ def _quantize_dynamic(node: fx.Node, importer) -> Any:
     dtype = x.ty.dtype
     row_max = relax.op.max(relax.op.abs(x), axis=-1, keepdims=True)
     scale = bb.emit(relax.op.divide(relax.op.maximum(row_max, relax.const(1e-8, dtype)), relax.const(127.0, dtype)))
-    # int8 values carried as int16, like `_quantize`'s: the kernel broadcasts a pair straight from memory
-    values = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(relax.op.divide(x, scale)), -127, 127), "int16"))
-    return bb.emit(relax.Tuple([values, scale]))
+    symmetric = _clamped(bb.emit(relax.op.round(relax.op.divide(x, scale))), -127.0, 127.0)
+    values = bb.emit(relax.op.astype(relax.op.add(symmetric, relax.const(float(DYNAMIC_ZERO_POINT), dtype)), "uint8"))
+    return bb.emit(relax.Tuple([_less_zero_point(values, DYNAMIC_ZERO_POINT, importer), scale]))
 
 
 def _qconv2d(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    # the input is `_quantize`'s int16 (zero point already taken off): plain zero padding, no correction
+    # the input is `_quantize`'s int16 less its zero point: plain zero padding, no correction
     x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
     stride, padding, dilation, groups = node.args[3], node.args[4], node.args[5], node.args[6]
     return importer.block_builder.emit(relax.op.nn.conv2d(x, weight, stride, padding, dilation, groups, out_dtype="int32"))
@@ -45,7 +69,7 @@ def _qconv2d(node: fx.Node, importer) -> Any:
 def _qlinear(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    # the input is `_quantize`'s or `_quantize_dynamic`'s int16 (zero point 0 or already taken off)
+    # the input is `_quantize`'s or `_quantize_dynamic`'s int16, less its zero point
     x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
     return importer.block_builder.emit(relax.op.matmul(x, relax.op.permute_dims(weight, [1, 0]), out_dtype="int32"))
 

@@ -8,8 +8,8 @@ reduction whose innermost output axis is contiguous in both its output and its w
 the register-tiled reduction, covers them all: an MR×NR tile of the output lives in vector
 registers across the whole reduction, NR along the contiguous axis (vectorized), MR along the next
 (unrolled); outer tiles run in parallel; elementwise epilogues (bias, batch norm, activation,
-residual add) are computed as the tile is written back. Integer layers on AVX2 use the same tiling
-with vpmaddwd as the innermost step (`x86_dot.py`).
+residual add) are computed as the tile is written back. Integer layers use the same tiling with
+the CPU's dot-product instruction as the innermost step (`x86_dot.py`: vpdpbusd, vpmaddwd).
 """
 
 from __future__ import annotations
@@ -22,23 +22,17 @@ from tvm.error import InternalError
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_cpu_features
 
 from kiln.backends.tvm.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
-from kiln.backends.tvm.x86_dot import AVX2_DOT, LANES, PAIR
+from kiln.backends.tvm.x86_dot import DotInstruction, instruction_for
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
 
 
 Strategy = Callable[[s_tir.Schedule, SBlockInfo, VectorUnit], bool]
-
-
-def has_integer_dot(target: Target) -> bool:
-    """Whether integer layers can use `x86_dot.py`'s instruction (x86 with AVX2)."""
-    return "avx2" in llvm_get_cpu_features(target)
 
 
 def _split_loops(sch: s_tir.Schedule, info: SBlockInfo) -> tuple[list, list]:
@@ -71,13 +65,13 @@ INTEGER_DOT_BLOCKS = (PACKED_CONV2D_INT, PACKED_MATMUL_INT)
 
 
 def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
-    """The same tiling for integer layers whose weights `pack_weights.py` interleaved in pairs: each
-    8-lane × 2-step piece of the reduction is one vpmaddwd (`x86_dot.py`)."""
+    """The same tiling for integer layers whose weights `pack_weights.py` interleaved in groups:
+    each lanes × group piece of the reduction is one instruction (`x86_dot.py`)."""
     block = sch.get(info.block_rv)
     if block.name_hint not in INTEGER_DOT_BLOCKS:
         return False
-    activation = str(block.reads[0].source.dtype)
-    return activation in AVX2_DOT and _tiled_reduction(sch, info, unit, dot=AVX2_DOT[activation])
+    dot = instruction_for(int(weight_buffer(block).shape[-1]), str(block.reads[0].source.dtype))
+    return dot is not None and _tiled_reduction(sch, info, unit, dot=dot)
 
 
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
@@ -111,9 +105,9 @@ def _fits_in_cache(block) -> bool:
     return None not in extents and math.prod(extents) * weight_buffer(block).dtype.bits // 8 <= CACHED_WEIGHT_BYTES
 
 
-def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, dot: str | None) -> bool:
-    """The register-tiled reduction; with `dot`, its innermost 8 columns × 2 reduction steps become
-    that tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
+def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, dot: DotInstruction | None) -> bool:
+    """The register-tiled reduction; with `dot`, its innermost lanes × group reduction steps become
+    that instruction's tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
     if not info.is_reduction() or "O" in info.dom_kind():
         return False
     spatial, reduction = _split_loops(sch, info)
@@ -124,7 +118,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
     if columns is None:
         return False
-    lanes = LANES if dot is not None else column_lanes(columns, unit.lanes)
+    lanes = dot.lanes if dot is not None else column_lanes(columns, unit.lanes)
     if lanes is None or columns % lanes:
         return False
     block = info.block_rv
@@ -142,8 +136,8 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     column_vectors, lane_loop = (None, column_inner) if whole else sch.split(column_inner, [None, lanes])
     if dot is None:
         inner = [row_inner, *([] if whole else [column_vectors]), lane_loop]
-    else:  # pairs of reduction steps innermost, for the instruction
-        reduction[-1:] = sch.split(reduction[-1], [None, PAIR])
+    else:  # groups of reduction steps innermost, for the instruction
+        reduction[-1:] = sch.split(reduction[-1], [None, dot.group])
         inner = [row_inner, column_vectors, lane_loop, reduction.pop()]
     # column blocks outermost: one block of weights (K × NR) stays in cache across all row tiles
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction, *inner)
@@ -183,7 +177,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     if dot is not None:  # tensorized once every block is scheduled: a tensorized schedule cannot be copied
-        sch.annotate(lane_loop, TENSORIZE, dot)
+        sch.annotate(lane_loop, TENSORIZE, dot.name)
     write_loops = sch.get_loops(write_back)
     fused = sch.fuse(*write_loops[2 if widened else 1 :])  # the loops below the tile
     _, vector = sch.split(fused, [None, lanes])

@@ -1,65 +1,129 @@
-"""An integer dot-product instruction for AVX2 x86 CPUs, as a TIR tensor intrinsic.
+"""x86 integer dot-product instructions, as TIR tensor intrinsics, and which one a target has.
 
-AVX2 has no u8×s8 dot product into int32 (VNNI's vpdpbusd is AVX-512/AVX-VNNI only), and its
-pmaddubsw saturates int16 sums of u8×s8 products. `vpmaddwd` does not saturate: it multiplies
-sixteen int16 pairs and adds each adjacent pair into eight int32 lanes. So activations reach the
-kernel as int16 (uint8 values less their zero point, or int8 values), weights stay int8 in memory
-and are sign-extended as they are loaded, and one instruction does 16 multiply-adds:
+Each multiplies one group of consecutive reduction steps of an activation (broadcast to every
+lane) with a weight panel of `lanes` output channels × that group, stored group-interleaved
+(`pack_weights.py`), and adds into `lanes` int32 accumulators of the register tile:
 
-    C[i] += A[0]·B[i, 0] + A[1]·B[i, 1]      for the 8 output channels i
+    C[i] += A[0]·B[i, 0] + … + A[group-1]·B[i, group-1]      for the output channels i
 
-with A two consecutive input channels of one pixel (broadcast to every lane) and B the weight
-panel of 8 output channels × those 2 input channels, stored pair-interleaved (`pack_weights.py`).
+- AVX-512 VNNI `vpdpbusd` (Zen 4/5, Xeon since Cascade Lake): uint8 activations × int8 weights,
+  16 lanes × 4 steps = 64 multiply-adds per instruction, accumulating in place. Activations stay
+  uint8 with their zero point; the zero point's share, zero_point · Σ w per output channel, is a
+  constant taken off after the reduction (computed at compile time), and padding is the zero point.
+- AVX2 `vpmaddwd`: no u8×s8 dot product into int32 exists (pmaddubsw saturates its int16 sums), but
+  vpmaddwd multiplies sixteen int16 pairs and adds each adjacent pair into eight int32 lanes without
+  saturating: 8 lanes × 2 steps. Activations reach it as int16 less their zero point (real zero
+  is 0, so padding needs no correction); weights are sign-extended as they are loaded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_cpu_features
 
-LANES = 8  # int32 accumulators per ymm register (a "local" buffer: the register tile of schedules.py)
-PAIR = 2  # reduction steps per vpmaddwd
+
+@dataclass(frozen=True)
+class DotInstruction:
+    name: str  # the registered tensor intrinsic
+    mnemonic: str  # what appears in the generated assembly
+    llvm_intrinsic: str  # what appears in the scheduled TIR
+    lanes: int  # int32 accumulators per instruction
+    group: int  # reduction steps per lane per instruction
+    activation: str  # the activation dtype the instruction reads
+    subtracts_zero_point: bool  # True: activations arrive less their zero point (int16); False: raw uint8 + correction
 
 
-def _intrinsic(activation_dtype: str):
-    widened = f"int16x{PAIR}"
+def _description(dot: DotInstruction):
+    lanes, group = dot.lanes, dot.group
 
     @T.prim_func(s_tir=True)
     def description(
-        A: T.Buffer((PAIR,), activation_dtype, offset_factor=1),
-        B: T.Buffer((LANES, PAIR), "int8", offset_factor=1),
-        C: T.Buffer((LANES,), "int32", offset_factor=1, scope="local"),
+        A: T.Buffer((group,), dot.activation, offset_factor=1),
+        B: T.Buffer((lanes, group), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
-            T.writes(C[0:LANES])
-            for i in T.serial(0, LANES):
-                for k in T.serial(0, PAIR):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
+    return description
+
+
+def _vpmaddwd(dot: DotInstruction):
+    lanes, group = dot.lanes, dot.group
+
     @T.prim_func(s_tir=True)
     def avx2(
-        A: T.Buffer((PAIR,), activation_dtype, offset_factor=1),
-        B: T.Buffer((LANES, PAIR), "int8", offset_factor=1),
-        C: T.Buffer((LANES,), "int32", offset_factor=1, scope="local"),
+        A: T.Buffer((group,), dot.activation, offset_factor=1),
+        B: T.Buffer((lanes, group), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
-            T.writes(C[0:LANES])
-            pair = T.reinterpret(T.cast(A.vload([0], f"{activation_dtype}x{PAIR}"), widened), dtype="int32")
-            weights = T.cast(B.vload([0, 0], f"int8x{LANES * PAIR}"), f"int16x{LANES * PAIR}")
-            C[T.ramp(T.int32(0), 1, LANES)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                T.reinterpret(T.broadcast(pair, LANES), dtype=f"int16x{LANES * PAIR}"),
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            pair = T.reinterpret(A.vload([0], f"int16x{group}"), dtype="int32")
+            weights = T.cast(B.vload([0, 0], f"int8x{lanes * group}"), f"int16x{lanes * group}")
+            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+                T.reinterpret(T.broadcast(pair, lanes), dtype=f"int16x{lanes * group}"),
                 weights,
-                dtype=f"int32x{LANES}",
+                dtype=f"int32x{lanes}",
             )
 
-    return description, avx2
+    return avx2
 
 
-AVX2_DOT = {dtype: f"kiln_avx2_dot_{LANES}x{PAIR}_{dtype}_i8_i32" for dtype in ("int16", "int8")}
-for _dtype, _name in AVX2_DOT.items():
-    TensorIntrin.register(_name, *_intrinsic(_dtype), override=True)
+def _vpdpbusd(dot: DotInstruction):
+    lanes, group = dot.lanes, dot.group
+
+    @T.prim_func(s_tir=True)
+    def vnni(
+        A: T.Buffer((group,), dot.activation, offset_factor=1),
+        B: T.Buffer((lanes, group), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            quad = T.reinterpret(A.vload([0], f"uint8x{group}"), dtype="int32")
+            # the LLVM that TVM 0.27 links types both byte operands as <64 x i8>
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+                C.vload([0], f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
+                B.vload([0, 0], f"int8x{lanes * group}"),
+                dtype=f"int32x{lanes}",
+            )
+
+    return vnni
+
+
+AVX2_VPMADDWD = DotInstruction("kiln_avx2_vpmaddwd_8x2_i16_i8_i32", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", True)
+AVX512_VNNI = DotInstruction("kiln_avx512_vpdpbusd_16x4_u8_i8_i32", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", 16, 4, "uint8", False)
+INSTRUCTIONS = {AVX2_VPMADDWD.name: (AVX2_VPMADDWD, _vpmaddwd), AVX512_VNNI.name: (AVX512_VNNI, _vpdpbusd)}
+for _dot, _implementation in INSTRUCTIONS.values():
+    TensorIntrin.register(_dot.name, _description(_dot), _implementation(_dot), override=True)
+
+
+def integer_dots(target: Target) -> list[DotInstruction]:
+    """The instructions the target's CPU has, fastest first (none off x86 or below AVX2): a layer
+    whose uint8 activations are not visible to `pack_weights.py` falls back to vpmaddwd."""
+    if target.kind.name != "llvm":
+        return []
+    features = set(llvm_get_cpu_features(target))
+    found = [AVX512_VNNI] if {"avx512vnni", "avx512bw", "avx512f"} <= features else []
+    return found + ([AVX2_VPMADDWD] if "avx2" in features else [])
+
+
+def instruction_for(group: int, activation: str) -> DotInstruction | None:
+    """The instruction whose layout a packed integer layer was built for (its panels' group size)."""
+    return next((dot for dot, _ in INSTRUCTIONS.values() if dot.group == group and dot.activation == activation), None)
