@@ -63,14 +63,15 @@ def test_every_calibration_method_agrees_with_fp32(digits, digits_cnn, method):
 def test_compiled_module_computes_in_integers(digits, digits_cnn, tmp_path):
     kiln.compile(digits_cnn, (digits.test_x[:8],), quantize="int8", calibration=_calibration(digits, 2), debug_dir=tmp_path)
     imported = next(tmp_path.glob("*tvm_import.py")).read_text()
-    # uint8 activations (carried as int16 less their zero point) × int8 weights accumulating in int32,
-    # in TVM's own IR (not float emulation)
+    # uint8 activations (less their zero point as int16, the uint8 underneath for VNNI) × int8
+    # weights accumulating in int32, in TVM's own IR (not float emulation)
     assert imported.count('out_dtype="int32"') == 5
-    assert 'R.Tensor((8, 1, 8, 8), dtype="int16")' in imported
+    assert 'R.Tensor((8, 1, 8, 8), dtype="uint8")' in imported and 'R.Tensor((8, 1, 8, 8), dtype="int16")' in imported
     assert 'dtype="int8"' in imported
-    if has_integer_dot(Target(resolve_target("llvm").tvm_target)):  # AVX2: the layers are vpmaddwd kernels
+    dots = integer_dots(Target(resolve_target("llvm").tvm_target))
+    if dots:  # the layers are the CPU's dot-product kernels
         scheduled = next(tmp_path.glob("*ScheduleCPU.py")).read_text()
-        assert scheduled.count("llvm.x86.avx2.pmadd.wd") >= 3
+        assert sum(scheduled.count(dot.llvm_intrinsic) for dot in dots) >= 3
 
 
 def test_kept_layer_stays_float(digits, digits_cnn):
