@@ -105,10 +105,33 @@ def _fits_in_cache(block) -> bool:
     return None not in extents and math.prod(extents) * weight_buffer(block).dtype.bits // 8 <= CACHED_WEIGHT_BYTES
 
 
+def _columns_read_contiguously(block) -> bool:
+    """Whether an operand's innermost axis follows the block's innermost spatial axis, the tile's
+    vectorized columns (a matmul's weights, a convolution's output channels), or the operand is a
+    panel packed for an integer instruction (its innermost axis is the instruction's group). A reduction over an
+    operand's innermost axis (a row's max or sum, layer norm's mean) has no such operand: tiled,
+    its vectors would gather across rows (BERT's per-token absolute maximum ran 25× slower)."""
+    if block.name_hint in INTEGER_DOT_BLOCKS:
+        return True
+    spatial = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.DataPar]
+    reduced = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.CommReduce]
+    written = {region.source.name for region in block.writes}
+
+    def uses(expressions, variables) -> bool:
+        return any(used.same_as(v) for e in expressions for used in tirx.analysis.undefined_vars(e) for v in variables)
+
+    # an operand indexed by the columns innermost and by the reduction: w[k, j], not a row's mean[i]
+    return bool(spatial) and any(
+        region.source.name not in written and len(region.region) > 0 and uses([region.region[-1].min], spatial[-1:])
+        and uses([r.min for r in region.region], reduced)
+        for region in block.reads
+    )
+
+
 def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, dot: DotInstruction | None) -> bool:
     """The register-tiled reduction; with `dot`, its innermost lanes × group reduction steps become
     that instruction's tensor intrinsic. A weight-only matmul's widened panel is computed per column block."""
-    if not info.is_reduction() or "O" in info.dom_kind():
+    if not info.is_reduction() or "O" in info.dom_kind() or not _columns_read_contiguously(sch.get(info.block_rv)):
         return False
     spatial, reduction = _split_loops(sch, info)
     if len(spatial) == 1:  # a GEMV whose single row TVM dropped: one row of the tile
@@ -185,6 +208,43 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     return True
 
 
+def row_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
+    """A reduction over its operand's contiguous innermost axis (a row's max or sum, layer norm's
+    moments, softmax's): each row reduced into one vector of partial results (rfactor), then across
+    the vector's lanes; rows in parallel. The fallback reduced one element at a time."""
+    block = sch.get(info.block_rv)
+    if not info.is_reduction() or "O" in info.dom_kind() or _columns_read_contiguously(block):
+        return False
+    spatial, reduction = _split_loops(sch, info)
+    steps = static_extent(sch.get(reduction[-1]).extent) if reduction else None
+    lanes = column_lanes(steps, unit.lanes) if steps else None
+    if not spatial or lanes is None or not _reduces_innermost_axis(block):
+        return False
+    _, lane = sch.split(reduction[-1], [None, lanes])
+    partial = sch.rfactor(lane, factor_axis=len(block.writes[0].region))  # under the same loops: rows..., steps, lane
+    loops = sch.get_loops(partial)
+    sch.vectorize(loops[-1])  # before decomposing: only a block with its init is a reduction block
+    parallel = _parallel_prefix(sch, loops[: len(spatial)])
+    outer = sch.fuse(*parallel) if len(parallel) > 1 else parallel[0]
+    sch.parallel(outer)
+    init = sch.decompose_reduction(partial, sch.get_loops(partial)[-2])
+    sch.vectorize(sch.get_loops(init)[-1])
+    try:  # the lanes' final reduction beside its rows' partial results, in the same parallel loop
+        sch.reverse_compute_at(info.block_rv, outer)
+    except SCHEDULE_FAILURES:
+        pass  # a loop of its own: correct, one more pass over the (small) partial results
+    return True
+
+
+def _reduces_innermost_axis(block) -> bool:
+    """Whether some operand's innermost index is the block's innermost reduction variable."""
+    reduced = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.CommReduce]
+    return bool(reduced) and any(
+        len(region.region) > 0 and any(used.same_as(reduced[-1]) for used in tirx.analysis.undefined_vars(region.region[-1].min))
+        for region in block.reads
+    )
+
+
 def winograd_transform(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """`winograd.py`'s input and output transforms: tiles in parallel, the positions within a tile
     unrolled (so each position's select of coefficients folds to its few additions), channels
@@ -258,7 +318,7 @@ def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     return True
 
 
-BLOCK_STRATEGIES: list[Strategy] = [integer_dot_reduction, register_tiled_reduction, winograd_transform, parallel_vectorize]
+BLOCK_STRATEGIES: list[Strategy] = [integer_dot_reduction, register_tiled_reduction, row_reduction, winograd_transform, parallel_vectorize]
 
 
 SHORT_REDUCTION = 64
