@@ -1,4 +1,4 @@
-"""Kiln int8 vs Kiln fp32 vs ONNX Runtime fp32 and int8, one process, interleaved medians.
+"""Kiln int8 vs Kiln fp32 vs ONNX Runtime fp32 and int8 vs OpenVINO, one process, interleaved medians.
 
     python benchmarks/quantization.py [--threads 1]
     # writes benchmarks/results/quantization.md
@@ -22,7 +22,7 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from benchmarks.run import cpu_description, use_threads  # noqa: E402
+from benchmarks.run import cpu_description, openvino_default_precision, openvino_runner, use_threads  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "quantization.md"
 
@@ -77,6 +77,9 @@ def contenders(name: str, model, inputs, calibration, mode: str, threads: int, w
     for label, path in runtimes:
         session = _ort_session(path, threads)
         rows.append((label, lambda s=session: s.run(None, feeds)[0], path.stat().st_size, session.run(None, feeds)[0]))
+    for label, precision in (("OpenVINO fp32", "f32"), (f"OpenVINO default ({openvino_default_precision()})", None)):
+        run, _ = openvino_runner(fp32_path, feeds, threads, precision)
+        rows.append((label, run, fp32_path.stat().st_size, run()))
     modes = [mode] + (["weight_int8", "weight_int4"] if mode != "int8" else [])
     builds = [("Kiln fp32", kiln.compile(model, inputs, threads=threads))]
     builds += [(f"Kiln {m}", kiln.compile(model, inputs, threads=threads, quantize=m, calibration=calibration)) for m in modes]
@@ -101,8 +104,17 @@ def main() -> None:
         ("bert_4l", models.TransformerEncoder(models.EncoderConfig(layers=4)).eval(), (torch.randint(0, 30522, (1, 128)),), None, "dynamic_int8"),
     ]
     cpu, _ = cpu_description()
-    lines = ["# Quantization: Kiln vs ONNX Runtime, int8 and fp32", "",
-             f"{cpu}, {args.threads} thread(s), one process, interleaved medians. `python benchmarks/quantization.py --threads {args.threads}`.", ""]
+    import tvm
+
+    from kiln.backends.targets import host_features, resolve_target
+    from kiln.backends.tvm.x86_dot import integer_dots
+
+    dots = integer_dots(tvm.target.Target(resolve_target("llvm").tvm_target))
+    kernels = f"{dots[0].mnemonic} (where its {dots[0].lanes} lanes divide a layer's channels, else {dots[-1].mnemonic})" if dots else "generic integer code"
+    lines = ["# Quantization: Kiln vs ONNX Runtime and OpenVINO, int8 and fp32", "",
+             f"{cpu} (extensions: {', '.join(sorted(host_features()))}), {args.threads} thread(s), one process, interleaved medians. "
+             f"`python benchmarks/quantization.py --threads {args.threads}`. Kiln's int8 kernels here: {kernels}. "
+             "OpenVINO runs the fp32 ONNX file, in fp32 and in its default precision for this CPU.", ""]
     for name, model, inputs, calibration, mode in cases:
         print(f"[{name}] building", flush=True)
         rows = contenders(name, model, inputs, calibration, "int8" if mode == "int8" else "dynamic_int8", args.threads, work)
@@ -113,7 +125,7 @@ def main() -> None:
         base_size = {label.split()[0]: size for label, _, size, _ in rows if label.endswith("fp32")}
         lines += [f"## {name} ({mode})", "", "| contender | ms | vs its fp32 | cosine to fp32 eager | file | vs its fp32 |", "|---|---|---|---|---|---|"]
         for label, _, size, output in rows:
-            family = "ONNX" if label.startswith("ONNX") else "Kiln"
+            family = label.split()[0]
             lines.append(f"| {label} | {1e3 * medians[label]:.2f} | {medians[label] / base[family]:.2f} | {_cosine(output, reference):.5f} | {size / 2**20:.1f} MiB | {size / base_size[family]:.2f} |")
         lines.append("")
     RESULTS.write_text("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""Kiln vs PyTorch eager, torch.compile (Inductor) and ONNX Runtime: one process, interleaved, medians.
+"""Kiln vs PyTorch eager, torch.compile (Inductor), ONNX Runtime and OpenVINO: one process, interleaved, medians.
 
     python benchmarks/run.py                          # all models, 1 thread and all cores
     python benchmarks/run.py --models resnet18 --threads 1
@@ -58,6 +58,40 @@ def fp32_peak_gflops(vector_bits: int, ghz: float, cores: int, llvm_cpu: str = "
     return cores * 2 * (bits // 32) * 2 * ghz
 
 
+def openvino_runner(onnx_path: Path, feeds: dict, threads: int, precision: str | None):
+    """(run, precision it ran in) of OpenVINO's CPU plugin on the ONNX file: `precision` "f32"
+    forces fp32; None keeps OpenVINO's default (bf16 on CPUs with AMX, f32 elsewhere)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run():
+        request.infer(feeds)
+        return request.get_output_tensor(0).data.copy()
+
+    return run, str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def openvino_default_precision() -> str:
+    """The precision OpenVINO's CPU plugin runs in when not told (bf16 on AMX CPUs)."""
+    import openvino as ov
+
+    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def onnx_input_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [value.name for value in graph.input if value.name not in initializers]
+
+
 def _scheduled(note: str) -> int:
     """Functions a report row says are scheduled ("19 TIR functions (7 scheduled), ...")."""
     found = re.search(r"\((\d+) scheduled\)", note)
@@ -109,6 +143,10 @@ def build_contenders(model, inputs, threads: list[int], empty_tuning_dir: str, l
             return lambda: session.run(None, feeds)[0]
 
         add(f"onnxruntime@{count}", onnxruntime, lambda f: f())
+        feeds = {name: x.numpy() for name, x in zip(onnx_input_names(onnx_path), inputs)}
+        for label, precision in (("openvino", "f32"), ("openvino default", None)):
+            add(f"{label}@{count}", lambda count=count, precision=precision: openvino_runner(onnx_path, feeds, count, precision)[0],
+                lambda f: f())
         add(f"kiln@{count}", lambda count=count: kiln.compile(model, inputs, threads=count, tuning_dir=empty_tuning_dir), lambda m: m(*inputs))
         tuned = kiln.compile(model, inputs, threads=count)
         if any(r.name == "ApplyTuningDatabase" and _scheduled(r.note) for r in tuned.report.rows):
@@ -141,6 +179,7 @@ def main() -> int:
     cpu, ghz = cpu_description()
     results = {
         "date": datetime.date.today().isoformat(), "cpu": cpu, "ghz": ghz, "llvm_cpu": host["mcpu"], "simd": host["simd"],
+        "openvino_default_precision": openvino_default_precision(),
         "cores": cores, "fp32_peak_gflops_per_core": fp32_peak_gflops(host["vector_bits"], ghz, 1, host["mcpu"]),
         "repeats": args.repeats, "torch": torch.__version__, "models": {},
     }
@@ -196,17 +235,23 @@ def markdown(results: dict) -> str:
         f"at {results['ghz']:.2f} GHz, fp32 peak ≈ {peak:.0f} GFLOP/s per core (2 FMA × lanes of the FMA datapath × 2 × nominal clock; cores boost above it). "
         f"Batch 1, fp32, median of {results['repeats']} interleaved turns, one process; torch {results['torch']}.",
         "",
-        "| model | threads | eager | torch.compile | ONNX Runtime | Kiln | Kiln tuned | Kiln / ORT | Kiln / Inductor | Kiln GFLOP/s (peak) | Kiln compile |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"OpenVINO: fp32 (`INFERENCE_PRECISION_HINT=f32`) and its default precision on this CPU "
+        f"({results.get('openvino_default_precision', '?')}). Kiln / best fp32: Kiln over the faster of ONNX Runtime and OpenVINO fp32.",
+        "",
+        "| model | threads | eager | torch.compile | ONNX Runtime | OpenVINO fp32 | OpenVINO default | Kiln | Kiln tuned "
+        "| Kiln / ORT | Kiln / best fp32 | Kiln / Inductor | Kiln GFLOP/s (peak) | Kiln compile |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         for count, ms in r["median_ms"].items():
             cell = lambda k: f"{ms[k]:.1f} ms" if k in ms else "—"
             best = min(v for k, v in ms.items() if k.startswith("kiln"))
             ratio = lambda other: f"{best / ms[other]:.2f}×" if other in ms else "—"
+            fp32 = [ms[k] for k in ("onnxruntime", "openvino") if k in ms]
             lines.append(
-                f"| {name} | {count} | {cell('eager')} | {cell('torch.compile')} | {cell('onnxruntime')} | {cell('kiln')} | "
-                f"{cell('kiln tuned')} | {ratio('onnxruntime')} | {ratio('torch.compile')} | "
+                f"| {name} | {count} | {cell('eager')} | {cell('torch.compile')} | {cell('onnxruntime')} | {cell('openvino')} | "
+                f"{cell('openvino default')} | {cell('kiln')} | {cell('kiln tuned')} | {ratio('onnxruntime')} | "
+                f"{f'{best / min(fp32):.2f}×' if fp32 else '—'} | {ratio('torch.compile')} | "
                 f"{r['flops'] / best / 1e6:.0f} ({peak * int(count):.0f}) | {r['compile_s'].get(f'kiln@{count}', float('nan')):.1f} s |"
             )
     lines += ["", "Ratios use the faster of Kiln untuned and tuned; below 1.00× Kiln is faster.", ""]
