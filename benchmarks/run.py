@@ -81,7 +81,8 @@ def openvino_default_precision() -> str:
     """The precision OpenVINO's CPU plugin runs in when not told (bf16 on AMX CPUs)."""
     import openvino as ov
 
-    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
 def onnx_input_names(onnx_path: Path) -> list[str]:

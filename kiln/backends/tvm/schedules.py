@@ -111,8 +111,8 @@ def _columns_read_contiguously(block) -> bool:
     panel packed for an integer instruction (its innermost axis is the instruction's group). A reduction over an
     operand's innermost axis (a row's max or sum, layer norm's mean) has no such operand: tiled,
     its vectors would gather across rows (BERT's per-token absolute maximum ran 25× slower)."""
-    if block.name_hint in INTEGER_DOT_BLOCKS:
-        return True
+    if block.name_hint in INTEGER_DOT_BLOCKS or str(block.writes[0].source.dtype) in ("bfloat16", "float16"):
+        return True  # half outputs: as before (TVM's bf16 legalization fails on the other strategies' vectors)
     spatial = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.DataPar]
     reduced = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.CommReduce]
     written = {region.source.name for region in block.writes}
@@ -215,6 +215,8 @@ def row_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bo
     block = sch.get(info.block_rv)
     if not info.is_reduction() or "O" in info.dom_kind() or _columns_read_contiguously(block):
         return False
+    if str(block.writes[0].source.dtype) in ("bfloat16", "float16"):
+        return False  # TVM's bf16 legalization cannot store a vector of partial results (uint16 storage)
     spatial, reduction = _split_loops(sch, info)
     steps = static_extent(sch.get(reduction[-1]).extent) if reduction else None
     lanes = column_lanes(steps, unit.lanes) if steps else None
