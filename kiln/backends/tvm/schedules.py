@@ -215,8 +215,6 @@ def row_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bo
     block = sch.get(info.block_rv)
     if not info.is_reduction() or "O" in info.dom_kind() or _columns_read_contiguously(block):
         return False
-    if str(block.writes[0].source.dtype) in ("bfloat16", "float16"):
-        return False  # TVM's bf16 legalization cannot store a vector of partial results (uint16 storage)
     spatial, reduction = _split_loops(sch, info)
     steps = static_extent(sch.get(reduction[-1]).extent) if reduction else None
     lanes = column_lanes(steps, unit.lanes) if steps else None
