@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import kiln
-from kiln.backends.tvm.emulated_board import start_server, start_tracker_with_servers
+from kiln.backends.tvm.runtime.emulated_board import start_server, start_tracker_with_servers
 from kiln.models import SmallCNN
 
 RESULTS = Path(__file__).parent / "results" / "board_tuning.md"

@@ -178,7 +178,7 @@ def _worker(first: int, last: int, limit: int | None) -> None:
     """Runs cases first..last-1 and prints one tab-separated line per case as it finishes."""
     from onnxruntime.backend.backend import OnnxRuntimeBackend as ort_backend
 
-    from kiln.ir.onnx_backend import KilnBackend
+    from kiln.ir.onnx.backend import KilnBackend
 
     for case in _cases(limit)[first:last]:
         kiln_ok, reason = _run(KilnBackend, case)

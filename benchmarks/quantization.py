@@ -107,7 +107,7 @@ def main() -> None:
     import tvm
 
     from kiln.backends.targets import host_features, resolve_target
-    from kiln.backends.tvm.x86_dot import integer_dots
+    from kiln.backends.tvm.cpu.dot_instructions import integer_dots
 
     dots = integer_dots(tvm.target.Target(resolve_target("llvm").tvm_target))
     kernels = f"{dots[0].mnemonic} (where its {dots[0].lanes} lanes divide a layer's channels, else {dots[-1].mnemonic})" if dots else "generic integer code"

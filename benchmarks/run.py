@@ -167,7 +167,7 @@ def main() -> int:
 
     from benchmarks.models import benchmark_models
     from kiln.backends.targets import host_cpu
-    from kiln.backends.tvm.threads import size_thread_pool, usable_cores
+    from kiln.backends.tvm.runtime.threads import size_thread_pool, usable_cores
     from kiln.timing import interleaved_medians
 
     size_thread_pool()

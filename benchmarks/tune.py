@@ -28,7 +28,7 @@ def main() -> int:
     from benchmarks.models import benchmark_models
     from benchmarks.run import cpu_description
     from kiln.backends.targets import host_cpu
-    from kiln.backends.tvm.threads import size_thread_pool, usable_cores
+    from kiln.backends.tvm.runtime.threads import size_thread_pool, usable_cores
 
     size_thread_pool()
     zoo = benchmark_models(args.bert_layers)

@@ -47,10 +47,10 @@ def capture(
     dynamic_shapes: Any = None,
 ) -> tuple[Graph, list[torch.Tensor], list[torch.Tensor]]:
     """The model's graph, its flat example inputs, and the eager outputs every drift is measured
-    against. An ONNX model (path or ModelProto) becomes a torch module first (onnx_frontend.py);
+    against. An ONNX model (path or ModelProto) becomes a torch module first (kiln/ir/onnx/frontend.py);
     its example inputs default to random tensors of the graph's input shapes."""
     if not isinstance(model, torch.nn.Module):
-        from kiln.ir.onnx_frontend import onnx_module
+        from kiln.ir.onnx.frontend import onnx_module
 
         model, generated = onnx_module(model, input_shapes)
         example_inputs = example_inputs or generated
@@ -151,7 +151,7 @@ def _vector_lanes(resolved) -> int:
     if resolved.backend == "tvm" and resolved.device == "cpu":
         import tvm
 
-        from kiln.backends.tvm.register_tile import vector_lanes
+        from kiln.backends.tvm.cpu.register_tile import vector_lanes
 
         return vector_lanes(tvm.target.Target(resolved.cpu_target))
     return 8

@@ -41,7 +41,7 @@ class CompiledModule:
     def to_remote(self, address: str) -> "CompiledModule":
         """This module, uploaded to the board whose TVM RPC server listens at `address`
         ("host:port") and run there: torch tensors in, torch tensors out."""
-        from kiln.backends.tvm.remote import RemoteExecutable
+        from kiln.backends.tvm.runtime.remote import RemoteExecutable
 
         remote = RemoteExecutable(self._built("to_remote"), address)
         return CompiledModule(remote, self.signature, self.target, self.report, self.threads, self.graph)
@@ -49,13 +49,13 @@ class CompiledModule:
     def export(self, folder: str | Path) -> Path:
         """A deployable folder: the shared library (weights inside), a manifest of inputs, outputs
         and target, and a runner that needs only TVM's runtime on the board."""
-        from kiln.backends.tvm.bundle import export_bundle
+        from kiln.backends.tvm.runtime.bundle import export_bundle
 
         return export_bundle(self._built("export"), self.signature, Path(folder))
 
     def export_onnx(self, path: str | Path) -> Path:
         """The optimized graph (after Kiln's passes) as an ONNX file, e.g. for Netron."""
-        from kiln.ir.onnx_export import save_onnx
+        from kiln.ir.onnx.export import save_onnx
 
         if self.graph is None:
             raise TargetError("export_onnx needs the graph, which a loaded .kiln artifact does not keep: compile again")

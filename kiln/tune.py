@@ -24,7 +24,7 @@ from kiln.passes.pipelines import DEFAULT_LEVEL
 @dataclass
 class TuneSummary:
     database: Path
-    tasks: list  # kiln.backends.tvm.tuning.TaskResult
+    tasks: list  # kiln.backends.tvm.tuning.search.TaskResult
     seconds: float
 
     def table(self) -> str:
@@ -62,10 +62,10 @@ def tune(
     to stderr. Interrupted, it resumes where it stopped when run again with the same arguments.
     """
     from kiln.backends.tvm import lower_and_fuse
-    from kiln.backends.tvm.remote import warn_if_public
-    from kiln.backends.tvm.threads import usable_cores
-    from kiln.backends.tvm.tuning import Measurement, tune_module
-    from kiln.backends.tvm.tuning_database import TuningDatabase
+    from kiln.backends.tvm.runtime.remote import warn_if_public
+    from kiln.backends.tvm.runtime.threads import usable_cores
+    from kiln.backends.tvm.tuning.search import Measurement, tune_module
+    from kiln.backends.tvm.tuning.database import TuningDatabase
     import tvm
 
     resolved = resolve_target(target)
@@ -92,7 +92,7 @@ def _registered_boards(tracker: str, key: str | None) -> int:
     """How many servers the tracker has under `key`: that many candidates are measured at once."""
     from tvm import rpc
 
-    from kiln.backends.tvm.remote import parse_address
+    from kiln.backends.tvm.runtime.remote import parse_address
 
     if key is None:
         raise TargetError("tuning through a tracker needs the boards' key (e.g. key='rpi4')")

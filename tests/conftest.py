@@ -50,9 +50,9 @@ def seeded_random_numbers():
 
 @pytest.fixture(scope="session")
 def aarch64_board():
-    """An aarch64 TVM RPC server under qemu on this machine (kiln/backends/tvm/emulated_board.py);
+    """An aarch64 TVM RPC server under qemu on this machine (kiln/backends/tvm/runtime/emulated_board.py);
     skipped, with the reason, where it cannot be set up."""
-    from kiln.backends.tvm.emulated_board import BoardUnavailable, start_server
+    from kiln.backends.tvm.runtime.emulated_board import BoardUnavailable, start_server
 
     try:
         board = start_server()
@@ -65,7 +65,7 @@ def aarch64_board():
 @pytest.fixture(scope="session")
 def aarch64_tracker():
     """TVM's RPC tracker with two emulated aarch64 servers registered under the key 'rpi4'."""
-    from kiln.backends.tvm.emulated_board import BoardUnavailable, start_tracker_with_servers
+    from kiln.backends.tvm.runtime.emulated_board import BoardUnavailable, start_tracker_with_servers
 
     try:
         board = start_tracker_with_servers(2, "rpi4")

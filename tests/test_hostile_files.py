@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln import cli, models
-from kiln.backends.tvm.remote import OpenRPCAddressWarning, warn_if_public
-from kiln.backends.tvm.tuning_database import RECORDS_FILE, WORKLOADS_FILE, TuningDatabase
+from kiln.backends.tvm.runtime.remote import OpenRPCAddressWarning, warn_if_public
+from kiln.backends.tvm.tuning.database import RECORDS_FILE, WORKLOADS_FILE, TuningDatabase
 
 
 def model_with_external_weight(folder: Path, location: str) -> Path:
@@ -103,7 +103,7 @@ def test_hostile_tuning_database_is_refused_before_tvm_reads_it(database_folder,
         records.write_text("")
     else:
         records.write_text(json.dumps([0, [[], 1.0, {}, []]]) + "\n")
-        monkeypatch.setattr("kiln.backends.tvm.tuning_database.MAX_DATABASE_FILE_BYTES", 4)
+        monkeypatch.setattr("kiln.backends.tvm.tuning.database.MAX_DATABASE_FILE_BYTES", 4)
     model, x = models.MLP(), torch.randn(2, 64)
     with pytest.raises(kiln.ArtifactError, match=message):
         kiln.compile(model, (x,), tuning_dir=root)

@@ -53,7 +53,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def build(self, graph: Graph, context: BuildContext) -> OnnxRuntimeExecutable:
-        from kiln.ir.onnx_export import to_onnx
+        from kiln.ir.onnx.export import to_onnx
 
         context.say("export to ONNX for ONNX Runtime")
         return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)

@@ -3,7 +3,7 @@
 Presets are data. The host CPU and the GPU's architecture are detected when a target is resolved,
 never hard-coded: these machines change CPU between runs (AVX2-only EPYC one day, AVX-512 Xeon
 the next). A target whose CPU is not this machine's is cross-compiled with the toolchain its
-triple names (`Toolchain`), and runs on the board (see `kiln/backends/tvm/remote.py`).
+triple names (`Toolchain`), and runs on the board (see `kiln/backends/tvm/runtime/remote.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def host_cpu() -> dict[str, Any]:
     """The host as LLVM sees it: CPU name, the SIMD features it implies, and the widest vector."""
     from tvm.target import Target, codegen
 
-    from kiln.backends.tvm.register_tile import vector_lanes
+    from kiln.backends.tvm.cpu.register_tile import vector_lanes
 
     mcpu = codegen.llvm_get_system_cpu()
     target = Target({"kind": "llvm", "mcpu": mcpu})

@@ -46,7 +46,7 @@ def test_board_refuses_a_module_for_another_architecture(aarch64_board, target):
 
 
 def test_exported_bundle_runs_on_the_board_with_only_the_tvm_runtime(aarch64_board, tmp_path):
-    from kiln.backends.tvm.emulated_board import prepare
+    from kiln.backends.tvm.runtime.emulated_board import prepare
 
     model, x = SmallCNN().eval(), torch.randn(1, 3, 32, 32)
     bundle = kiln.compile(model, (x,), target="rpi4").export(tmp_path / "bundle")

@@ -10,8 +10,8 @@ from tvm.target import Target
 
 import kiln
 from kiln.backends.targets import resolve_target
-from kiln.backends.tvm.register_tile import STACK_ALLOCATION_BYTES, RegisterTile, VectorUnit, register_tile
-from kiln.backends.tvm.x86_dot import integer_dots
+from kiln.backends.tvm.cpu.register_tile import STACK_ALLOCATION_BYTES, RegisterTile, VectorUnit, register_tile
+from kiln.backends.tvm.cpu.dot_instructions import integer_dots
 from tests.conftest import assert_matches, eager
 
 # (in, out, kernel, stride, padding, dilation, groups, height, width, batch)
@@ -157,7 +157,7 @@ def test_depthwise_tile_is_a_stack_buffer_not_a_workspace_allocation(tmp_path):
 
 @pytest.mark.parametrize("name", ["pointwise_batch3_out24", "dilation2", "out20_kernel5_no_vector_tail", "stem_7x7_stride2"])
 def test_int8_conv2d_matches_its_integer_ir(name, tmp_path):
-    """Static int8 convolutions: long reductions become the CPU's dot-product kernels (x86_dot.py:
+    """Static int8 convolutions: long reductions become the CPU's dot-product kernels (dot_instructions.py:
     vpdpbusd or vpmaddwd; channels that are not whole groups get zero channels), short ones keep
     the generic integer schedule; either way
     the integers are exact, so the compiled module equals the quantized IR run eagerly."""

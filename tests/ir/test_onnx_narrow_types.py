@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from kiln.ir import onnx_narrow_types as narrow
+from kiln.ir.onnx import narrow_types as narrow
 
 _T = onnx.TensorProto
 FLOATS = [_T.FLOAT8E4M3FN, _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2, _T.FLOAT8E5M2FNUZ, _T.FLOAT4E2M1]

@@ -9,7 +9,7 @@ from tvm.target import Target
 
 import kiln
 from kiln.backends.targets import resolve_target
-from kiln.backends.tvm.x86_dot import integer_dots
+from kiln.backends.tvm.cpu.dot_instructions import integer_dots
 from kiln.errors import PassError
 from kiln.ir.stats import op_name
 from tests.conftest import assert_matches

@@ -9,11 +9,11 @@ import tvm
 
 from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
-from kiln.backends.tvm.executable import TVMExecutable
+from kiln.backends.tvm.runtime.executable import TVMExecutable
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.pipeline import build, fusion_passes, run_passes, schedule_passes
-from kiln.backends.tvm.tuning_database import TuningDatabase
-from kiln.backends.tvm.threads import size_thread_pool
+from kiln.backends.tvm.tuning.database import TuningDatabase
+from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Drift, PassRecord
 

@@ -507,7 +507,7 @@ def to_relax(graph: Graph):
             import tvm
 
             if tensor.numel() == 0:
-                from kiln.backends.tvm.executable import empty_tvm_tensor
+                from kiln.backends.tvm.runtime.executable import empty_tvm_tensor
 
                 return empty_tvm_tensor(tensor, tvm.cpu())
             if tensor.dtype != torch.bfloat16:

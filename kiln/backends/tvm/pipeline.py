@@ -19,12 +19,12 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from kiln.backends.base import BuildContext
-from kiln.backends.tvm.pack_weights import pack_weights
-from kiln.backends.tvm.register_tile import vector_unit
+from kiln.backends.tvm.cpu.pack_weights import pack_weights
+from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
-from kiln.backends.tvm.schedules import CPU_RULES
-from kiln.backends.tvm.tuning_database import TuningDatabase
-from kiln.backends.tvm.x86_dot import integer_dots
+from kiln.backends.tvm.cpu.schedules import CPU_RULES
+from kiln.backends.tvm.tuning.database import TuningDatabase
+from kiln.backends.tvm.cpu.dot_instructions import integer_dots
 from kiln.passes.instrument import PassRecord
 
 

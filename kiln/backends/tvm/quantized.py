@@ -1,6 +1,6 @@
 """TVM lowering of Kiln's integer operators (kiln/ir/quantized_ops.py): uint8 × int8 convolutions
 and matmuls with int32 accumulation, as Relax integer ops that TVM compiles to integer kernels
-(`pack_weights.py` and `schedules.py` turn them into the CPU's dot-product instruction, `x86_dot.py`)."""
+(`pack_weights.py` and `schedules.py` turn them into the CPU's dot-product instruction, `dot_instructions.py`)."""
 
 from __future__ import annotations
 

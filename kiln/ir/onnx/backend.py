@@ -1,7 +1,7 @@
 """ONNX's backend interface (`onnx.backend.base.Backend`) for Kiln, so ONNX's own test suites run
 through `kiln.compile` like any user's `.onnx` file would.
 
-    from kiln.ir.onnx_backend import KilnBackend
+    from kiln.ir.onnx.backend import KilnBackend
     outputs = KilnBackend.run_model(model_proto, [numpy arrays])
 
 Kiln compiles for static shapes. Where an operator needs a value at import time (Reshape's shape,
@@ -19,9 +19,9 @@ from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from kiln.errors import ValueRequiredError
-from kiln.ir import onnx_narrow_types
-from kiln.ir.onnx_frontend import check_model
-from kiln.ir.onnx_ops import tensor_from_numpy, tensor_to_numpy
+from kiln.ir.onnx import narrow_types as onnx_narrow_types
+from kiln.ir.onnx.frontend import check_model
+from kiln.ir.onnx.ops.core import tensor_from_numpy, tensor_to_numpy
 
 
 def _bind(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:

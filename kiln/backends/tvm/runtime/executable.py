@@ -16,7 +16,7 @@ from tvm import relax
 from tvm.support import cc
 
 from kiln.backends.targets import ResolvedTarget
-from kiln.backends.tvm.threads import pool_size, use_threads
+from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, TargetError
 from kiln.timing import median_seconds
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.errors import FrontendError, ValueRequiredError
-from kiln.ir import onnx_narrow_types
+from kiln.ir.onnx import narrow_types as onnx_narrow_types
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
 from kiln.backends.tvm.pipeline import default_schedule
-from kiln.backends.tvm.tuning_database import STATE_FILE, TuningDatabase
+from kiln.backends.tvm.tuning.database import STATE_FILE, TuningDatabase
 
 
 
@@ -126,7 +126,7 @@ class Measurement:
     def runner(self) -> ms.runner.Runner:
         if self.remote is None and self.tracker is None:
             return ms.runner.LocalRunner()
-        from kiln.backends.tvm.remote import parse_address
+        from kiln.backends.tvm.runtime.remote import parse_address
 
         host, port = parse_address(self.tracker or self.remote)
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=self.key or "direct", session_timeout_sec=600)

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kiln.backends.tvm import bundle_runner
-from kiln.backends.tvm.executable import LIBRARY_FILE, TVMExecutable
+from kiln.backends.tvm.runtime import bundle_runner
+from kiln.backends.tvm.runtime.executable import LIBRARY_FILE, TVMExecutable
 from kiln.errors import ArtifactError
 from kiln.signature import Signature
 

@@ -19,7 +19,7 @@ import torch
 import tvm
 from tvm import relax, rpc
 
-from kiln.backends.tvm.executable import LIBRARY_FILE, TVMExecutable
+from kiln.backends.tvm.runtime.executable import LIBRARY_FILE, TVMExecutable
 from kiln.errors import TargetError
 
 SESSION_TIMEOUT_S = 600  # a session under emulation is slow; a stuck one still ends

@@ -1,4 +1,4 @@
-"""x86 integer dot-product instructions, as TIR tensor intrinsics, and which one a target has.
+"""Integer dot-product instructions (x86 and ARM), as TIR tensor intrinsics, and which one a target has.
 
 Each multiplies one group of consecutive reduction steps of an activation (broadcast to every
 lane) with a weight panel of `lanes` output channels × that group, stored group-interleaved
@@ -14,6 +14,14 @@ lane) with a weight panel of `lanes` output channels × that group, stored group
   vpmaddwd multiplies sixteen int16 pairs and adds each adjacent pair into eight int32 lanes without
   saturating: 8 lanes × 2 steps. Activations reach it as int16 less their zero point (real zero
   is 0, so padding needs no correction); weights are sign-extended as they are loaded.
+- Armv8.2 dotprod `sdot` (Cortex-A76 of the Raspberry Pi 5, Jetson Orin's A78AE): int8 × int8,
+  4 lanes × 4 steps. Activations arrive as uint8 and are read as int8 by flipping their top bit
+  (x − 128, one `eor` per 16 bytes), so the compute it replaces is (x − 128)·w and the zero point's
+  share becomes (zero_point − 128) · Σ w. (`usdot`, u8 × s8, needs i8mm, which none of Kiln's
+  ARM presets has.)
+
+The instruction a packed layer was built for is named on its compute block (`DOT_ANNOTATION`), so
+the schedule tensorizes with exactly the layout `pack_weights.py` chose.
 """
 
 from __future__ import annotations
@@ -35,6 +43,17 @@ class DotInstruction:
     group: int  # reduction steps per lane per instruction
     activation: str  # the activation dtype the instruction reads
     subtracts_zero_point: bool  # True: activations arrive less their zero point (int16); False: raw uint8 + correction
+    activation_offset: int = 0  # what the instruction itself takes off each activation (sdot: 128)
+
+    def product(self, activation, weight):
+        """One multiply-add term as the instruction computes it, in int32 (TE or TIR values)."""
+        widened = activation.astype("int32")
+        if self.activation_offset:
+            widened = widened - self.activation_offset
+        return widened * weight.astype("int32")
+
+
+DOT_ANNOTATION = "kiln.dot"  # block annotation: the DotInstruction.name a packed integer layer is laid out for
 
 
 def _description(dot: DotInstruction):
@@ -53,7 +72,7 @@ def _description(dot: DotInstruction):
                 for k in T.serial(0, group):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        C[vi] = C[vi] + dot.product(A[vk], B[vi, vk])
 
     return description
 
@@ -107,23 +126,48 @@ def _vpdpbusd(dot: DotInstruction):
     return vnni
 
 
+def _sdot(dot: DotInstruction):
+    lanes, group = dot.lanes, dot.group
+
+    @T.prim_func(s_tir=True)
+    def dotprod(
+        A: T.Buffer((group,), dot.activation, offset_factor=1),
+        B: T.Buffer((lanes, group), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            # uint8 − 128 as int8: the same bits with the top one flipped
+            flipped = T.bitwise_xor(A.vload([0], f"uint8x{group}"), T.broadcast(T.uint8(dot.activation_offset), group))
+            quad = T.reinterpret(flipped, dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+                C.vload([0], f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
+                B.vload([0, 0], f"int8x{lanes * group}"),
+                dtype=f"int32x{lanes}",
+            )
+
+    return dotprod
+
+
 AVX2_VPMADDWD = DotInstruction("kiln_avx2_vpmaddwd_8x2_i16_i8_i32", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", True)
 AVX512_VNNI = DotInstruction("kiln_avx512_vpdpbusd_16x4_u8_i8_i32", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", 16, 4, "uint8", False)
-INSTRUCTIONS = {AVX2_VPMADDWD.name: (AVX2_VPMADDWD, _vpmaddwd), AVX512_VNNI.name: (AVX512_VNNI, _vpdpbusd)}
-for _dot, _implementation in INSTRUCTIONS.values():
+ARM_SDOT = DotInstruction("kiln_neon_sdot_4x4_u8_i8_i32", "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "uint8", False, 128)
+_IMPLEMENTATIONS = ((AVX2_VPMADDWD, _vpmaddwd), (AVX512_VNNI, _vpdpbusd), (ARM_SDOT, _sdot))
+INSTRUCTIONS = {dot.name: dot for dot, _ in _IMPLEMENTATIONS}
+for _dot, _implementation in _IMPLEMENTATIONS:
     TensorIntrin.register(_dot.name, _description(_dot), _implementation(_dot), override=True)
 
 
 def integer_dots(target: Target) -> list[DotInstruction]:
-    """The instructions the target's CPU has, fastest first (none off x86 or below AVX2): a layer
-    whose uint8 activations are not visible to `pack_weights.py` falls back to vpmaddwd."""
+    """The instructions the target's CPU has, fastest first (none without AVX2 or dotprod): on
+    x86 a layer whose uint8 activations are not visible to `pack_weights.py` falls back to vpmaddwd."""
     if target.kind.name != "llvm":
         return []
     features = set(llvm_get_cpu_features(target))
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return [ARM_SDOT] if "dotprod" in features else []
     found = [AVX512_VNNI] if {"avx512vnni", "avx512bw", "avx512f"} <= features else []
     return found + ([AVX2_VPMADDWD] if "avx2" in features else [])
-
-
-def instruction_for(group: int, activation: str) -> DotInstruction | None:
-    """The instruction whose layout a packed integer layer was built for (its panels' group size)."""
-    return next((dot for dot, _ in INSTRUCTIONS.values() if dot.group == group and dot.activation == activation), None)

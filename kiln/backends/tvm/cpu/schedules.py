@@ -9,7 +9,7 @@ the register-tiled reduction, covers them all: an MR×NR tile of the output live
 registers across the whole reduction, NR along the contiguous axis (vectorized), MR along the next
 (unrolled); outer tiles run in parallel; elementwise epilogues (bias, batch norm, activation,
 residual add) are computed as the tile is written back. Integer layers use the same tiling with
-the CPU's dot-product instruction as the innermost step (`x86_dot.py`: vpdpbusd, vpmaddwd).
+the CPU's dot-product instruction as the innermost step (`dot_instructions.py`: vpdpbusd, vpmaddwd, sdot).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from kiln.backends.tvm.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width, static_extent, weight_buffer
-from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
-from kiln.backends.tvm.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
-from kiln.backends.tvm.x86_dot import DotInstruction, instruction_for
+from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width, static_extent, weight_buffer
+from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
+from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
+from kiln.backends.tvm.cpu.dot_instructions import DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -66,12 +66,15 @@ INTEGER_DOT_BLOCKS = (PACKED_CONV2D_INT, PACKED_MATMUL_INT)
 
 def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """The same tiling for integer layers whose weights `pack_weights.py` interleaved in groups:
-    each lanes × group piece of the reduction is one instruction (`x86_dot.py`)."""
+    each lanes × group piece of the reduction is one instruction (`dot_instructions.py`)."""
     block = sch.get(info.block_rv)
     if block.name_hint not in INTEGER_DOT_BLOCKS:
         return False
-    dot = instruction_for(int(weight_buffer(block).shape[-1]), str(block.reads[0].source.dtype))
-    return dot is not None and _tiled_reduction(sch, info, unit, dot=dot)
+    dot = INSTRUCTIONS.get(str(block.annotations.get(DOT_ANNOTATION, "")))
+    if dot is None:
+        return False
+    sch.unannotate(info.block_rv, DOT_ANNOTATION)  # the intrinsic's description has none to match
+    return _tiled_reduction(sch, info, unit, dot=dot)
 
 
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel

@@ -2,8 +2,8 @@
 user-mode emulation. Real aarch64 code, a real TVM runtime for aarch64, the real RPC protocol; only
 the CPU is emulated (so its latencies mean little).
 
-    python -m kiln.backends.tvm.emulated_board --port 9190                 # one server
-    python -m kiln.backends.tvm.emulated_board --tracker --servers 2 --key rpi4   # a tracker
+    python -m kiln.backends.tvm.runtime.emulated_board --port 9190                 # one server
+    python -m kiln.backends.tvm.runtime.emulated_board --tracker --servers 2 --key rpi4   # a tracker
 
 Setup (once, cached under ~/.cache/kiln/boards, 1-4 minutes): Debian's qemu-user-static and
 mmdebstrap (installed with apt-get when missing and allowed), `mmdebstrap --variant=extract` of an

@@ -10,14 +10,16 @@ each tile reads one panel front to back; the schedule reads it back from the pan
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from kiln.backends.tvm import winograd
-from kiln.backends.tvm.register_tile import VectorUnit, column_lanes, register_tile
-from kiln.backends.tvm.x86_dot import DotInstruction
+from kiln.backends.tvm.cpu import winograd
+from kiln.backends.tvm.cpu.dot_instructions import DOT_ANNOTATION, DotInstruction
+from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
 PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_matmul", "packed_matmul_int", "packed_conv2d", "packed_conv2d_int"
 # the computes reading packed panels: their panels' rank and the axis of the panel width
@@ -47,17 +49,21 @@ def _convolved(padded, kernel, stride, dilation):
     return (padded - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def _product(x_value, weight_value, dtype: str):
-    """x·w, both widened to `dtype` (int32 for integer layers; float32 layers are already float32)."""
-    return x_value.astype(dtype) * weight_value.astype(dtype)
+def _product(x_value, weight_value, dot: DotInstruction | None):
+    """x·w as `dot` computes it (int32), or as float where there is none (float layers)."""
+    return x_value * weight_value if dot is None else dot.product(x_value, weight_value)
 
 
-def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None = None) -> te.Tensor:
+def _block_attributes(dot: DotInstruction | None) -> dict[str, str] | None:
+    """Names the instruction on the compute block, for the schedule."""
+    return None if dot is None else {DOT_ANNOTATION: dot.name}
+
+
+def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None = None, dot: DotInstruction | None = None) -> te.Tensor:
     """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/G, NR, G] (int8, groups of G
-    reduction steps interleaved for `x86_dot.py`); less `correction` [N] (the zero point's share)."""
+    reduction steps interleaved for `dot`, `dot_instructions.py`); less `correction` [N] (the zero point's share)."""
     integer = len(panels.shape) == 4
     width, group = int(panels.shape[2]), int(panels.shape[3]) if integer else 1
-    dtype = "int32" if integer else x.dtype
     k = te.reduce_axis((0, x.shape[-1]), name="k")
     shape = [*x.shape[:-1], panels.shape[0] * width]
 
@@ -66,8 +72,9 @@ def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None
 
     product = te.compute(
         shape,
-        lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dtype), axis=k),
+        lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dot), axis=k),
         name=PACKED_MATMUL_INT if integer else PACKED_MATMUL,
+        attrs=_block_attributes(dot),
     )
     return _corrected(product, correction)
 
@@ -80,13 +87,12 @@ def _corrected(product: te.Tensor, correction: te.Tensor | None) -> te.Tensor:
 
 
 def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation, pad_value: int = 0,
-                        correction: te.Tensor | None = None) -> te.Tensor:
+                        correction: te.Tensor | None = None, dot: DotInstruction | None = None) -> te.Tensor:
     """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR] (float) or
-    [O/NR, KH, KW, I/G, NR, G] (int8, groups of G input channels interleaved for `x86_dot.py`).
+    [O/NR, KH, KW, I/G, NR, G] (int8, groups of G input channels interleaved for `dot`).
     Integer inputs pad with `pad_value` (uint8 activations: their zero point, real zero)."""
     integer = len(panels.shape) == 6
     width, group = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
-    dtype = "int32" if integer else x.dtype
     top, left, bottom, right = (int(p) for p in padding)
     kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * group
     extra = ci - int(x.shape[3])  # the zero-weight channels that make the channel count whole groups
@@ -105,10 +111,11 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     product = te.compute(
         (batch, out_h, out_w, panels.shape[0] * width),
         lambda n, h, w, o: te.sum(
-            _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dtype),
+            _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dot),
             axis=[rh, rw, ri],
         ),
         name=PACKED_CONV2D_INT if integer else PACKED_CONV2D,
+        attrs=_block_attributes(dot),
     )
     return _corrected(product, correction)
 
@@ -191,8 +198,10 @@ class _Packer(PyExprMutator):
         return None
 
     @staticmethod
-    def _correction(weight: relax.Expr, zero_point: int) -> relax.Expr | None:
-        """zero_point · Σ w per output channel (the last axis), as an int32 constant; None for 0."""
+    def _correction(weight: relax.Expr, zero_point: int, dot: DotInstruction | None) -> relax.Expr | None:
+        """(zero_point − what `dot` takes off itself) · Σ w per output channel (the last axis), as
+        an int32 constant; None for 0."""
+        zero_point -= dot.activation_offset if dot is not None and not dot.subtracts_zero_point else 0
         if not zero_point:
             return None
         array = weight.value.numpy().astype(np.int64)
@@ -219,8 +228,8 @@ class _Packer(PyExprMutator):
             if panels is not None:
                 self.packed += 1
                 return self.builder_.call_te(
-                    _packed_conv2d_nhwc, source, relax.const(panels), strides, padding, dilation, zero_point,
-                    self._correction(weight, zero_point), primfunc_name_hint="packed_conv2d",
+                    partial(_packed_conv2d_nhwc, dot=dot), source, relax.const(panels), strides, padding, dilation,
+                    zero_point, self._correction(weight, zero_point, dot), primfunc_name_hint="packed_conv2d",
                 )
         return call
 
@@ -242,8 +251,8 @@ class _Packer(PyExprMutator):
             panels = self._panels(weight, 2, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1
-                return self.builder_.call_te(_packed_matmul, source, relax.const(panels),
-                                             self._correction(weight, zero_point), primfunc_name_hint="packed_matmul")
+                return self.builder_.call_te(partial(_packed_matmul, dot=dot), source, relax.const(panels),
+                                             self._correction(weight, zero_point, dot), primfunc_name_hint="packed_matmul")
         return call
 
 
@@ -262,7 +271,7 @@ def _is_call(expr, op_name: str) -> bool:
 def pack_weights(unit: VectorUnit, integer_dots: list[DotInstruction]) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
     read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
-    too, for the first of `integer_dots` (the target's `x86_dot.py` instructions) that applies."""
+    too, for the first of `integer_dots` (the target's `dot_instructions.py` instructions) that applies."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")
     def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
