@@ -3,17 +3,23 @@ is compile-tested: its instruction appears in the generated assembly.
 
 Each path is selected by the target's CPU: vpmaddwd by an AVX2-only CPU (haswell), vpdpbusd by
 one with AVX-512 VNNI (the host where it has VNNI, else cascadelake, built but not run here),
-ARM sdot by the Raspberry Pi 5's Cortex-A76 (run on the emulated aarch64 board)."""
+ARM sdot by the Raspberry Pi 5's Cortex-A76 (run on the emulated aarch64 board), AMX tdpbusd by
+a Sapphire Rapids Xeon (run where the host has AMX; elsewhere its tiles' memory walk runs in plain
+TIR through the same schedule)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import tvm
 from torch import nn
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
 
 import kiln
 from kiln.backends.targets import host_features, resolve_target
-from kiln.backends.tvm.cpu.dot_instructions import ARM_SDOT, AVX2_VPMADDWD, AVX512_VNNI, DotInstruction
+from kiln.backends.tvm.cpu import amx
+from kiln.backends.tvm.cpu.dot_instructions import AMX_INT8, ARM_SDOT, AVX2_VPMADDWD, AVX512_VNNI, DotInstruction, integer_dots
 from tests.conftest import assert_matches
 
 PATHS = {
@@ -25,22 +31,19 @@ PATHS = {
 def target_for(dot: DotInstruction, mcpu: str) -> dict:
     """The host where its CPU picks this instruction first, else a CPU that does."""
     host = resolve_target("llvm")
-    from kiln.backends.tvm.cpu.dot_instructions import integer_dots
-
-    import tvm
-
     if integer_dots(tvm.target.Target(host.tvm_target))[:1] == [dot]:
         return host.tvm_target
     return {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
 
 
-def assembly(compiled: kiln.CompiledModule) -> str:
+def assembly(compiled: kiln.CompiledModule, form: str = "asm") -> str:
+    """The generated code of every LLVM module: assembly, or with form "ll" LLVM IR."""
     library = compiled._built("assembly").library.mod
     pending, text = [library], []
     while pending:
         module = pending.pop()
         if module.kind == "llvm":
-            text.append(module.inspect_source("asm"))
+            text.append(module.inspect_source(form))
         pending.extend(module.imports)
     return "\n".join(text)
 
@@ -139,3 +142,114 @@ def test_a_module_needing_features_this_cpu_lacks_is_refused_before_it_runs(tmp_
     else:
         with pytest.raises(kiln.TargetError, match="amx"):
             loaded(x)
+
+
+# AMX tiles: 16 output rows (a matmul's rows, a stride-1 convolution's pixels) × 16-64 channels,
+# reductions of 64 steps per tap; a layer that does not fit (96 inputs, stride 2) takes vpdpbusd
+AMX_TARGET = {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2}
+AMX_CONVOLUTIONS = {
+    "3x3_64_to_64_pad1": (64, 64, 3, 1, 1, 1, 6, 32, 1),
+    "pointwise_128_to_48_batch2": (128, 48, 1, 1, 0, 1, 3, 16, 2),
+    "5x5_64_to_32_pad2": (64, 32, 5, 1, 2, 1, 5, 16, 1),
+}
+AMX_LINEARS = [(16, 256, 96), (32, 768, 64), (48, 128, 16)]
+
+
+def amx_convolution(name: str, target) -> tuple[kiln.CompiledModule, torch.Tensor]:
+    cin, cout, k, stride, pad, groups, h, w, batch = AMX_CONVOLUTIONS[name]
+    model = nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad), nn.ReLU(), nn.Conv2d(cout, 64, 1)).eval()
+    x = torch.randn(batch, cin, h, w) + 0.5
+    compiled = kiln.compile(model, (x,), target=target, quantize="int8", calibration=[(torch.randn_like(x) + 0.5,) for _ in range(2)])
+    return compiled, x
+
+
+@pytest.mark.parametrize("name", AMX_CONVOLUTIONS)
+def test_amx_convolutions(name):
+    compiled, x = amx_convolution(name, AMX_TARGET)
+    check(compiled, (x,), AMX_INT8)
+    assert "ldtilecfg" in assembly(compiled)
+
+
+@pytest.mark.parametrize("rows, inner, outer", AMX_LINEARS)
+def test_amx_linears(rows, inner, outer):
+    compiled, x = dynamic_int8_linear(rows, inner, outer, AMX_TARGET)
+    check(compiled, (x,), AMX_INT8)
+
+
+def emulated_tile_kernel(columns: int, steps: int):
+    """The AMX kernel's walk through memory in plain TIR, from the same pointers and strides it
+    hands tileloadd/tilestored (rows of 64 bytes), with tdpbusd as Intel defines it: what runs
+    where the CPU has no AMX, so that the packing, the schedule and the kernel's addressing are
+    checked against the integer IR on any machine."""
+    groups, tiles = steps // 4, columns // amx.TILE_COLUMNS
+
+    @T.prim_func(s_tir=True)
+    def emulated(a: T.handle, b: T.handle, c: T.handle) -> None:
+        row_a, row_b, column_b, row_c = T.int32(), T.int32(), T.int32(), T.int32()
+        A = T.match_buffer(a, (16, steps), "uint8", offset_factor=1, strides=[row_a, 1])
+        B = T.match_buffer(b, (groups, columns, 4), "int8", offset_factor=1, strides=[row_b, column_b, 1])
+        C = T.match_buffer(c, (16, columns), "int32", offset_factor=1, strides=[row_c, 1])
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:columns], A[0:16, 0:steps], B[0:groups, 0:columns, 0:4])
+            T.writes(C[0:16, 0:columns])
+            flat_a = T.decl_buffer((1,), "uint8", data=A.data)
+            flat_b = T.decl_buffer((1,), "int8", data=B.data)
+            flat_c = T.decl_buffer((1,), "int32", data=C.data)
+            emulated_amx_tiles = T.alloc_buffer((tiles, 16, 16), "int32", scope="local")
+            for tile, m, n in T.grid(tiles, 16, 16):  # tileloadd: row m at C + tile·16 + m·row_c
+                emulated_amx_tiles[tile, m, n] = flat_c[C.elem_offset + tile * 16 + m * row_c + n]
+            for block, tile, m, n, g, i in T.grid(steps // 64, tiles, 16, 16, 16, 4):
+                # A tile row m at A + block·64 + m·row_a; B tile row g at B + block·16·row_b + tile·16·column_b + g·row_b
+                emulated_amx_tiles[tile, m, n] = emulated_amx_tiles[tile, m, n] + T.cast(
+                    flat_a[A.elem_offset + block * 64 + m * row_a + 4 * g + i], "int32"
+                ) * T.cast(flat_b[B.elem_offset + block * 16 * row_b + tile * 16 * column_b + g * row_b + 4 * n + i], "int32")
+            for tile, m, n in T.grid(tiles, 16, 16):
+                flat_c[C.elem_offset + tile * 16 + m * row_c + n] = emulated_amx_tiles[tile, m, n]
+
+    return emulated
+
+
+@pytest.fixture
+def emulated_amx(monkeypatch):
+    """Host compiles pack and schedule integer layers for AMX, with the emulated kernel."""
+    from kiln.backends.tvm import pipeline
+
+    def emulated_intrinsic(columns: int, steps: int) -> str:
+        name = f"test_emulated_amx_16x{columns}x{steps}"
+        TensorIntrin.register(name, amx.tile_description(columns, steps), emulated_tile_kernel(columns, steps), override=True)
+        return name
+
+    monkeypatch.setattr(pipeline, "integer_dots", lambda target: [AMX_INT8, *integer_dots(target)])
+    monkeypatch.setattr(amx, "tile_intrinsic", emulated_intrinsic)
+
+
+@pytest.mark.parametrize("name", AMX_CONVOLUTIONS)
+def test_amx_convolution_tiles_emulated(emulated_amx, name):
+    compiled, x = amx_convolution(name, "llvm")
+    assert "emulated_amx_tiles" in assembly(compiled, "ll"), "the convolution was not tiled for AMX"
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=1e-6)
+
+
+@pytest.mark.parametrize("rows, inner, outer", AMX_LINEARS)
+def test_amx_linear_tiles_emulated(emulated_amx, rows, inner, outer):
+    compiled, x = dynamic_int8_linear(rows, inner, outer, "llvm")
+    assert "emulated_amx_tiles" in assembly(compiled, "ll"), "the linear was not tiled for AMX"
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=1e-6)
+
+
+def test_an_exported_amx_bundle_asks_linux_for_the_tile_state(tmp_path, monkeypatch):
+    """Linux hands out AMX's tile state only on request: the bundle records the CPU features its
+    kernels may use and its runner asks before it loads the library."""
+    import json
+
+    from kiln.backends.tvm.runtime import bundle_runner
+
+    compiled, _ = dynamic_int8_linear(16, 256, 96, AMX_TARGET)
+    compiled.export(tmp_path / "bundle")
+    assert "amx-tile" in json.loads((tmp_path / "bundle" / "kiln_bundle.json").read_text())["cpu_features"]
+    asked = []
+    monkeypatch.setattr(bundle_runner, "request_amx_state", lambda: asked.append(True))
+    bundle_runner.load_bundle(tmp_path / "bundle")
+    assert asked == [True]

@@ -44,6 +44,13 @@ class DotInstruction:
     activation: str  # the activation dtype the instruction reads
     subtracts_zero_point: bool  # True: activations arrive less their zero point (int16); False: raw uint8 + correction
     activation_offset: int = 0  # what the instruction itself takes off each activation (sdot: 128)
+    tile_rows: int = 1  # output rows one instruction computes (AMX: a 16-row tile, `amx.py`)
+    steps_multiple: int = 0  # the reduction length per tap must be a multiple of this (0: any, padded to groups)
+
+    @property
+    def is_tile(self) -> bool:
+        """A matrix unit (AMX), scheduled by `amx.py`, rather than a vector instruction."""
+        return self.tile_rows > 1
 
     def product(self, activation, weight):
         """One multiply-add term as the instruction computes it, in int32 (TE or TIR values)."""
@@ -154,6 +161,10 @@ def _sdot(dot: DotInstruction):
 
 AVX2_VPMADDWD = DotInstruction("kiln_avx2_vpmaddwd_8x2_i16_i8_i32", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", True)
 AVX512_VNNI = DotInstruction("kiln_avx512_vpdpbusd_16x4_u8_i8_i32", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", 16, 4, "uint8", False)
+# AMX tdpbusd: a 16 × 16 int32 tile += 16 rows × 64 uint8 · 64 × 16 int8 (the VNNI-interleaved panel
+# rows), 16,384 multiply-adds per instruction; scheduled and tensorized per layer shape by `amx.py`
+AMX_INT8 = DotInstruction("kiln_amx_tdpbusd", "tdpbusd", "llvm.x86.tdpbusd", 16, 4, "uint8", False, tile_rows=16, steps_multiple=64)
+AMX_PANEL_WIDTHS = (64, 48, 32, 16)  # one AMX kernel's columns: up to four accumulator tiles
 ARM_SDOT = DotInstruction("kiln_neon_sdot_4x4_u8_i8_i32", "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "uint8", False, 128)
 _IMPLEMENTATIONS = ((AVX2_VPMADDWD, _vpmaddwd), (AVX512_VNNI, _vpdpbusd), (ARM_SDOT, _sdot))
 INSTRUCTIONS = {dot.name: dot for dot, _ in _IMPLEMENTATIONS}
@@ -169,5 +180,6 @@ def integer_dots(target: Target) -> list[DotInstruction]:
     features = set(llvm_get_cpu_features(target))
     if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
         return [ARM_SDOT] if "dotprod" in features else []
-    found = [AVX512_VNNI] if {"avx512vnni", "avx512bw", "avx512f"} <= features else []
+    found = [AMX_INT8] if {"amx-tile", "amx-int8"} <= features else []
+    found += [AVX512_VNNI] if {"avx512vnni", "avx512bw", "avx512f"} <= features else []
     return found + ([AVX2_VPMADDWD] if "avx2" in features else [])

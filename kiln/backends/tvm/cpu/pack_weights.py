@@ -18,7 +18,7 @@ from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.cpu import winograd
-from kiln.backends.tvm.cpu.dot_instructions import DOT_ANNOTATION, DotInstruction
+from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
 PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_matmul", "packed_matmul_int", "packed_conv2d", "packed_conv2d_int"
@@ -189,7 +189,12 @@ class _Packer(PyExprMutator):
                 array = np.pad(array, [(0, 0), (0, 0), (0, -array.shape[-2] % group), (0, 0)])
             if array.shape[-2] % group:
                 return None
-            width = register_tile(array.shape[-1], rows, int(np.prod(array.shape[:-1])), self.unit, lanes=dot.lanes).columns
+            if dot.is_tile:  # whole tiles only: rows of 16, reductions of 64 steps per tap
+                if rows is None or rows % dot.tile_rows or array.shape[-2] % dot.steps_multiple:
+                    return None
+                width = next(w for w in AMX_PANEL_WIDTHS if array.shape[-1] % w == 0)
+            else:
+                width = register_tile(array.shape[-1], rows, int(np.prod(array.shape[:-1])), self.unit, lanes=dot.lanes).columns
             *outer, depth, columns = array.shape
             split = array.reshape(*outer, depth // group, group, columns // width, width)
             # [..., K/G, G, N/NR, NR] → [N/NR, ..., K/G, NR, G]
@@ -224,6 +229,8 @@ class _Packer(PyExprMutator):
             return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
         rows = _output_width(x, weight, strides, padding, dilation)
         for dot, source, zero_point in self._integer_operands(x, weight) or [(None, x, 0)]:
+            if dot is not None and dot.is_tile and strides != [1, 1]:
+                continue  # a tile's rows are consecutive pixels
             panels = self._panels(weight, 4, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1

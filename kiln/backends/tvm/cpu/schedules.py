@@ -9,7 +9,8 @@ the register-tiled reduction, covers them all: an MR×NR tile of the output live
 registers across the whole reduction, NR along the contiguous axis (vectorized), MR along the next
 (unrolled); outer tiles run in parallel; elementwise epilogues (bias, batch norm, activation,
 residual add) are computed as the tile is written back. Integer layers use the same tiling with
-the CPU's dot-product instruction as the innermost step (`dot_instructions.py`: vpdpbusd, vpmaddwd, sdot).
+the CPU's dot-product instruction as the innermost step (`dot_instructions.py`: vpdpbusd, vpmaddwd, sdot),
+or, on AMX, as tiles of 16 rows × one weight panel computed by the matrix unit (`amx.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from tvm.target import Target
 from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
-from kiln.backends.tvm.cpu.dot_instructions import DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
+from kiln.backends.tvm.cpu import amx
+from kiln.backends.tvm.cpu.dot_instructions import AMX_INT8, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -75,6 +77,36 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
         return False
     sch.unannotate(info.block_rv, DOT_ANNOTATION)  # the intrinsic's description has none to match
     return _tiled_reduction(sch, info, unit, dot=dot)
+
+
+def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
+    """Integer layers packed for AMX: each 16 rows × panel of the output is one `amx.py` kernel
+    over the innermost reduction (a convolution's input channels, under its kernel taps),
+    accumulating into a stack tile that the epilogue (zero-point correction, requantization)
+    reads back; tiles run in parallel."""
+    block = sch.get(info.block_rv)
+    if block.name_hint not in INTEGER_DOT_BLOCKS or block.annotations.get(DOT_ANNOTATION) != AMX_INT8.name:
+        return False
+    sch.unannotate(info.block_rv, DOT_ANNOTATION)
+    spatial, reduction = _split_loops(sch, info)
+    columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
+    panel, steps = packed_panel_width(block), static_extent(sch.get(reduction[-1]).extent)
+    if None in (columns, rows, panel, steps) or rows % amx.TILE_ROWS or columns % panel:
+        return False
+    row_outer, row_inner = sch.split(spatial[-2], [None, amx.TILE_ROWS])
+    column_outer, column_inner = sch.split(spatial[-1], [None, panel])
+    sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
+    tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
+    sch.parallel(tile)
+    write_back = sch.cache_write(info.block_rv, 0, "global")
+    sch.reverse_compute_at(write_back, tile)
+    _inline_epilogues(sch, write_back)
+    sch.decompose_reduction(info.block_rv, (reduction[:-1] or [row_inner])[0])
+    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(panel, steps))
+    write_loops = sch.get_loops(write_back)
+    _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
+    sch.vectorize(vector)
+    return True
 
 
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
@@ -321,7 +353,7 @@ def parallel_vectorize(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     return True
 
 
-BLOCK_STRATEGIES: list[Strategy] = [integer_dot_reduction, register_tiled_reduction, row_reduction, winograd_transform, parallel_vectorize]
+BLOCK_STRATEGIES: list[Strategy] = [amx_tile_reduction, integer_dot_reduction, register_tiled_reduction, row_reduction, winograd_transform, parallel_vectorize]
 
 
 SHORT_REDUCTION = 64

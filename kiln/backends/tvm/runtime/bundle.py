@@ -41,6 +41,7 @@ def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path)
         "tvm_target": target.tvm_target,
         "device": target.device,
         "architecture": target.architecture,
+        "cpu_features": target.cpu_features,  # the runner asks Linux for AMX state where they include it
         "inputs": [spec.to_json() for spec in signature.inputs],
         "outputs": [spec.to_json() for spec in signature.outputs],
     }

@@ -6,8 +6,10 @@
 Copied verbatim into every bundle by `CompiledModule.export`; it must not import Kiln.
 """
 
+import ctypes
 import hashlib
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -41,6 +43,22 @@ def _load_cuda_runtime() -> None:
         return nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler="nvrtc")
 
 
+# Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) on x86-64
+SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def request_amx_state() -> None:
+    """Ask Linux for the AMX tile state (8 KB per thread, granted per process on request since
+    Linux 5.16): without it the first tile instruction kills the process with SIGILL. Once is
+    enough; asking again is harmless."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"Linux refused the AMX tile state this module's kernels need (arch_prctl: errno {error})")
+
+
 def load_bundle(folder: Path = HERE):
     """(virtual machine, device, manifest) of the bundle in `folder`."""
     manifest = json.loads((folder / "kiln_bundle.json").read_text())
@@ -48,6 +66,8 @@ def load_bundle(folder: Path = HERE):
     if manifest["device"] == "cuda":
         _load_cuda_runtime()
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
+    if "amx-tile" in manifest.get("cpu_features", []):
+        request_amx_state()
     return VirtualMachine(tvm.runtime.load_module(str(library)), device), device, manifest
 
 

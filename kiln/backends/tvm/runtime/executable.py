@@ -16,6 +16,7 @@ from tvm import relax
 from tvm.support import cc
 
 from kiln.backends.targets import ResolvedTarget
+from kiln.backends.tvm.runtime.bundle_runner import request_amx_state
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, TargetError
 from kiln.timing import median_seconds
@@ -91,6 +92,11 @@ class TVMExecutable:
             reason = self.why_not_here()
             if reason is not None:
                 raise TargetError(reason)
+            if "amx-tile" in self.target.cpu_features:
+                try:
+                    request_amx_state()
+                except OSError as error:
+                    raise TargetError(f"target '{self.target.name}' may run AMX tile kernels: {error.strerror}") from None
             self._main = relax.VirtualMachine(self.library, _device(self.target))["main"]
         return self._main
 
