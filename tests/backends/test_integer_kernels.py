@@ -9,6 +9,8 @@ TIR through the same schedule)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import tvm
@@ -52,6 +54,8 @@ def check(compiled: kiln.CompiledModule, inputs: tuple[torch.Tensor, ...], dot: 
     """Equal to the integer IR where this CPU (or the board) runs the code; the instruction in the
     assembly always."""
     assert dot.mnemonic in assembly(compiled), f"no {dot.mnemonic} in the generated code"
+    schedule = next(row for row in compiled.report.rows if row.name == "ScheduleCPU")
+    assert re.search(rf"integer kernels on (.*, )?{dot.mnemonic} \d+", schedule.note), schedule.note  # the report says so
     if board is not None:
         compiled = compiled.to_remote(board.address)
     elif compiled.target.missing_cpu_features():

@@ -24,7 +24,7 @@ from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
 from kiln.backends.tvm.cpu.schedules import CPU_RULES
 from kiln.backends.tvm.tuning.database import TuningDatabase
-from kiln.backends.tvm.cpu.dot_instructions import integer_dots
+from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, integer_dots
 from kiln.passes.instrument import PassRecord
 
 
@@ -118,8 +118,22 @@ def schedule_passes(database: TuningDatabase | None, target: Target) -> NamedPas
 
 def _describe(mod: tvm.IRModule) -> str:
     prims = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    scheduled = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in prims)
-    return f"{len(prims)} TIR functions ({scheduled} scheduled), {len(mod.functions) - len(prims)} Relax"
+    scheduled = [f for f in prims if f.attrs and f.attrs.get("tirx.is_scheduled", False)]
+    kernels = _dot_kernels(scheduled)
+    on_units = "; integer kernels on " + ", ".join(f"{name} {count}" for name, count in kernels.items()) if kernels else ""
+    return f"{len(prims)} TIR functions ({len(scheduled)} scheduled), {len(mod.functions) - len(prims)} Relax{on_units}"
+
+
+def _dot_kernels(functions: list[tvm.tirx.PrimFunc]) -> dict[str, int]:
+    """How many functions run on each dot-product instruction (or AMX tile), by mnemonic: what
+    the report says an int8 model ran on."""
+    counts: dict[str, int] = {}
+    for function in functions:
+        text = function.script(show_meta=False)
+        for dot in DOT_INSTRUCTIONS:
+            if f'"{dot.llvm_intrinsic}"' in text:
+                counts[dot.mnemonic] = counts.get(dot.mnemonic, 0) + 1
+    return counts
 
 
 def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext) -> tvm.IRModule:

@@ -172,6 +172,9 @@ for _dot, _implementation in _IMPLEMENTATIONS:
     TensorIntrin.register(_dot.name, _description(_dot), _implementation(_dot), override=True)
 
 
+DOT_INSTRUCTIONS = (AMX_INT8, AVX512_VNNI, AVX2_VPMADDWD, ARM_SDOT)  # every instruction Kiln's kernels use
+
+
 def integer_dots(target: Target) -> list[DotInstruction]:
     """The instructions the target's CPU has, fastest first (none without AVX2 or dotprod): on
     x86 a layer whose uint8 activations are not visible to `pack_weights.py` falls back to vpmaddwd."""
