@@ -21,7 +21,7 @@ from tvm.script import tirx as T
 import kiln
 from kiln.backends.targets import host_features, resolve_target
 from kiln.backends.tvm.cpu import amx
-from kiln.backends.tvm.cpu.dot_instructions import AMX_INT8, ARM_SDOT, AVX2_VPMADDWD, AVX512_VNNI, DotInstruction, integer_dots
+from kiln.backends.tvm.cpu.dot_instructions import AMX_BF16, AMX_INT8, ARM_SDOT, AVX2_VPMADDWD, AVX512_VNNI, DotInstruction, integer_dots
 from tests.conftest import assert_matches
 
 PATHS = {
@@ -50,12 +50,13 @@ def assembly(compiled: kiln.CompiledModule, form: str = "asm") -> str:
     return "\n".join(text)
 
 
-def check(compiled: kiln.CompiledModule, inputs: tuple[torch.Tensor, ...], dot: DotInstruction, board=None) -> None:
+def check(compiled: kiln.CompiledModule, inputs: tuple[torch.Tensor, ...], dot: DotInstruction, board=None,
+          tolerance: float = 1e-6) -> None:
     """Equal to the integer IR where this CPU (or the board) runs the code; the instruction in the
     assembly always."""
     assert dot.mnemonic in assembly(compiled), f"no {dot.mnemonic} in the generated code"
     schedule = next(row for row in compiled.report.rows if row.name == "ScheduleCPU")
-    assert re.search(rf"integer kernels on (.*, )?{dot.mnemonic} \d+", schedule.note), schedule.note  # the report says so
+    assert re.search(rf"dot-product kernels on (.*, )?{dot.mnemonic} \d+", schedule.note), schedule.note  # the report says so
     if board is not None:
         compiled = compiled.to_remote(board.address)
     elif compiled.target.missing_cpu_features():
@@ -63,7 +64,7 @@ def check(compiled: kiln.CompiledModule, inputs: tuple[torch.Tensor, ...], dot: 
             compiled(*inputs)
         return
     with torch.no_grad():
-        assert_matches(compiled(*inputs), compiled.graph.run(*inputs)[0], tolerance=1e-6)
+        assert_matches(compiled(*inputs), compiled.graph.run(*inputs)[0], tolerance=tolerance)
 
 
 # (in, out, kernel, stride, padding, groups, height, width, batch): tails of the instruction's
@@ -180,33 +181,33 @@ def test_amx_linears(rows, inner, outer):
     check(compiled, (x,), AMX_INT8)
 
 
-def emulated_tile_kernel(columns: int, steps: int):
-    """The AMX kernel's walk through memory in plain TIR, from the same pointers and strides it
-    hands tileloadd/tilestored (rows of 64 bytes), with tdpbusd as Intel defines it: what runs
-    where the CPU has no AMX, so that the packing, the schedule and the kernel's addressing are
-    checked against the integer IR on any machine."""
-    groups, tiles = steps // 4, columns // amx.TILE_COLUMNS
+def emulated_tile_kernel(dot: DotInstruction, columns: int, steps: int):
+    """The AMX kernel's walk through memory in plain TIR, from the base pointers and row strides it
+    hands tileloadd/tilestored (rows of 64 bytes), with tdpbusd/tdpbf16ps as Intel defines them:
+    what runs where the CPU has no AMX, so that the packing, the schedule and the kernel's
+    addressing are checked against the IR on any machine."""
+    group, tiles, block = dot.group, columns // amx.TILE_COLUMNS, amx.tile_steps(dot)
 
     @T.prim_func(s_tir=True)
     def emulated(a: T.handle, b: T.handle, c: T.handle) -> None:
         row_a, row_b, column_b, row_c = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (16, steps), "uint8", offset_factor=1, strides=[row_a, 1])
-        B = T.match_buffer(b, (groups, columns, 4), "int8", offset_factor=1, strides=[row_b, column_b, 1])
-        C = T.match_buffer(c, (16, columns), "int32", offset_factor=1, strides=[row_c, 1])
+        A = T.match_buffer(a, (16, steps), dot.activation, offset_factor=1, strides=[row_a, 1])
+        B = T.match_buffer(b, (steps // group, columns, group), dot.weight, offset_factor=1, strides=[row_b, column_b, 1])
+        C = T.match_buffer(c, (16, columns), dot.accumulator, offset_factor=1, strides=[row_c, 1])
         with T.sblock("root"):
-            T.reads(C[0:16, 0:columns], A[0:16, 0:steps], B[0:groups, 0:columns, 0:4])
+            T.reads(C[0:16, 0:columns], A[0:16, 0:steps], B[0 : steps // group, 0:columns, 0:group])
             T.writes(C[0:16, 0:columns])
-            flat_a = T.decl_buffer((1,), "uint8", data=A.data)
-            flat_b = T.decl_buffer((1,), "int8", data=B.data)
-            flat_c = T.decl_buffer((1,), "int32", data=C.data)
-            emulated_amx_tiles = T.alloc_buffer((tiles, 16, 16), "int32", scope="local")
+            flat_a = T.decl_buffer((1,), dot.activation, data=A.data)
+            flat_b = T.decl_buffer((1,), dot.weight, data=B.data)
+            flat_c = T.decl_buffer((1,), dot.accumulator, data=C.data)
+            emulated_amx_tiles = T.alloc_buffer((tiles, 16, 16), dot.accumulator, scope="local")
             for tile, m, n in T.grid(tiles, 16, 16):  # tileloadd: row m at C + tile·16 + m·row_c
                 emulated_amx_tiles[tile, m, n] = flat_c[C.elem_offset + tile * 16 + m * row_c + n]
-            for block, tile, m, n, g, i in T.grid(steps // 64, tiles, 16, 16, 16, 4):
-                # A tile row m at A + block·64 + m·row_a; B tile row g at B + block·16·row_b + tile·16·column_b + g·row_b
-                emulated_amx_tiles[tile, m, n] = emulated_amx_tiles[tile, m, n] + T.cast(
-                    flat_a[A.elem_offset + block * 64 + m * row_a + 4 * g + i], "int32"
-                ) * T.cast(flat_b[B.elem_offset + block * 16 * row_b + tile * 16 * column_b + g * row_b + 4 * n + i], "int32")
+            for step_block, tile, m, n, g, i in T.grid(steps // block, tiles, 16, 16, block // group, group):
+                # A tile row m at A + block·b + m·row_a; B tile row g at B + block·(b/G)·row_b + tile·16·column_b + g·row_b
+                emulated_amx_tiles[tile, m, n] = emulated_amx_tiles[tile, m, n] + dot.product(
+                    flat_a[A.elem_offset + step_block * block + m * row_a + group * g + i],
+                    flat_b[B.elem_offset + step_block * (block // group) * row_b + tile * 16 * column_b + g * row_b + group * n + i])
             for tile, m, n in T.grid(tiles, 16, 16):
                 flat_c[C.elem_offset + tile * 16 + m * row_c + n] = emulated_amx_tiles[tile, m, n]
 
@@ -215,15 +216,16 @@ def emulated_tile_kernel(columns: int, steps: int):
 
 @pytest.fixture
 def emulated_amx(monkeypatch):
-    """Host compiles pack and schedule integer layers for AMX, with the emulated kernel."""
+    """Host compiles pack and schedule integer and bf16 layers for AMX, with the emulated kernel."""
     from kiln.backends.tvm import pipeline
 
-    def emulated_intrinsic(columns: int, steps: int) -> str:
-        name = f"test_emulated_amx_16x{columns}x{steps}"
-        TensorIntrin.register(name, amx.tile_description(columns, steps), emulated_tile_kernel(columns, steps), override=True)
+    def emulated_intrinsic(dot: DotInstruction, columns: int, steps: int) -> str:
+        name = f"test_emulated_{dot.name}_16x{columns}x{steps}"
+        TensorIntrin.register(name, amx.tile_description(dot, columns, steps), emulated_tile_kernel(dot, columns, steps), override=True)
         return name
 
     monkeypatch.setattr(pipeline, "integer_dots", lambda target: [AMX_INT8, *integer_dots(target)])
+    monkeypatch.setattr(pipeline, "bf16_dots", lambda target: [AMX_BF16])
     monkeypatch.setattr(amx, "tile_intrinsic", emulated_intrinsic)
 
 
@@ -257,3 +259,29 @@ def test_an_exported_amx_bundle_asks_linux_for_the_tile_state(tmp_path, monkeypa
     monkeypatch.setattr(bundle_runner, "request_amx_state", lambda: asked.append(True))
     bundle_runner.load_bundle(tmp_path / "bundle")
     assert asked == [True]
+
+
+def bf16_model(kind: str):
+    """A bf16 linear stack or convolution stack whose layers come in whole AMX tiles."""
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 48)).eval(), torch.randn(2, 32, 256)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 128, 1)).eval(), torch.randn(1, 64, 6, 32)
+
+
+@pytest.mark.parametrize("kind", ["linear", "convolution"])
+def test_amx_bf16_layers(kind):
+    model, x = bf16_model(kind)
+    compiled = kiln.compile(model, (x,), target=AMX_TARGET, quantize="bf16")
+    check(compiled, (x,), AMX_BF16, tolerance=2e-2)
+    assert "ldtilecfg" in assembly(compiled)
+
+
+@pytest.mark.parametrize("kind", ["linear", "convolution"])
+def test_amx_bf16_tiles_emulated(emulated_amx, kind):
+    """float32 accumulation of bf16 products, rounded to bf16 as the IR rounds its outputs: within
+    a bf16 ulp or two of the IR's (torch's) summation order."""
+    model, x = bf16_model(kind)
+    compiled = kiln.compile(model, (x,), target="llvm", quantize="bf16")
+    assert "emulated_amx_tiles" in assembly(compiled, "ll"), "the layers were not tiled for AMX"
+    with torch.no_grad():
+        assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=2e-2)

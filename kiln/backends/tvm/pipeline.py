@@ -24,7 +24,7 @@ from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
 from kiln.backends.tvm.cpu.schedules import CPU_RULES
 from kiln.backends.tvm.tuning.database import TuningDatabase
-from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, integer_dots
+from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, bf16_dots, integer_dots
 from kiln.passes.instrument import PassRecord
 
 
@@ -47,7 +47,7 @@ def fusion_passes(target: Target) -> NamedPasses:
         # the graph's edges
         ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
         ("FoldConstantWeights", relax.transform.FoldConstant),  # W.T of linear layers becomes a constant
-        ("PackWeights", lambda: pack_weights(vector_unit(target), integer_dots(target))),
+        ("PackWeights", lambda: pack_weights(vector_unit(target), integer_dots(target) + bf16_dots(target))),
     ]
     return [
         ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
@@ -120,7 +120,7 @@ def _describe(mod: tvm.IRModule) -> str:
     prims = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     scheduled = [f for f in prims if f.attrs and f.attrs.get("tirx.is_scheduled", False)]
     kernels = _dot_kernels(scheduled)
-    on_units = "; integer kernels on " + ", ".join(f"{name} {count}" for name, count in kernels.items()) if kernels else ""
+    on_units = "; dot-product kernels on " + ", ".join(f"{name} {count}" for name, count in kernels.items()) if kernels else ""
     return f"{len(prims)} TIR functions ({len(scheduled)} scheduled), {len(mod.functions) - len(prims)} Relax{on_units}"
 
 
@@ -131,7 +131,7 @@ def _dot_kernels(functions: list[tvm.tirx.PrimFunc]) -> dict[str, int]:
     for function in functions:
         text = function.script(show_meta=False)
         for dot in DOT_INSTRUCTIONS:
-            if f'"{dot.llvm_intrinsic}"' in text:
+            if f'"{dot.llvm_base_name}' in text:
                 counts[dot.mnemonic] = counts.get(dot.mnemonic, 0) + 1
     return counts
 

@@ -26,6 +26,7 @@ the schedule tensorizes with exactly the layout `pack_weights.py` chose.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tvm.s_tir import TensorIntrin
@@ -44,8 +45,15 @@ class DotInstruction:
     activation: str  # the activation dtype the instruction reads
     subtracts_zero_point: bool  # True: activations arrive less their zero point (int16); False: raw uint8 + correction
     activation_offset: int = 0  # what the instruction itself takes off each activation (sdot: 128)
+    weight: str = "int8"  # the weight dtype it reads
+    accumulator: str = "int32"  # what it accumulates in
     tile_rows: int = 1  # output rows one instruction computes (AMX: a 16-row tile, `amx.py`)
     steps_multiple: int = 0  # the reduction length per tap must be a multiple of this (0: any, padded to groups)
+
+    @property
+    def llvm_base_name(self) -> str:
+        """The intrinsic's name without its overload's type suffixes (`.v4i32.v16i8`), as TIR prints it."""
+        return re.sub(r"(\.v\d+[if]\d+)+$", "", self.llvm_intrinsic)
 
     @property
     def is_tile(self) -> bool:
@@ -53,11 +61,12 @@ class DotInstruction:
         return self.tile_rows > 1
 
     def product(self, activation, weight):
-        """One multiply-add term as the instruction computes it, in int32 (TE or TIR values)."""
-        widened = activation.astype("int32")
+        """One multiply-add term as the instruction computes it, in its accumulator's type (TE or
+        TIR values)."""
+        widened = activation.astype(self.accumulator)
         if self.activation_offset:
             widened = widened - self.activation_offset
-        return widened * weight.astype("int32")
+        return widened * weight.astype(self.accumulator)
 
 
 DOT_ANNOTATION = "kiln.dot"  # block annotation: the DotInstruction.name a packed integer layer is laid out for
@@ -164,6 +173,10 @@ AVX512_VNNI = DotInstruction("kiln_avx512_vpdpbusd_16x4_u8_i8_i32", "vpdpbusd", 
 # AMX tdpbusd: a 16 × 16 int32 tile += 16 rows × 64 uint8 · 64 × 16 int8 (the VNNI-interleaved panel
 # rows), 16,384 multiply-adds per instruction; scheduled and tensorized per layer shape by `amx.py`
 AMX_INT8 = DotInstruction("kiln_amx_tdpbusd", "tdpbusd", "llvm.x86.tdpbusd", 16, 4, "uint8", False, tile_rows=16, steps_multiple=64)
+# AMX tdpbf16ps: a 16 × 16 float32 tile += 16 rows × 32 bfloat16 · 32 × 16 bfloat16 (pairs interleaved)
+AMX_BF16 = DotInstruction("kiln_amx_tdpbf16ps", "tdpbf16ps", "llvm.x86.tdpbf16ps", 16, 2, "bfloat16", False,
+                          weight="bfloat16", accumulator="float32", tile_rows=16, steps_multiple=32)
+AMX_TILES = {dot.name: dot for dot in (AMX_INT8, AMX_BF16)}
 AMX_PANEL_WIDTHS = (64, 48, 32, 16)  # one AMX kernel's columns: up to four accumulator tiles
 ARM_SDOT = DotInstruction("kiln_neon_sdot_4x4_u8_i8_i32", "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "uint8", False, 128)
 _IMPLEMENTATIONS = ((AVX2_VPMADDWD, _vpmaddwd), (AVX512_VNNI, _vpdpbusd), (ARM_SDOT, _sdot))
@@ -172,7 +185,7 @@ for _dot, _implementation in _IMPLEMENTATIONS:
     TensorIntrin.register(_dot.name, _description(_dot), _implementation(_dot), override=True)
 
 
-DOT_INSTRUCTIONS = (AMX_INT8, AVX512_VNNI, AVX2_VPMADDWD, ARM_SDOT)  # every instruction Kiln's kernels use
+DOT_INSTRUCTIONS = (AMX_INT8, AMX_BF16, AVX512_VNNI, AVX2_VPMADDWD, ARM_SDOT)  # every instruction Kiln's kernels use
 
 
 def integer_dots(target: Target) -> list[DotInstruction]:
@@ -186,3 +199,12 @@ def integer_dots(target: Target) -> list[DotInstruction]:
     found = [AMX_INT8] if {"amx-tile", "amx-int8"} <= features else []
     found += [AVX512_VNNI] if {"avx512vnni", "avx512bw", "avx512f"} <= features else []
     return found + ([AVX2_VPMADDWD] if "avx2" in features else [])
+
+
+def bf16_dots(target: Target) -> list[DotInstruction]:
+    """The bfloat16 dot-product units the target's CPU has: AMX-BF16 (AVX-512 BF16's `vdpbf16ps`
+    cannot be reached: TVM 0.27 legalizes every bfloat16 value to float32 before code generation,
+    and its LLVM code generator crashes on bfloat16 vectors, which that instruction's intrinsic takes)."""
+    if target.kind.name != "llvm":
+        return []
+    return [AMX_BF16] if {"amx-tile", "amx-bf16"} <= set(llvm_get_cpu_features(target)) else []

@@ -21,9 +21,10 @@ from kiln.backends.tvm.cpu import winograd
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
-PACKED_MATMUL, PACKED_MATMUL_INT, PACKED_CONV2D, PACKED_CONV2D_INT = "packed_matmul", "packed_matmul_int", "packed_conv2d", "packed_conv2d_int"
+# *_DOT: panels interleaved in groups of reduction steps for a dot-product instruction (int8, bf16)
+PACKED_MATMUL, PACKED_MATMUL_DOT, PACKED_CONV2D, PACKED_CONV2D_DOT = "packed_matmul", "packed_matmul_dot", "packed_conv2d", "packed_conv2d_dot"
 # the computes reading packed panels: their panels' rank and the axis of the panel width
-_PANEL_WIDTH_AXIS = {PACKED_MATMUL: (3, 2), PACKED_MATMUL_INT: (4, 2), PACKED_CONV2D: (5, 4), PACKED_CONV2D_INT: (6, 4), winograd.MATMUL: (4, 3)}
+_PANEL_WIDTH_AXIS = {PACKED_MATMUL: (3, 2), PACKED_MATMUL_DOT: (4, 2), PACKED_CONV2D: (5, 4), PACKED_CONV2D_DOT: (6, 4), winograd.MATMUL: (4, 3)}
 
 
 def static_extent(extent) -> int | None:
@@ -50,7 +51,7 @@ def _convolved(padded, kernel, stride, dilation):
 
 
 def _product(x_value, weight_value, dot: DotInstruction | None):
-    """x·w as `dot` computes it (int32), or as float where there is none (float layers)."""
+    """x·w as `dot` computes it (int32, or float32 from bf16), or as float where there is none."""
     return x_value * weight_value if dot is None else dot.product(x_value, weight_value)
 
 
@@ -60,20 +61,20 @@ def _block_attributes(dot: DotInstruction | None) -> dict[str, str] | None:
 
 
 def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None = None, dot: DotInstruction | None = None) -> te.Tensor:
-    """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/G, NR, G] (int8, groups of G
-    reduction steps interleaved for `dot`, `dot_instructions.py`); less `correction` [N] (the zero point's share)."""
-    integer = len(panels.shape) == 4
-    width, group = int(panels.shape[2]), int(panels.shape[3]) if integer else 1
+    """x @ W with W read from panels [N/NR, K, NR] (float) or [N/NR, K/G, NR, G] (int8 or bf16, groups
+    of G reduction steps interleaved for `dot`, `dot_instructions.py`); less `correction` [N] (the zero point's share)."""
+    grouped = len(panels.shape) == 4
+    width, group = int(panels.shape[2]), int(panels.shape[3]) if grouped else 1
     k = te.reduce_axis((0, x.shape[-1]), name="k")
     shape = [*x.shape[:-1], panels.shape[0] * width]
 
     def weight(j, k):
-        return panels[j // width, k // group, j % width, k % group] if integer else panels[j // width, k, j % width]
+        return panels[j // width, k // group, j % width, k % group] if grouped else panels[j // width, k, j % width]
 
     product = te.compute(
         shape,
         lambda *i: te.sum(_product(x[(*i[:-1], k)], weight(i[-1], k), dot), axis=k),
-        name=PACKED_MATMUL_INT if integer else PACKED_MATMUL,
+        name=PACKED_MATMUL_DOT if grouped else PACKED_MATMUL,
         attrs=_block_attributes(dot),
     )
     return _corrected(product, correction)
@@ -89,10 +90,10 @@ def _corrected(product: te.Tensor, correction: te.Tensor | None) -> te.Tensor:
 def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilation, pad_value: int = 0,
                         correction: te.Tensor | None = None, dot: DotInstruction | None = None) -> te.Tensor:
     """NHWC convolution reading weights packed as [O/NR, KH, KW, I, NR] (float) or
-    [O/NR, KH, KW, I/G, NR, G] (int8, groups of G input channels interleaved for `dot`).
+    [O/NR, KH, KW, I/G, NR, G] (int8 or bf16, groups of G input channels interleaved for `dot`).
     Integer inputs pad with `pad_value` (uint8 activations: their zero point, real zero)."""
-    integer = len(panels.shape) == 6
-    width, group = int(panels.shape[4]), int(panels.shape[5]) if integer else 1
+    grouped = len(panels.shape) == 6
+    width, group = int(panels.shape[4]), int(panels.shape[5]) if grouped else 1
     top, left, bottom, right = (int(p) for p in padding)
     kh, kw, ci = int(panels.shape[1]), int(panels.shape[2]), int(panels.shape[3]) * group
     extra = ci - int(x.shape[3])  # the zero-weight channels that make the channel count whole groups
@@ -104,7 +105,7 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
 
     def weight(o, rh, rw, ri):
-        if integer:
+        if grouped:
             return panels[o // width, rh, rw, ri // group, o % width, ri % group]
         return panels[o // width, rh, rw, ri, o % width]
 
@@ -114,7 +115,7 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
             _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dot),
             axis=[rh, rw, ri],
         ),
-        name=PACKED_CONV2D_INT if integer else PACKED_CONV2D,
+        name=PACKED_CONV2D_DOT if grouped else PACKED_CONV2D,
         attrs=_block_attributes(dot),
     )
     return _corrected(product, correction)
@@ -122,10 +123,11 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
 
 @mutator
 class _Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, unit: VectorUnit, integer_dots: list[DotInstruction]) -> None:
+    def __init__(self, mod: tvm.IRModule, unit: VectorUnit, dots: list[DotInstruction]) -> None:
         super().__init__(mod)
         self.unit = unit
-        self.integer_dots = integer_dots
+        self.integer_dots = [dot for dot in dots if dot.weight == "int8"]
+        self.bf16_dots = [dot for dot in dots if dot.weight == "bfloat16"]
         self.packed = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's visitor name
@@ -157,10 +159,14 @@ class _Packer(PyExprMutator):
         """What a variable is bound to (None for a function parameter); other expressions as they are."""
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
 
-    def _integer_operands(self, x: relax.Expr, weight: relax.Expr) -> list[tuple[DotInstruction, relax.Expr, int]]:
+    def _dot_operands(self, x: relax.Expr, weight: relax.Expr) -> list[tuple[DotInstruction, relax.Expr, int]]:
         """(instruction, the activations it reads, their zero point: 0 when already taken off) for
-        each instruction that could run this integer layer, fastest first."""
-        if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.ty.dtype) != "int8" or x.ty.dtype != "int16":
+        each instruction that could run this integer (or bf16) layer, fastest first."""
+        if not isinstance(weight, tvm.ir.expr.Constant):
+            return []
+        if str(weight.ty.dtype) == "bfloat16" and x.ty.dtype == "bfloat16":
+            return [(dot, x, 0) for dot in self.bf16_dots]
+        if str(weight.ty.dtype) != "int8" or x.ty.dtype != "int16":
             return []
         source = None if all(dot.subtracts_zero_point for dot in self.integer_dots) else self._uint8_source(x)
         return [(dot, x, 0) if dot.subtracts_zero_point else (dot, *source)
@@ -183,7 +189,7 @@ class _Packer(PyExprMutator):
             width = register_tile(array.shape[-1], rows, steps, self.unit).columns
             split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
             return np.ascontiguousarray(np.moveaxis(split, -2, 0))
-        if array.dtype == np.int8 and dot is not None and array.shape[-1] % dot.lanes == 0:
+        if dot is not None and str(array.dtype) == dot.weight and array.shape[-1] % dot.lanes == 0:
             group = dot.group
             if array.shape[-2] % group and rank == 4:  # channels not whole groups (an RGB stem): zero channels more
                 array = np.pad(array, [(0, 0), (0, 0), (0, -array.shape[-2] % group), (0, 0)])
@@ -228,7 +234,7 @@ class _Packer(PyExprMutator):
             panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
             return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
         rows = _output_width(x, weight, strides, padding, dilation)
-        for dot, source, zero_point in self._integer_operands(x, weight) or [(None, x, 0)]:
+        for dot, source, zero_point in self._dot_operands(x, weight) or [(None, x, 0)]:
             if dot is not None and dot.is_tile and strides != [1, 1]:
                 continue  # a tile's rows are consecutive pixels
             panels = self._panels(weight, 4, x.ty.dtype, rows, dot)
@@ -254,7 +260,7 @@ class _Packer(PyExprMutator):
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
         rows = static_extent(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1
-        for dot, source, zero_point in self._integer_operands(x, weight) or [(None, x, 0)]:
+        for dot, source, zero_point in self._dot_operands(x, weight) or [(None, x, 0)]:
             panels = self._panels(weight, 2, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1
@@ -275,14 +281,14 @@ def _is_call(expr, op_name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
 
 
-def pack_weights(unit: VectorUnit, integer_dots: list[DotInstruction]) -> tvm.transform.Pass:
+def pack_weights(unit: VectorUnit, dots: list[DotInstruction]) -> tvm.transform.Pass:
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
     read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
-    too, for the first of `integer_dots` (the target's `dot_instructions.py` instructions) that applies."""
+    and bf16 ones too, for the first of `dots` (the target's `dot_instructions.py` instructions) that applies."""
 
     @tvm.transform.module_pass(opt_level=0, name="PackWeights")
     def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        packer = _Packer(mod, unit, integer_dots)
+        packer = _Packer(mod, unit, dots)
         for global_var, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 packer.builder_.update_func(global_var, packer.visit_expr(func))

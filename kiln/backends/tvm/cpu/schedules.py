@@ -24,11 +24,11 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_INT, PACKED_MATMUL_INT, packed_panel_width, static_extent, weight_buffer
+from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_DOT, PACKED_MATMUL_DOT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
 from kiln.backends.tvm.cpu import amx
-from kiln.backends.tvm.cpu.dot_instructions import AMX_INT8, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
+from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -63,14 +63,14 @@ def register_tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: Vector
     return _tiled_reduction(sch, info, unit, dot=None)
 
 
-INTEGER_DOT_BLOCKS = (PACKED_CONV2D_INT, PACKED_MATMUL_INT)
+DOT_BLOCKS = (PACKED_CONV2D_DOT, PACKED_MATMUL_DOT)
 
 
 def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """The same tiling for integer layers whose weights `pack_weights.py` interleaved in groups:
     each lanes × group piece of the reduction is one instruction (`dot_instructions.py`)."""
     block = sch.get(info.block_rv)
-    if block.name_hint not in INTEGER_DOT_BLOCKS:
+    if block.name_hint not in DOT_BLOCKS:
         return False
     dot = INSTRUCTIONS.get(str(block.annotations.get(DOT_ANNOTATION, "")))
     if dot is None:
@@ -80,12 +80,13 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
 
 
 def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
-    """Integer layers packed for AMX: each 16 rows × panel of the output is one `amx.py` kernel
+    """Integer and bf16 layers packed for AMX: each 16 rows × panel of the output is one `amx.py` kernel
     over the innermost reduction (a convolution's input channels, under its kernel taps),
     accumulating into a stack tile that the epilogue (zero-point correction, requantization)
     reads back; tiles run in parallel."""
     block = sch.get(info.block_rv)
-    if block.name_hint not in INTEGER_DOT_BLOCKS or block.annotations.get(DOT_ANNOTATION) != AMX_INT8.name:
+    dot = AMX_TILES.get(str(block.annotations.get(DOT_ANNOTATION, "")))
+    if block.name_hint not in DOT_BLOCKS or dot is None:
         return False
     sch.unannotate(info.block_rv, DOT_ANNOTATION)
     spatial, reduction = _split_loops(sch, info)
@@ -102,7 +103,7 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.decompose_reduction(info.block_rv, (reduction[:-1] or [row_inner])[0])
-    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(panel, steps))
+    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, panel, steps))
     write_loops = sch.get_loops(write_back)
     _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
     sch.vectorize(vector)
@@ -115,7 +116,7 @@ TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop 
 
 def _tensorize_marked(sch: s_tir.Schedule) -> None:
     """Tensorize the loops `integer_dot_reduction` marked, now that no strategy will fork the schedule."""
-    for name in INTEGER_DOT_BLOCKS:
+    for name in DOT_BLOCKS:
         try:
             block = sch.get_sblock(f"{name}_update")
         except SCHEDULE_FAILURES:
@@ -146,7 +147,7 @@ def _columns_read_contiguously(block) -> bool:
     panel packed for an integer instruction (its innermost axis is the instruction's group). A reduction over an
     operand's innermost axis (a row's max or sum, layer norm's mean) has no such operand: tiled,
     its vectors would gather across rows (BERT's per-token absolute maximum ran 25× slower)."""
-    if block.name_hint in INTEGER_DOT_BLOCKS or str(block.writes[0].source.dtype) in ("bfloat16", "float16"):
+    if block.name_hint in DOT_BLOCKS or str(block.writes[0].source.dtype) in ("bfloat16", "float16"):
         return True  # half outputs: as before (TVM's bf16 legalization fails on the other strategies' vectors)
     spatial = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.DataPar]
     reduced = [var.var for var in block.iter_vars if var.iter_type == tirx.IterVar.CommReduce]
