@@ -84,9 +84,16 @@ def contenders(name: str, model, inputs, calibration, mode: str, threads: int, w
     builds = [("Kiln fp32", kiln.compile(model, inputs, threads=threads))]
     builds += [(f"Kiln {m}", kiln.compile(model, inputs, threads=threads, quantize=m, calibration=calibration)) for m in modes]
     for label, compiled in builds:
+        label += _units(compiled)
         compiled.save(work / "artifact.kiln")
         rows.append((label, lambda c=compiled: c(*inputs), (work / "artifact.kiln").stat().st_size, compiled(*inputs)))
     return rows
+
+
+def _units(compiled) -> str:
+    """' [vpdpbusd 17]': the dot-product units its compile report says its kernels ran on."""
+    note = next((row.note for row in compiled.report.rows if row.name == "ScheduleCPU"), "")
+    return f" [{note.split('dot-product kernels on ', 1)[1]}]" if "dot-product kernels on " in note else ""
 
 
 def main() -> None:
@@ -104,16 +111,11 @@ def main() -> None:
         ("bert_4l", models.TransformerEncoder(models.EncoderConfig(layers=4)).eval(), (torch.randint(0, 30522, (1, 128)),), None, "dynamic_int8"),
     ]
     cpu, _ = cpu_description()
-    import tvm
-
-    from kiln.backends.targets import host_features, resolve_target
-    from kiln.backends.tvm.cpu.dot_instructions import integer_dots
-
-    dots = integer_dots(tvm.target.Target(resolve_target("llvm").tvm_target))
-    kernels = f"{dots[0].mnemonic} (where its {dots[0].lanes} lanes divide a layer's channels, else {dots[-1].mnemonic})" if dots else "generic integer code"
+    from kiln.backends.targets import host_features
     lines = ["# Quantization: Kiln vs ONNX Runtime and OpenVINO, int8 and fp32", "",
              f"{cpu} (extensions: {', '.join(sorted(host_features()))}), {args.threads} thread(s), one process, interleaved medians. "
-             f"`python benchmarks/quantization.py --threads {args.threads}`. Kiln's int8 kernels here: {kernels}. "
+             f"`python benchmarks/quantization.py --threads {args.threads}`. In brackets: the dot-product units a Kiln "
+             "row's kernels ran on and how many kernels each, from its compile report. "
              "OpenVINO runs the fp32 ONNX file, in fp32 and in its default precision for this CPU.", ""]
     for name, model, inputs, calibration, mode in cases:
         print(f"[{name}] building", flush=True)

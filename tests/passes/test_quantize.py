@@ -38,6 +38,15 @@ def test_static_int8_keeps_digits_accuracy_within_half_a_point(digits, digits_cn
     assert abs(int8 - fp32) <= 0.5, f"int8 {int8:.2f}% vs fp32 {fp32:.2f}%"
 
 
+def test_static_int8_on_arm_dotprod_keeps_digits_accuracy(digits, digits_cnn, aarch64_board):
+    """The same budget on the Raspberry Pi 5's sdot kernels, run on the emulated aarch64 board."""
+    fp32 = accuracy(digits_cnn, digits)
+    compiled = kiln.compile(digits_cnn, (digits.test_x,), quantize="int8", calibration=_calibration(digits), target="rpi5")
+    assert "sdot" in next(row.note for row in compiled.report.rows if row.name == "ScheduleCPU")
+    int8 = accuracy(compiled.to_remote(aarch64_board.address), digits)
+    assert abs(int8 - fp32) <= 0.5, f"int8 on sdot {int8:.2f}% vs fp32 {fp32:.2f}%"
+
+
 def test_quantized_ir_has_integer_layers_and_a_quarter_of_the_weight_bytes(digits, digits_cnn):
     compiled = kiln.compile(digits_cnn, (digits.test_x[:8],), quantize="int8", calibration=_calibration(digits, 2))
     ops = [op_name(n) for n in compiled.graph.nodes if n.op == "call_function"]

@@ -1,0 +1,80 @@
+"""This core's peak rate for the instructions Kiln's kernels are built on: fp32 FMA and the int8
+dot products, so that a kernel's GMAC/s can be read as a fraction of what the core can do.
+
+    python benchmarks/dot_peak.py
+
+Each probe is a TIR loop of 12 independent accumulator chains (more than latency × pipes on the
+cores Kiln targets), built by TVM for this CPU and timed by TVM's evaluator; multiply-adds per
+second = instructions × lanes × steps per lane. Only instructions this CPU has are measured.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from benchmarks.run import cpu_description  # noqa: E402
+from kiln.backends.targets import host_features, resolve_target  # noqa: E402
+
+CHAINS, ITERATIONS = 12, 2_000_000
+
+
+def _probe(intrinsic: str, accumulator: str, operand: str, lanes: int):
+    """CHAINS accumulators of `lanes` updated ITERATIONS times by `intrinsic`(accumulator, a, b),
+    a and b the first two vectors of the seed read as `operand` vectors."""
+    vector = f"{accumulator}x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def probe(seed: T.Buffer((CHAINS * lanes,), accumulator), out: T.Buffer((CHAINS * lanes,), accumulator)):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        chains = T.alloc_buffer((CHAINS * lanes,), accumulator, scope="local")
+        for c in T.unroll(CHAINS):
+            chains[T.ramp(c * lanes, 1, lanes)] = seed[T.ramp(c * lanes, 1, lanes)]
+        for _ in range(ITERATIONS):
+            for c in T.unroll(CHAINS):
+                chains[T.ramp(c * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(intrinsic), chains[T.ramp(c * lanes, 1, lanes)],
+                    T.reinterpret(seed[T.ramp(0, 1, lanes)], dtype=operand),
+                    T.reinterpret(seed[T.ramp(lanes, 1, lanes)], dtype=operand), dtype=vector)
+        for c in T.unroll(CHAINS):
+            out[T.ramp(c * lanes, 1, lanes)] = chains[T.ramp(c * lanes, 1, lanes)]
+
+    return probe
+
+
+# (name, LLVM intrinsic, accumulator, operand vector, lanes, multiply-adds per lane, needed features)
+PROBES = [
+    ("fp32 FMA (AVX-512)", "llvm.fma.v16f32", "float32", "float32x16", 16, 1, {"avx512f"}),
+    ("fp32 FMA (AVX2)", "llvm.fma.v8f32", "float32", "float32x8", 8, 1, {"avx2", "fma"}),
+    ("vpdpbusd (AVX-512 VNNI)", "llvm.x86.avx512.vpdpbusd.512", "int32", "int8x64", 16, 4, {"avx512vnni"}),
+]
+
+
+def main() -> None:
+    target = tvm.target.Target(resolve_target("llvm").tvm_target)
+    features = host_features()
+    cpu, _ = cpu_description()
+    lines = [f"# Instruction peaks, one core\n\n{cpu} (extensions: {', '.join(sorted(features))}). `python benchmarks/dot_peak.py`.\n",
+             "| instruction | G instructions/s | G multiply-adds/s |", "|---|---|---|"]
+    for name, intrinsic, accumulator, operand, lanes, steps, needs in PROBES:
+        if not needs <= features:
+            continue
+        probe = _probe(intrinsic, accumulator, operand, lanes)
+        library = tvm.tirx.build(tvm.IRModule({"probe": probe}), target=target)
+        device = tvm.cpu()
+        seed = tvm.runtime.tensor(np.arange(CHAINS * lanes).astype(accumulator) % 7 + 1, device)
+        out = tvm.runtime.tensor(np.zeros(CHAINS * lanes, accumulator), device)
+        seconds = library.time_evaluator("probe", device, number=1, repeat=5)(seed, out).median
+        instructions = CHAINS * ITERATIONS / seconds
+        lines.append(f"| {name} | {instructions / 1e9:.2f} | {instructions * lanes * steps / 1e9:.0f} |")
+        print(lines[-1], flush=True)
+    (Path(__file__).parent / "results" / "dot_peak.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
