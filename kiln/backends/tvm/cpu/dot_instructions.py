@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -117,11 +118,22 @@ def _vpmaddwd(dot: DotInstruction):
     return avx2
 
 
-def _vpdpbusd(dot: DotInstruction):
+def _activation_quad(A, dot: DotInstruction):
+    """The group's activation bytes as one int32, as the instruction reads them: uint8 for
+    vpdpbusd; for sdot int8, uint8 − 128, the same bits with the top one flipped."""
+    raw = A.vload([0], f"uint8x{dot.group}")
+    if dot.activation_offset:
+        raw = tirx.bitwise_xor(raw, tirx.Broadcast(tirx.const(dot.activation_offset, "uint8"), dot.group))
+    return tirx.reinterpret("int32", raw)
+
+
+def _accumulating_dot(dot: DotInstruction):
+    """vpdpbusd and sdot: lanes += Σ group (activation byte broadcast to every lane) × weight byte,
+    accumulating in place."""
     lanes, group = dot.lanes, dot.group
 
     @T.prim_func(s_tir=True)
-    def vnni(
+    def accumulating(
         A: T.Buffer((group,), dot.activation, offset_factor=1),
         B: T.Buffer((lanes, group), "int8", offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
@@ -129,43 +141,16 @@ def _vpdpbusd(dot: DotInstruction):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
-            quad = T.reinterpret(A.vload([0], f"uint8x{group}"), dtype="int32")
-            # the LLVM that TVM 0.27 links types both byte operands as <64 x i8>
+            # the LLVM that TVM 0.27 links types both byte operands as <64 x i8> (<16 x i8> on ARM)
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
                 C.vload([0], f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
+                T.reinterpret(T.broadcast(_activation_quad(A, dot), lanes), dtype=f"int8x{lanes * group}"),
                 B.vload([0, 0], f"int8x{lanes * group}"),
                 dtype=f"int32x{lanes}",
             )
 
-    return vnni
-
-
-def _sdot(dot: DotInstruction):
-    lanes, group = dot.lanes, dot.group
-
-    @T.prim_func(s_tir=True)
-    def dotprod(
-        A: T.Buffer((group,), dot.activation, offset_factor=1),
-        B: T.Buffer((lanes, group), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-            T.writes(C[0:lanes])
-            # uint8 − 128 as int8: the same bits with the top one flipped
-            flipped = T.bitwise_xor(A.vload([0], f"uint8x{group}"), T.broadcast(T.uint8(dot.activation_offset), group))
-            quad = T.reinterpret(flipped, dtype="int32")
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
-                C.vload([0], f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(quad, lanes), dtype=f"int8x{lanes * group}"),
-                B.vload([0, 0], f"int8x{lanes * group}"),
-                dtype=f"int32x{lanes}",
-            )
-
-    return dotprod
+    return accumulating
 
 
 AVX2_VPMADDWD = DotInstruction("kiln_avx2_vpmaddwd_8x2_i16_i8_i32", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", True)
@@ -179,7 +164,7 @@ AMX_BF16 = DotInstruction("kiln_amx_tdpbf16ps", "tdpbf16ps", "llvm.x86.tdpbf16ps
 AMX_TILES = {dot.name: dot for dot in (AMX_INT8, AMX_BF16)}
 AMX_PANEL_WIDTHS = (64, 48, 32, 16)  # one AMX kernel's columns: up to four accumulator tiles
 ARM_SDOT = DotInstruction("kiln_neon_sdot_4x4_u8_i8_i32", "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, 4, "uint8", False, 128)
-_IMPLEMENTATIONS = ((AVX2_VPMADDWD, _vpmaddwd), (AVX512_VNNI, _vpdpbusd), (ARM_SDOT, _sdot))
+_IMPLEMENTATIONS = ((AVX2_VPMADDWD, _vpmaddwd), (AVX512_VNNI, _accumulating_dot), (ARM_SDOT, _accumulating_dot))
 INSTRUCTIONS = {dot.name: dot for dot, _ in _IMPLEMENTATIONS}
 for _dot, _implementation in _IMPLEMENTATIONS:
     TensorIntrin.register(_dot.name, _description(_dot), _implementation(_dot), override=True)
