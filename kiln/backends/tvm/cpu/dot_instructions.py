@@ -73,11 +73,14 @@ class DotInstruction:
 DOT_ANNOTATION = "kiln.dot"  # block annotation: the DotInstruction.name a packed integer layer is laid out for
 
 
-def _description(dot: DotInstruction):
+def _vector_intrinsic(dot: DotInstruction, body):
+    """A tensor function over one instruction's operands: a group of activations (broadcast to
+    every lane), a lanes × group weight panel, the lanes' accumulators; `body` (a T.macro of
+    A, B, C) says what it does."""
     lanes, group = dot.lanes, dot.group
 
     @T.prim_func(s_tir=True)
-    def description(
+    def function(
         A: T.Buffer((group,), dot.activation, offset_factor=1),
         B: T.Buffer((lanes, group), "int8", offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
@@ -85,37 +88,38 @@ def _description(dot: DotInstruction):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, group):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + dot.product(A[vk], B[vi, vk])
+            body(A, B, C)
 
-    return description
+    return function
+
+
+def _description(dot: DotInstruction):
+    @T.macro
+    def multiply_add(A, B, C):
+        for i in T.serial(0, dot.lanes):
+            for k in T.serial(0, dot.group):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + dot.product(A[vk], B[vi, vk])
+
+    return _vector_intrinsic(dot, multiply_add)
 
 
 def _vpmaddwd(dot: DotInstruction):
     lanes, group = dot.lanes, dot.group
 
-    @T.prim_func(s_tir=True)
-    def avx2(
-        A: T.Buffer((group,), dot.activation, offset_factor=1),
-        B: T.Buffer((lanes, group), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-            T.writes(C[0:lanes])
-            pair = T.reinterpret(A.vload([0], f"int16x{group}"), dtype="int32")
-            weights = T.cast(B.vload([0, 0], f"int8x{lanes * group}"), f"int16x{lanes * group}")
-            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
-                T.reinterpret(T.broadcast(pair, lanes), dtype=f"int16x{lanes * group}"),
-                weights,
-                dtype=f"int32x{lanes}",
-            )
+    @T.macro
+    def avx2(A, B, C):
+        pair = T.reinterpret(A.vload([0], f"int16x{group}"), dtype="int32")
+        weights = T.cast(B.vload([0, 0], f"int8x{lanes * group}"), f"int16x{lanes * group}")
+        C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+            T.reinterpret(T.broadcast(pair, lanes), dtype=f"int16x{lanes * group}"),
+            weights,
+            dtype=f"int32x{lanes}",
+        )
 
-    return avx2
+    return _vector_intrinsic(dot, avx2)
 
 
 def _activation_quad(A, dot: DotInstruction):
@@ -132,25 +136,18 @@ def _accumulating_dot(dot: DotInstruction):
     accumulating in place."""
     lanes, group = dot.lanes, dot.group
 
-    @T.prim_func(s_tir=True)
-    def accumulating(
-        A: T.Buffer((group,), dot.activation, offset_factor=1),
-        B: T.Buffer((lanes, group), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-            T.writes(C[0:lanes])
-            # the LLVM that TVM 0.27 links types both byte operands as <64 x i8> (<16 x i8> on ARM)
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
-                C.vload([0], f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(_activation_quad(A, dot), lanes), dtype=f"int8x{lanes * group}"),
-                B.vload([0, 0], f"int8x{lanes * group}"),
-                dtype=f"int32x{lanes}",
-            )
+    @T.macro
+    def accumulating(A, B, C):
+        # the LLVM that TVM 0.27 links types both byte operands as <64 x i8> (<16 x i8> on ARM)
+        C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+            C.vload([0], f"int32x{lanes}"),
+            T.reinterpret(T.broadcast(_activation_quad(A, dot), lanes), dtype=f"int8x{lanes * group}"),
+            B.vload([0, 0], f"int8x{lanes * group}"),
+            dtype=f"int32x{lanes}",
+        )
 
-    return accumulating
+    return _vector_intrinsic(dot, accumulating)
 
 
 AVX2_VPMADDWD = DotInstruction("kiln_avx2_vpmaddwd_8x2_i16_i8_i32", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, 2, "int16", True)
