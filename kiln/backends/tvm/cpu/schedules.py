@@ -24,11 +24,11 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from kiln.backends.tvm.cpu import amx
+from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
 from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_DOT, PACKED_MATMUL_DOT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
-from kiln.backends.tvm.cpu import amx
-from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -82,7 +82,7 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
 def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """Integer and bf16 layers packed for AMX: each 16 rows × panel of the output is one `amx.py` kernel
     over the innermost reduction (a convolution's input channels, under its kernel taps),
-    accumulating into a stack tile that the epilogue (zero-point correction, requantization)
+    accumulating into a tile buffer that the epilogue (zero-point correction, requantization)
     reads back; tiles run in parallel."""
     block = sch.get(info.block_rv)
     dot = AMX_TILES.get(str(block.annotations.get(DOT_ANNOTATION, "")))
