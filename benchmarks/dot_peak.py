@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from benchmarks.run import cpu_description  # noqa: E402
-from kiln.backends.targets import host_features, resolve_target  # noqa: E402
+from kiln.backends.targets import host_cpu, host_features, resolve_target  # noqa: E402
 
 CHAINS, ITERATIONS = 12, 2_000_000
 
@@ -59,7 +59,8 @@ def main() -> None:
     target = tvm.target.Target(resolve_target("llvm").tvm_target)
     features = host_features()
     cpu, _ = cpu_description()
-    lines = [f"# Instruction peaks, one core\n\n{cpu} (extensions: {', '.join(sorted(features))}). `python benchmarks/dot_peak.py`.\n",
+    lines = [f"# Instruction peaks, one core\n\n{cpu} (LLVM: {host_cpu()['mcpu']}; extensions: {', '.join(sorted(features))}). "
+             "`python benchmarks/dot_peak.py`.\n",
              "| instruction | G instructions/s | G multiply-adds/s |", "|---|---|---|"]
     for name, intrinsic, accumulator, operand, lanes, steps, needs in PROBES:
         if not needs <= features:
