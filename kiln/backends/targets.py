@@ -20,19 +20,6 @@ from kiln.errors import TargetError
 DEFAULT_CUDA_ARCH = "sm_80"  # used where no GPU can be asked; choose with {"kind": "cuda", "arch": ...}
 
 
-def host_cpu() -> dict[str, Any]:
-    """The host as LLVM sees it: CPU name, the SIMD features it implies, and the widest vector."""
-    from tvm.target import Target, codegen
-
-    from kiln.backends.tvm.cpu.register_tile import vector_lanes
-
-    mcpu = codegen.llvm_get_system_cpu()
-    target = Target({"kind": "llvm", "mcpu": mcpu})
-    features = codegen.llvm_get_cpu_features(target)
-    simd = [f for f in ("avx512f", "avx512bw", "avx512vnni", "amx-tile", "avx2", "fma", "avx", "neon", "sve") if f in features]
-    return {"mcpu": mcpu, "simd": simd, "vector_bits": 32 * vector_lanes(target)}
-
-
 # instruction-set extensions Kiln's kernels use, as LLVM names them -> as Linux's /proc/cpuinfo does
 KERNEL_FEATURES = {
     "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni",
@@ -40,21 +27,58 @@ KERNEL_FEATURES = {
 }
 
 
+def _cpuinfo_flags() -> set[str] | None:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        return None
+
+
 def host_features() -> set[str]:
     """KERNEL_FEATURES this machine's CPU has, as the kernel reports them (a VM may hide some its CPU
     model has: AMX needs the kernel's support too), in LLVM's names; LLVM's view where no
     /proc/cpuinfo exists."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
-    except (OSError, IndexError):
+    flags = _cpuinfo_flags()
+    if flags is None:
         from tvm.target import Target, codegen
 
-        return set(codegen.llvm_get_cpu_features(Target(host_llvm_target()))) & set(KERNEL_FEATURES)
+        return set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))) & set(KERNEL_FEATURES)
     return {name for name, flag in KERNEL_FEATURES.items() if flag in flags}
 
 
+def _feature_corrections(mcpu: str) -> list[str]:
+    """`mattr` entries that make LLVM's idea of the CPU model agree with the CPU the kernel reports.
+
+    A hypervisor may present a CPU model number LLVM maps to an older core: a Sapphire Rapids-class
+    Xeon with AMX and AVX-512 BF16 seen as model 167 is "rocketlake" to LLVM, which has neither; and
+    a kernel may withhold features the model has. The model name still picks the scheduling costs."""
+    from tvm.target import Target, codegen
+
+    implied = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": mcpu}))) & set(KERNEL_FEATURES)
+    present = host_features()
+    return [f"+{name}" for name in sorted(present - implied)] + [f"-{name}" for name in sorted(implied - present)]
+
+
 def host_llvm_target() -> dict[str, Any]:
-    return {"kind": "llvm", "mcpu": host_cpu()["mcpu"], "num-cores": os.cpu_count() or 1}
+    """This machine's CPU as a TVM target: LLVM's CPU name, corrected by the features it reports."""
+    from tvm.target import codegen
+
+    mcpu = codegen.llvm_get_system_cpu()
+    corrections = _feature_corrections(mcpu)
+    return {"kind": "llvm", "mcpu": mcpu, **({"mattr": corrections} if corrections else {}), "num-cores": os.cpu_count() or 1}
+
+
+def host_cpu() -> dict[str, Any]:
+    """The host as Kiln compiles for it: CPU name, feature corrections, the SIMD features, the widest vector."""
+    from tvm.target import Target, codegen
+
+    from kiln.backends.tvm.cpu.register_tile import vector_lanes
+
+    described = host_llvm_target()
+    target = Target(described)
+    features = codegen.llvm_get_cpu_features(target)
+    simd = [f for f in ("avx512f", "avx512bw", "avx512vnni", "avx512bf16", "amx-tile", "avx2", "fma", "avx", "neon", "sve") if f in features]
+    return {"mcpu": described["mcpu"], "mattr": described.get("mattr", []), "simd": simd, "vector_bits": 32 * vector_lanes(target)}
 
 
 def detected_cuda_arch() -> str | None:

@@ -14,6 +14,10 @@ the activation tile once (tmm6) and each 16-column weight tile (tmm7) into a dot
 accumulators are loaded from and stored to the output tile around that loop (zeroed by the
 schedule's init block; a convolution does so once per kernel tap).
 
+The operands are passed as raw pointers into their buffers' data (`_pointer`), not `address_of`
+an element: a raw use of a buffer's data keeps TVM's bf16 legalization from widening an intermediate bf16 buffer (a convolution's
+padded input) to float32 behind the kernel's back; the tiles read bf16 bytes.
+
 The kernel writes its own tile configuration (`ldtilecfg`) first, since the configuration is
 per thread and the schedule's parallel loop may run any tile on any thread. Linux grants a process
 the tile state only on request (`bundle_runner.request_amx_state`, called before the first run).
@@ -69,6 +73,11 @@ def tile_description(dot: DotInstruction, columns: int, steps: int):
     return description
 
 
+def _pointer(buffer, elements, element_bytes: int):
+    """The address `elements` past the start of a (matched) buffer, from its data pointer."""
+    return T.handle_add_byte_offset(buffer.data, (buffer.elem_offset + elements) * element_bytes)
+
+
 def _implementation(dot: DotInstruction, columns: int, steps: int):
     group, tiles, block_steps = dot.group, columns // TILE_COLUMNS, tile_steps(dot)
     element = DataType(dot.activation).bits // 8  # bytes per activation and weight element
@@ -92,19 +101,19 @@ def _implementation(dot: DotInstruction, columns: int, steps: int):
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
             for tile in T.unroll(tiles):
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile),
-                                              T.address_of(C[0, tile * TILE_COLUMNS]), T.int64(row_c * 4)))
+                                              _pointer(C, tile * TILE_COLUMNS, 4), T.int64(row_c * 4)))
             for block in range(steps // block_steps):
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(ACTIVATION_TILE),
-                                              T.address_of(A[0, block * block_steps]), T.int64(row_a * element)))
+                                              _pointer(A, block * block_steps, element), T.int64(row_a * element)))
                 for tile in T.unroll(tiles):
                     # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows `row_b` elements apart
                     T.evaluate(T.call_llvm_intrin(
                         "void", "llvm.x86.tileloadd64", T.int8(WEIGHT_TILE),
-                        T.address_of(B[block * (block_steps // group), tile * TILE_COLUMNS, 0]),
+                        _pointer(B, block * (block_steps // group) * row_b + tile * TILE_COLUMNS * column_b, element),
                         T.int64(row_b * element)))
                     T.evaluate(T.call_llvm_intrin("void", dot.llvm_intrinsic, T.int8(tile), T.int8(ACTIVATION_TILE), T.int8(WEIGHT_TILE)))
             for tile in T.unroll(tiles):
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile),
-                                              T.address_of(C[0, tile * TILE_COLUMNS]), T.int64(row_c * 4)))
+                                              _pointer(C, tile * TILE_COLUMNS, 4), T.int64(row_c * 4)))
 
     return implementation
