@@ -5,7 +5,8 @@
 
 ResNet-18: Kiln static int8 (calibrated on 8 random batches) vs ONNX Runtime `quantize_static`
 (QDQ, per-channel int8 weights, uint8 activations, the same calibration data). A BERT-like
-encoder (4 layers, seq 128): Kiln dynamic int8 vs ONNX Runtime `quantize_dynamic`. Agreement is
+encoder (4 layers, seq 128): Kiln dynamic int8 vs ONNX Runtime `quantize_dynamic`. Both add Kiln
+`bf16` (AMX-BF16 tiles where the CPU has them) beside OpenVINO's default precision (bf16 on AMX). Agreement is
 the cosine of each output to the fp32 eager model's; sizes are the files each runtime loads (the .onnx, the saved .kiln artifact). The BERT-like case
 adds weight-only int8/int4 (Kiln) and ONNX Runtime's MatMulNBits int4 (blocks of 32).
 """
@@ -80,7 +81,7 @@ def contenders(name: str, model, inputs, calibration, mode: str, threads: int, w
     for label, precision in (("OpenVINO fp32", "f32"), (f"OpenVINO default ({openvino_default_precision()})", None)):
         run, _ = openvino_runner(fp32_path, feeds, threads, precision)
         rows.append((label, run, fp32_path.stat().st_size, run()))
-    modes = [mode] + (["weight_int8", "weight_int4"] if mode != "int8" else [])
+    modes = [mode, "bf16"] + (["weight_int8", "weight_int4"] if mode != "int8" else [])
     builds = [("Kiln fp32", kiln.compile(model, inputs, threads=threads))]
     builds += [(f"Kiln {m}", kiln.compile(model, inputs, threads=threads, quantize=m, calibration=calibration)) for m in modes]
     for label, compiled in builds:

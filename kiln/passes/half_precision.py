@@ -63,7 +63,9 @@ def half_precision(graph: Graph, dtype: str = "float16", keep_float: tuple[str, 
         if bias is None:
             widened_from[widened] = node
         if bias is not None:
-            shape = (-1, 1, 1) if node.target == aten.conv2d.default else (-1,)
+            # (1, C, 1, 1) for a batched convolution, the rank of its output: TVM's ConvertLayout
+            # stops at a lower-rank bias and leaves every such layer between two transposes
+            shape = (-1,) if node.target != aten.conv2d.default else (1, -1, 1, 1)[4 - node.meta["val"].dim():]
             with g.inserting_after(widened):
                 biased = g.call_function(aten.add.Tensor, (widened, graph.add_constant(graph.constant(bias).reshape(shape), f"{bias.name}_fp32", before=widened)))
             widened.replace_all_uses_with(biased, delete_user_cb=lambda user: user is not biased)

@@ -149,15 +149,19 @@ def test_a_module_needing_features_this_cpu_lacks_is_refused_before_it_runs(tmp_
             loaded(x)
 
 
-# AMX tiles: 16 output rows (a matmul's rows, a stride-1 convolution's pixels) × 16-64 channels,
+# AMX tiles: 7-16 output rows (a matmul's rows, a stride-1 convolution's pixels: widths 14 and 7 in
+# partial tiles) × 16-64 channels,
 # reductions of 64 steps per tap; a layer that does not fit (96 inputs, stride 2) takes vpdpbusd
 AMX_TARGET = {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2}
 AMX_CONVOLUTIONS = {
     "3x3_64_to_64_pad1": (64, 64, 3, 1, 1, 1, 6, 32, 1),
     "pointwise_128_to_48_batch2": (128, 48, 1, 1, 0, 1, 3, 16, 2),
     "5x5_64_to_32_pad2": (64, 32, 5, 1, 2, 1, 5, 16, 1),
+    "width_14_in_tiles_of_14": (64, 64, 3, 1, 1, 1, 4, 14, 1),
+    "width_7_batch2_128_channels": (128, 64, 3, 1, 1, 1, 7, 7, 2),
+    "3x3_stride2_odd_width": (64, 64, 3, 2, 1, 1, 9, 29, 1),
 }
-AMX_LINEARS = [(16, 256, 96), (32, 768, 64), (48, 128, 16)]
+AMX_LINEARS = [(16, 256, 96), (32, 768, 64), (48, 128, 16), (28, 128, 32)]
 
 
 def amx_convolution(name: str, target) -> tuple[kiln.CompiledModule, torch.Tensor]:
@@ -181,7 +185,7 @@ def test_amx_linears(rows, inner, outer):
     check(compiled, (x,), AMX_INT8)
 
 
-def emulated_tile_kernel(dot: DotInstruction, columns: int, steps: int):
+def emulated_tile_kernel(dot: DotInstruction, rows: int, columns: int, steps: int):
     """The AMX kernel's walk through memory in plain TIR, from the base pointers and row strides it
     hands tileloadd/tilestored (rows of 64 bytes), with tdpbusd/tdpbf16ps as Intel defines them:
     what runs where the CPU has no AMX, so that the packing, the schedule and the kernel's
@@ -191,24 +195,24 @@ def emulated_tile_kernel(dot: DotInstruction, columns: int, steps: int):
     @T.prim_func(s_tir=True)
     def emulated(a: T.handle, b: T.handle, c: T.handle) -> None:
         row_a, row_b, column_b, row_c = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (16, steps), dot.activation, offset_factor=1, strides=[row_a, 1])
+        A = T.match_buffer(a, (rows, steps), dot.activation, offset_factor=1, strides=[row_a, 1])
         B = T.match_buffer(b, (steps // group, columns, group), dot.weight, offset_factor=1, strides=[row_b, column_b, 1])
-        C = T.match_buffer(c, (16, columns), dot.accumulator, offset_factor=1, strides=[row_c, 1])
+        C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[row_c, 1])
         with T.sblock("root"):
-            T.reads(C[0:16, 0:columns], A[0:16, 0:steps], B[0 : steps // group, 0:columns, 0:group])
-            T.writes(C[0:16, 0:columns])
+            T.reads(C[0:rows, 0:columns], A[0:rows, 0:steps], B[0 : steps // group, 0:columns, 0:group])
+            T.writes(C[0:rows, 0:columns])
             flat_a = T.decl_buffer((1,), dot.activation, data=A.data)
             flat_b = T.decl_buffer((1,), dot.weight, data=B.data)
             flat_c = T.decl_buffer((1,), dot.accumulator, data=C.data)
-            emulated_amx_tiles = T.alloc_buffer((tiles, 16, 16), dot.accumulator, scope="local")
-            for tile, m, n in T.grid(tiles, 16, 16):  # tileloadd: row m at C + tile·16 + m·row_c
+            emulated_amx_tiles = T.alloc_buffer((tiles, rows, 16), dot.accumulator, scope="local")
+            for tile, m, n in T.grid(tiles, rows, 16):  # tileloadd: row m at C + tile·16 + m·row_c
                 emulated_amx_tiles[tile, m, n] = flat_c[C.elem_offset + tile * 16 + m * row_c + n]
-            for step_block, tile, m, n, g, i in T.grid(steps // block, tiles, 16, 16, block // group, group):
+            for step_block, tile, m, n, g, i in T.grid(steps // block, tiles, rows, 16, block // group, group):
                 # A tile row m at A + block·b + m·row_a; B tile row g at B + block·(b/G)·row_b + tile·16·column_b + g·row_b
                 emulated_amx_tiles[tile, m, n] = emulated_amx_tiles[tile, m, n] + dot.product(
                     flat_a[A.elem_offset + step_block * block + m * row_a + group * g + i],
                     flat_b[B.elem_offset + step_block * (block // group) * row_b + tile * 16 * column_b + g * row_b + group * n + i])
-            for tile, m, n in T.grid(tiles, 16, 16):
+            for tile, m, n in T.grid(tiles, rows, 16):
                 flat_c[C.elem_offset + tile * 16 + m * row_c + n] = emulated_amx_tiles[tile, m, n]
 
     return emulated
@@ -219,9 +223,9 @@ def emulated_amx(monkeypatch):
     """Host compiles pack and schedule integer and bf16 layers for AMX, with the emulated kernel."""
     from kiln.backends.tvm import pipeline
 
-    def emulated_intrinsic(dot: DotInstruction, columns: int, steps: int) -> str:
-        name = f"test_emulated_{dot.name}_16x{columns}x{steps}"
-        TensorIntrin.register(name, amx.tile_description(dot, columns, steps), emulated_tile_kernel(dot, columns, steps), override=True)
+    def emulated_intrinsic(dot: DotInstruction, rows: int, columns: int, steps: int) -> str:
+        name = f"test_emulated_{dot.name}_{rows}x{columns}x{steps}"
+        TensorIntrin.register(name, amx.tile_description(dot, rows, columns, steps), emulated_tile_kernel(dot, rows, columns, steps), override=True)
         return name
 
     monkeypatch.setattr(pipeline, "integer_dots", lambda target: [AMX_INT8, *integer_dots(target)])
@@ -285,3 +289,26 @@ def test_amx_bf16_tiles_emulated(emulated_amx, kind):
     assert "emulated_amx_tiles" in assembly(compiled, "ll"), "the layers were not tiled for AMX"
     with torch.no_grad():
         assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=2e-2)
+
+
+def test_bf16_layers_amx_cannot_take_compute_in_float32():
+    """An RGB stem (3 channels per tap) and a strided 1×1 convolution fit no AMX tile: they run the
+    float kernels on their bf16-rounded inputs and weights, not scalar bf16 arithmetic."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 1, 2)).eval()
+    x = torch.randn(1, 3, 20, 20)
+    compiled = kiln.compile(model, (x,), target=AMX_TARGET, quantize="bf16")
+    schedule = next(row for row in compiled.report.rows if row.name == "ScheduleCPU")
+    assert "dot-product kernels" not in schedule.note, schedule.note
+    assert assembly(compiled, "ll").count("define internal fastcc i32 @fused_packed_conv2d") == 2  # float panels
+    if not compiled.target.missing_cpu_features():
+        with torch.no_grad():
+            assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=2e-2)
+
+
+def test_bf16_convolutions_stay_channels_last_between_layers():
+    """half_precision's bias has the output's rank, so channels-last runs from the first layer to
+    the last: one transpose in, one out (a rank-3 bias had left each layer between two)."""
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 16, 1)).eval()
+    compiled = kiln.compile(model, (torch.randn(1, 16, 8, 8),), target="llvm", quantize="bf16")
+    functions = re.findall(r"define internal fastcc i32 @(\w+)_compute_", assembly(compiled, "ll"))
+    assert sum("transpose" in name for name in functions) == 2, functions

@@ -48,7 +48,7 @@ class DotInstruction:
     activation_offset: int = 0  # what the instruction itself takes off each activation (sdot: 128)
     weight: str = "int8"  # the weight dtype it reads
     accumulator: str = "int32"  # what it accumulates in
-    tile_rows: int = 1  # output rows one instruction computes (AMX: a 16-row tile, `amx.py`)
+    tile_rows: int = 1  # the most output rows one instruction computes (AMX: tiles of up to 16, `amx.py`)
     steps_multiple: int = 0  # the reduction length per tap must be a multiple of this (0: any, padded to groups)
 
     @property

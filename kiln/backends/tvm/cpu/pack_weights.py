@@ -17,7 +17,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from kiln.backends.tvm.cpu import winograd
+from kiln.backends.tvm.cpu import amx, winograd
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
@@ -103,6 +103,12 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     batch, height, width_in, _ = padded.shape
     out_h, out_w = _convolved(height, kh, sh, dh), _convolved(width_in, kw, sw, dw)
     rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
+    read = _strided_pixels(padded, sw) if dot is not None and dot.is_tile and sw > 1 else None
+
+    def pixel(n, h, w, rh, rw, ri):
+        if read is not None:  # dilation 1 (`_conv2d`)
+            return read[n, h * sh + rh, w + rw // sw, rw % sw * ci + ri]
+        return padded[n, h * sh + rh * dh, w * sw + rw * dw, ri]
 
     def weight(o, rh, rw, ri):
         if grouped:
@@ -112,13 +118,25 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     product = te.compute(
         (batch, out_h, out_w, panels.shape[0] * width),
         lambda n, h, w, o: te.sum(
-            _product(padded[n, h * sh + rh * dh, w * sw + rw * dw, ri], weight(o, rh, rw, ri), dot),
+            _product(pixel(n, h, w, rh, rw, ri), weight(o, rh, rw, ri), dot),
             axis=[rh, rw, ri],
         ),
         name=PACKED_CONV2D_DOT if grouped else PACKED_CONV2D,
         attrs=_block_attributes(dot),
     )
     return _corrected(product, correction)
+
+
+def _strided_pixels(padded: te.Tensor, stride: int) -> te.Tensor:
+    """The padded input with each `stride` consecutive pixels as one row of `stride` × channels:
+    a strided convolution's tap (kh, kw) then reads, for consecutive output pixels w, the rows
+    w + kw // stride at column offset (kw % stride) · channels, one fixed stride apart — the
+    uniformly strided rows an AMX tile loads. Zero columns make the width a whole number of rows."""
+    batch, height, width, channels = (int(d) for d in padded.shape)
+    if width % stride:
+        padded = topi.nn.pad(padded, [0, 0, 0, 0], [0, 0, -width % stride, 0], name="pad_to_stride")
+    return te.compute((batch, height, -(-width // stride), stride * channels),
+                      lambda n, h, w, c: padded[n, h, w * stride + c // channels, c % channels], name="strided_pixels")
 
 
 @mutator
@@ -195,8 +213,8 @@ class _Packer(PyExprMutator):
                 array = np.pad(array, [(0, 0), (0, 0), (0, -array.shape[-2] % group), (0, 0)])
             if array.shape[-2] % group:
                 return None
-            if dot.is_tile:  # whole tiles only: rows of 16, reductions of 64 steps per tap
-                if rows is None or rows % dot.tile_rows or array.shape[-2] % dot.steps_multiple:
+            if dot.is_tile:  # whole tiles only: rows in tiles of 7-16, reductions of 64 bytes per tap
+                if amx.tile_rows(rows) is None or array.shape[-2] % dot.steps_multiple:
                     return None
                 width = next(w for w in AMX_PANEL_WIDTHS if array.shape[-1] % w == 0)
             else:
@@ -227,16 +245,12 @@ class _Packer(PyExprMutator):
         if attrs.out_dtype not in ("", "float32", "int32"):
             return call
         strides, padding, dilation = ([int(v) for v in values] for values in (attrs.strides, attrs.padding, attrs.dilation))
-        if self._winograd_applies(x, weight, strides, dilation):
-            self.packed += 1
-            *_, channels_in, channels_out = (int(d) for d in weight.ty.shape)
-            tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
-            panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
-            return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
         rows = _output_width(x, weight, strides, padding, dilation)
-        for dot, source, zero_point in self._dot_operands(x, weight) or [(None, x, 0)]:
-            if dot is not None and dot.is_tile and strides != [1, 1]:
-                continue  # a tile's rows are consecutive pixels
+        for dot, source, zero_point in self._dot_operands(x, weight):
+            if dot.is_tile and (dilation != [1, 1] or strides != [1, 1] and int(weight.ty.shape[1]) == 1):
+                # a tile's rows are pixels one stride apart (`_strided_pixels`); a strided 1×1
+                # convolution fails to tensorize over them (TVM 0.27: an undefined block variable)
+                continue
             panels = self._panels(weight, 4, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1
@@ -244,7 +258,19 @@ class _Packer(PyExprMutator):
                     partial(_packed_conv2d_nhwc, dot=dot), source, relax.const(panels), strides, padding, dilation,
                     zero_point, self._correction(weight, zero_point, dot), primfunc_name_hint="packed_conv2d",
                 )
-        return call
+        x, weight = self._widened(x, weight)
+        if self._winograd_applies(x, weight, strides, dilation):
+            self.packed += 1
+            *_, channels_in, channels_out = (int(d) for d in weight.ty.shape)
+            tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
+            panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
+            return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
+        panels = self._panels(weight, 4, x.ty.dtype, rows)
+        if panels is None:
+            return call
+        self.packed += 1
+        return self.builder_.call_te(_packed_conv2d_nhwc, x, relax.const(panels), strides, padding, dilation,
+                                     primfunc_name_hint="packed_conv2d")
 
     def _winograd_applies(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
         """Float 3×3 stride-1 convolutions with constant weights, vector-wide channels and a static
@@ -260,13 +286,26 @@ class _Packer(PyExprMutator):
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, weight = call.args
         rows = static_extent(x.ty.shape[-2]) if len(x.ty.shape) > 1 else 1
-        for dot, source, zero_point in self._dot_operands(x, weight) or [(None, x, 0)]:
+        for dot, source, zero_point in self._dot_operands(x, weight):
             panels = self._panels(weight, 2, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1
                 return self.builder_.call_te(partial(_packed_matmul, dot=dot), source, relax.const(panels),
                                              self._correction(weight, zero_point, dot), primfunc_name_hint="packed_matmul")
-        return call
+        x, weight = self._widened(x, weight)
+        panels = self._panels(weight, 2, x.ty.dtype, rows)
+        if panels is None:
+            return call
+        self.packed += 1
+        return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
+
+    def _widened(self, x: relax.Expr, weight: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
+        """A bf16 layer no bf16 unit takes (no AMX, or a shape its tiles do not fit) computes in
+        float32 from its bf16-rounded inputs and weights: the float kernels, not scalar bf16
+        arithmetic that TVM widens value by value. Other layers as they are."""
+        if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.ty.dtype) != "bfloat16" or x.ty.dtype != "bfloat16":
+            return x, weight
+        return self.builder_.emit(relax.op.astype(x, "float32")), relax.const(weight.value.numpy().astype(np.float32))
 
 
 def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding: list[int], dilation: list[int]) -> int | None:

@@ -80,7 +80,7 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
 
 
 def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
-    """Integer and bf16 layers packed for AMX: each 16 rows × panel of the output is one `amx.py` kernel
+    """Integer and bf16 layers packed for AMX: each tile of rows (`amx.tile_rows`) × panel of the output is one `amx.py` kernel
     over the innermost reduction (a convolution's input channels, under its kernel taps),
     accumulating into a tile buffer that the epilogue (zero-point correction, requantization)
     reads back; tiles run in parallel."""
@@ -92,9 +92,10 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     spatial, reduction = _split_loops(sch, info)
     columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
     panel, steps = packed_panel_width(block), static_extent(sch.get(reduction[-1]).extent)
-    if None in (columns, rows, panel, steps) or rows % amx.TILE_ROWS or columns % panel:
+    height = amx.tile_rows(rows)
+    if None in (columns, height, panel, steps) or columns % panel:
         return False
-    row_outer, row_inner = sch.split(spatial[-2], [None, amx.TILE_ROWS])
+    row_outer, row_inner = sch.split(spatial[-2], [None, height])
     column_outer, column_inner = sch.split(spatial[-1], [None, panel])
     sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
     tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
@@ -103,7 +104,7 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.decompose_reduction(info.block_rv, (reduction[:-1] or [row_inner])[0])
-    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, panel, steps))
+    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, height, panel, steps))
     write_loops = sch.get_loops(write_back)
     _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
     sch.vectorize(vector)
