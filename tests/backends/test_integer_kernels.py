@@ -223,7 +223,8 @@ def emulated_amx(monkeypatch):
     """Host compiles pack and schedule integer and bf16 layers for AMX, with the emulated kernel."""
     from kiln.backends.tvm import pipeline
 
-    def emulated_intrinsic(dot: DotInstruction, rows: int, columns: int, steps: int) -> str:
+    def emulated_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int) -> str:
+        rows = height * row_tiles  # stacked row tiles: one walk of their rows, `row_a` apart
         name = f"test_emulated_{dot.name}_{rows}x{columns}x{steps}"
         TensorIntrin.register(name, amx.tile_description(dot, rows, columns, steps), emulated_tile_kernel(dot, rows, columns, steps), override=True)
         return name

@@ -7,13 +7,17 @@ float32. The right operand is "VNNI-interleaved" (rows of groups of 4 int8 or 2 
 columns): exactly a 16-column slice of the panels `pack_weights.py` packs, so AMX and vpdpbusd
 share one weight layout.
 
-One kernel computes a tile of 16 output rows (a matmul's rows, a stride-1 convolution's
-consecutive output pixels) × one packed panel (up to 4 × 16 columns, accumulators tmm0-3) over a
-whole reduction of `steps` (a multiple of one tile row, 64 bytes): per tile row of steps it loads
-the activation tile once (tmm6) and each 16-column weight tile (tmm4 and tmm5 in turn) into a dot
-product with its accumulator. The
-accumulators are loaded from and stored to the output tile around that loop (zeroed by the
-schedule's init block; a convolution does so once per kernel tap).
+One kernel computes a block of output rows (a matmul's rows, a convolution's output pixels along a
+row, one stride apart) × one packed panel (16-64 columns) over a whole reduction of `steps` (a
+multiple of one tile row, 64 bytes), in four accumulator tiles (tmm0-3): one row tile × four
+column tiles, or two row tiles × two column tiles per pass over the panel (`tile_blocking`). Per
+tile row of steps it loads the activation tiles (tmm4, tmm5) and each weight tile (tmm6, tmm7 in
+turn: tiles are not renamed, so a load into the register the last dot product still reads would
+wait for it) into a dot product with each accumulator. Two row tiles read each weight tile twice:
+the weights stream from L2 (a 16 × 64-byte tile per instruction would need 64 bytes a cycle from
+it), so halving that traffic is what lets the unit run. The accumulators are loaded from and stored
+to the output around that loop (zeroed by the schedule's init block; a convolution does so once
+per kernel tap).
 
 The operands are passed as raw pointers into their buffers' data (`_pointer`), not `address_of`
 an element: a raw use of a buffer's data keeps TVM's bf16 legalization from widening an intermediate bf16 buffer (a convolution's
@@ -36,10 +40,9 @@ TILE_ROWS = 16  # the most rows a tile has (weight tiles: always 16 rows of grou
 MIN_TILE_ROWS = 7  # fewer output rows per tile leave too much of each instruction idle: VNNI instead
 TILE_ROW_BYTES = 64  # bytes of one tile row
 TILE_COLUMNS = 16  # int32/float32 columns of one accumulator tile (64 bytes)
-MAX_ACCUMULATORS = 4  # tmm0-3: one panel of up to 64 columns
-# the weight tiles alternate between two registers: tiles are not renamed, so a load into the
-# register the previous dot product still reads would wait for it to finish
-WEIGHT_TILES, ACTIVATION_TILE = (4, 5), 6  # weight tile of accumulator t: 4 + t % 2
+ACCUMULATORS = 4  # tmm0-3
+ACTIVATION_TILES, WEIGHT_TILES = (4, 5), (6, 7)
+L1_WEIGHT_BYTES = 32 * 1024  # the weights a matmul keeps in L1 for all its row tiles (`weight_chunk`)
 CONFIG_BYTES = 64  # ldtilecfg's memory operand: palette, then bytes per row and rows per tile
 
 
@@ -57,18 +60,41 @@ def tile_rows(rows: int | None) -> int | None:
     return next((height for height in range(TILE_ROWS, MIN_TILE_ROWS - 1, -1) if rows % height == 0), None)
 
 
-def tile_intrinsic(dot: DotInstruction, rows: int, columns: int, steps: int) -> str:
-    """The name of the registered kernel for a `rows` × `columns` tile over `steps` reduction steps."""
-    name = f"{dot.name}_{rows}x{columns}x{steps}"
+def tile_blocking(rows: int | None, columns: int) -> tuple[int, int] | None:
+    """(rows per tile, row tiles per kernel: 1 or 2) for `rows` output rows and a panel of
+    `columns`: the most rows per weight tile loaded (each load is what bounds the kernel), then the
+    fewest instructions (each takes the same time whatever its rows). Two row tiles need an even
+    number of column tiles (two per pass)."""
+    if rows is None:
+        return None
+    counts = (1, 2) if columns // TILE_COLUMNS % 2 == 0 else (1,)
+    fits = [(height, count) for count in counts for height in range(TILE_ROWS, MIN_TILE_ROWS - 1, -1) if rows % (height * count) == 0]
+    return max(fits, key=lambda fit: (fit[0] * fit[1], -fit[1]), default=None)
+
+
+def weight_chunk(dot: DotInstruction, steps: int, columns: int) -> int:
+    """The longest run of reduction steps (whole tile rows, dividing `steps`) whose slice of a
+    `columns`-wide weight panel fits in L1_WEIGHT_BYTES; `steps` itself if it does."""
+    element = DataType(dot.weight).bits // 8
+    fitting = [chunk for chunk in range(tile_steps(dot), steps + 1, tile_steps(dot))
+               if steps % chunk == 0 and chunk * columns * element <= L1_WEIGHT_BYTES]
+    return max(fitting, default=tile_steps(dot))
+
+
+def tile_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int) -> str:
+    """The name of the registered kernel for `row_tiles` tiles of `height` rows × `columns` over
+    `steps` reduction steps."""
+    name = f"{dot.name}_{row_tiles}x{height}x{columns}x{steps}"
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, tile_description(dot, rows, columns, steps), _implementation(dot, rows, columns, steps))
+        TensorIntrin.register(name, tile_description(dot, height * row_tiles, columns, steps),
+                              _implementation(dot, height, row_tiles, columns, steps))
     return name
 
 
 def tile_description(dot: DotInstruction, rows: int, columns: int, steps: int):
     """What one kernel computes: C[rows, columns] += A[rows, steps] · B (panel rows of groups of steps)."""
-    group, tiles = dot.group, columns // TILE_COLUMNS
-    if columns % TILE_COLUMNS or tiles > MAX_ACCUMULATORS or steps % tile_steps(dot) or not 0 < rows <= TILE_ROWS:
+    group = dot.group
+    if columns % TILE_COLUMNS or columns > ACCUMULATORS * TILE_COLUMNS or steps % tile_steps(dot) or not 0 < rows <= 2 * TILE_ROWS:
         raise ValueError(f"no AMX kernel for a {rows} x {columns} tile over {steps} steps")
 
     @T.prim_func(s_tir=True)
@@ -92,9 +118,11 @@ def _pointer(buffer, elements, element_bytes: int):
     return T.handle_add_byte_offset(buffer.data, (buffer.elem_offset + elements) * element_bytes)
 
 
-def _implementation(dot: DotInstruction, rows: int, columns: int, steps: int):
-    group, tiles, block_steps = dot.group, columns // TILE_COLUMNS, tile_steps(dot)
+def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int):
+    group, block_steps = dot.group, tile_steps(dot)
     element = DataType(dot.activation).bits // 8  # bytes per activation and weight element
+    per_pass = min(ACCUMULATORS // row_tiles, columns // TILE_COLUMNS)  # column tiles per pass
+    passes, rows = columns // TILE_COLUMNS // per_pass, height * row_tiles
 
     @T.prim_func(s_tir=True)
     def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -109,27 +137,33 @@ def _implementation(dot: DotInstruction, rows: int, columns: int, steps: int):
             for i in range(CONFIG_BYTES):
                 config[i] = T.uint8(0)
             config[0] = T.uint8(1)  # palette 1: 8 tiles of up to 16 rows × 64 bytes
-            for tile in range(8):  # every tile's rows are 64 bytes; weight tiles 16 rows, the others `rows`
+            for tile in range(8):  # every tile's rows are 64 bytes; weight tiles 16 rows, the others `height`
                 config[16 + 2 * tile] = T.uint8(TILE_ROW_BYTES)
-                config[48 + tile] = T.uint8(rows)
+                config[48 + tile] = T.uint8(height)
             config[48 + WEIGHT_TILES[0]] = T.uint8(TILE_ROWS)
             config[48 + WEIGHT_TILES[1]] = T.uint8(TILE_ROWS)
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
-            for tile in T.unroll(tiles):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile),
-                                              _pointer(C, tile * TILE_COLUMNS, 4), T.int64(row_c * 4)))
-            for block in range(steps // block_steps):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(ACTIVATION_TILE),
-                                              _pointer(A, block * block_steps, element), T.int64(row_a * element)))
-                for tile in T.unroll(tiles):
-                    # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows `row_b` elements apart
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.x86.tileloadd64", T.Cast("int8", WEIGHT_TILES[0] + tile % 2),
-                        _pointer(B, block * (block_steps // group) * row_b + tile * TILE_COLUMNS * column_b, element),
-                        T.int64(row_b * element)))
-                    T.evaluate(T.call_llvm_intrin("void", dot.llvm_intrinsic, T.int8(tile), T.int8(ACTIVATION_TILE), T.Cast("int8", WEIGHT_TILES[0] + tile % 2)))
-            for tile in T.unroll(tiles):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile),
-                                              _pointer(C, tile * TILE_COLUMNS, 4), T.int64(row_c * 4)))
+            for step in T.unroll(passes):
+                for r in T.unroll(row_tiles):  # accumulator r·per_pass + j: row tile r, column tile j of this pass
+                    for j in T.unroll(per_pass):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", r * per_pass + j),
+                                                      _pointer(C, r * height * row_c + (step * per_pass + j) * TILE_COLUMNS, 4), T.int64(row_c * 4)))
+                for block in range(steps // block_steps):
+                    for r in T.unroll(row_tiles):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", ACTIVATION_TILES[0] + r),
+                                                      _pointer(A, r * height * row_a + block * block_steps, element), T.int64(row_a * element)))
+                    for j in T.unroll(per_pass):
+                        # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows `row_b` elements apart
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.x86.tileloadd64", T.Cast("int8", WEIGHT_TILES[0] + j % 2),
+                            _pointer(B, block * (block_steps // group) * row_b + (step * per_pass + j) * TILE_COLUMNS * column_b, element),
+                            T.int64(row_b * element)))
+                        for r in T.unroll(row_tiles):
+                            T.evaluate(T.call_llvm_intrin("void", dot.llvm_intrinsic, T.Cast("int8", r * per_pass + j),
+                                                          T.Cast("int8", ACTIVATION_TILES[0] + r), T.Cast("int8", WEIGHT_TILES[0] + j % 2)))
+                for r in T.unroll(row_tiles):
+                    for j in T.unroll(per_pass):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("int8", r * per_pass + j),
+                                                      _pointer(C, r * height * row_c + (step * per_pass + j) * TILE_COLUMNS, 4), T.int64(row_c * 4)))
 
     return implementation

@@ -292,6 +292,10 @@ class _Packer(PyExprMutator):
                 self.packed += 1
                 return self.builder_.call_te(partial(_packed_matmul, dot=dot), source, relax.const(panels),
                                              self._correction(weight, zero_point, dot), primfunc_name_hint="packed_matmul")
+        if not isinstance(weight, tvm.ir.expr.Constant) and x.ty.dtype == weight.ty.dtype == "bfloat16":
+            # two activations (attention's scores and values): float32 from their bf16 values
+            product = relax.op.matmul(*(self.builder_.emit(relax.op.astype(value, "float32")) for value in (x, weight)), out_dtype="float32")
+            return product if call.ty.dtype == "float32" else relax.op.astype(self.builder_.emit(product), call.ty.dtype)
         x, weight = self._widened(x, weight)
         panels = self._panels(weight, 2, x.ty.dtype, rows)
         if panels is None:

@@ -80,7 +80,7 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
 
 
 def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
-    """Integer and bf16 layers packed for AMX: each tile of rows (`amx.tile_rows`) × panel of the output is one `amx.py` kernel
+    """Integer and bf16 layers packed for AMX: each block of rows (`amx.tile_blocking`) × panel of the output is one `amx.py` kernel
     over the innermost reduction (a convolution's input channels, under its kernel taps),
     accumulating into a tile buffer that the epilogue (zero-point correction, requantization)
     reads back; tiles run in parallel."""
@@ -92,25 +92,39 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     spatial, reduction = _split_loops(sch, info)
     columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
     panel, steps = packed_panel_width(block), static_extent(sch.get(reduction[-1]).extent)
-    height = amx.tile_rows(rows)
-    if None in (columns, height, panel, steps) or columns % panel:
+    blocking = None if panel is None else amx.tile_blocking(rows, panel)
+    if None in (columns, blocking, steps) or columns % panel:
         return False
-    row_outer, row_inner = sch.split(spatial[-2], [None, height])
+    height, row_tiles = blocking
+    row_outer, row_inner = sch.split(spatial[-2], [None, height * row_tiles])
     column_outer, column_inner = sch.split(spatial[-1], [None, panel])
-    sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
-    tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
+    batches = math.prod(static_extent(sch.get(loop).extent) or 1 for loop in spatial[:-2])
+    chunk = amx.weight_chunk(dot, steps, panel) if not reduction[:-1] and columns // panel * batches >= PANEL_TASKS else steps
+    if chunk < steps:
+        # a matmul's panel in chunks of the reduction that stay in L1 while every row tile reads
+        # them (rather than the whole panel streaming from L2 once per row tile); the row tiles'
+        # accumulators, one panel wide, carry over from chunk to chunk
+        chunk_outer, chunk_inner = sch.split(reduction[-1], [None, chunk])
+        sch.reorder(column_outer, *spatial[:-2], chunk_outer, row_outer, row_inner, column_inner, chunk_inner)
+        tile = sch.fuse(column_outer, *spatial[:-2])
+        initialize_at = chunk_outer
+    else:
+        sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
+        tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
+        initialize_at = (reduction[:-1] or [row_inner])[0]
     sch.parallel(tile)
     write_back = sch.cache_write(info.block_rv, 0, "global")
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
-    sch.decompose_reduction(info.block_rv, (reduction[:-1] or [row_inner])[0])
-    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, height, panel, steps))
+    sch.decompose_reduction(info.block_rv, initialize_at)
+    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, height, row_tiles, panel, chunk))
     write_loops = sch.get_loops(write_back)
     _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
     sch.vectorize(vector)
     return True
 
 
+PANEL_TASKS = 4  # parallel panels (× batches) a matmul needs before its rows leave the parallel loop
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
 TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop nest becomes
 
