@@ -80,10 +80,11 @@ def integer_dot_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUni
 
 
 def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
-    """Integer and bf16 layers packed for AMX: each block of rows (`amx.tile_blocking`) × panel of the output is one `amx.py` kernel
-    over the innermost reduction (a convolution's input channels, under its kernel taps),
-    accumulating into a tile buffer that the epilogue (zero-point correction, requantization)
-    reads back; tiles run in parallel."""
+    """Integer and bf16 layers packed for AMX: each block of rows (`amx.tile_blocking`) × panel of
+    the output is one `amx.py` kernel over the innermost reduction (a convolution's input
+    channels, under its kernel taps), accumulating into a tile buffer that the epilogue
+    (zero-point correction, requantization) reads back. Blocks of rows run in parallel, or, where
+    a layer has enough panels and a panel's accumulators fit in cache, whole panels do."""
     block = sch.get(info.block_rv)
     dot = AMX_TILES.get(str(block.annotations.get(DOT_ANNOTATION, "")))
     if block.name_hint not in DOT_BLOCKS or dot is None:
@@ -96,19 +97,19 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     if None in (columns, blocking, steps) or columns % panel:
         return False
     height, row_tiles = blocking
+    outputs_per_panel = math.prod(static_extent(sch.get(loop).extent) or 0 for loop in spatial[:-1]) * panel
     row_outer, row_inner = sch.split(spatial[-2], [None, height * row_tiles])
     column_outer, column_inner = sch.split(spatial[-1], [None, panel])
-    batches = math.prod(static_extent(sch.get(loop).extent) or 1 for loop in spatial[:-2])
-    chunk = amx.weight_chunk(dot, steps, panel) if not reduction[:-1] and columns // panel * batches >= PANEL_TASKS else steps
-    if chunk < steps:
-        # a matmul's panel in chunks of the reduction that stay in L1 while every row tile reads
-        # them (rather than the whole panel streaming from L2 once per row tile); the row tiles'
-        # accumulators, one panel wide, carry over from chunk to chunk
+    if columns // panel >= PANEL_TASKS and 0 < outputs_per_panel * 4 <= PANEL_ACCUMULATOR_BYTES:
+        # one panel per task, its reduction (taps, then chunks of input channels) outermost: each
+        # chunk of weights stays in L1 while every row tile of the panel reads it, rather than
+        # streaming from L2 once per row tile; the panel's accumulators carry over from chunk to chunk
+        chunk = amx.weight_chunk(dot, steps, panel)
         chunk_outer, chunk_inner = sch.split(reduction[-1], [None, chunk])
-        sch.reorder(column_outer, *spatial[:-2], chunk_outer, row_outer, row_inner, column_inner, chunk_inner)
-        tile = sch.fuse(column_outer, *spatial[:-2])
-        initialize_at = chunk_outer
+        sch.reorder(column_outer, *reduction[:-1], chunk_outer, *spatial[:-2], row_outer, row_inner, column_inner, chunk_inner)
+        tile, initialize_at = column_outer, (reduction[:-1] or [chunk_outer])[0]
     else:
+        chunk = steps
         sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
         tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
         initialize_at = (reduction[:-1] or [row_inner])[0]
@@ -124,7 +125,8 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     return True
 
 
-PANEL_TASKS = 4  # parallel panels (× batches) a matmul needs before its rows leave the parallel loop
+PANEL_TASKS = 4  # panels a layer needs for one panel per parallel task
+PANEL_ACCUMULATOR_BYTES = 64 * 1024  # a panel's accumulators (all its rows) that stay in cache across its reduction
 WIDENED_WEIGHT = "widened_weight"  # quantized.py's weight-only panels, widened to float in the kernel
 TENSORIZE = "kiln.tensorize"  # loop annotation: the tensor intrinsic this loop nest becomes
 
