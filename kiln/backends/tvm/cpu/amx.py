@@ -13,18 +13,22 @@ multiple of one tile row, 64 bytes), in four accumulator tiles (tmm0-3): one row
 column tiles, or two row tiles × two column tiles per pass over the panel (`tile_blocking`). Per
 tile row of steps it loads the activation tiles (tmm4, tmm5) and each weight tile (tmm6, tmm7 in
 turn: tiles are not renamed, so a load into the register the last dot product still reads would
-wait for it) into a dot product with each accumulator. Two row tiles read each weight tile twice:
-the weights stream from L2 (a 16 × 64-byte tile per instruction would need 64 bytes a cycle from
-it), so halving that traffic is what lets the unit run. The accumulators are loaded from and stored
-to the output around that loop (zeroed by the schedule's init block; a convolution does so once
-per kernel tap).
+wait for it; measured: 12 against 13.6 cycles per instruction) into a dot product with each
+accumulator. Two row tiles read each weight tile twice, halving the weight traffic from L2 (a
+16 × 64-byte tile per instruction would need 64 bytes a cycle from it); on the Xeon measured that
+was about even with one row tile on BERT's linears, where the per-call costs below dominate. The
+accumulators are loaded from and stored to the output around that loop (zeroed by the schedule's
+init block; a convolution does so once per kernel tap, a chunked reduction once per chunk).
 
 The operands are passed as raw pointers into their buffers' data (`_pointer`), not `address_of`
-an element: a raw use of a buffer's data keeps TVM's bf16 legalization from widening an intermediate bf16 buffer (a convolution's
-padded input) to float32 behind the kernel's back; the tiles read bf16 bytes.
+an element: a raw use of a buffer's data keeps TVM's bf16 legalization from widening an
+intermediate bf16 buffer (a convolution's padded input) to float32 behind the kernel's back; the
+tiles read bf16 bytes.
 
 The kernel writes its own tile configuration (`ldtilecfg`) first, since the configuration is
-per thread and the schedule's parallel loop may run any tile on any thread. Linux grants a process
+per thread and the schedule's parallel loop may run any tile on any thread; that costs about 165
+cycles a call (10 instructions' worth), which is why kernels cover whole reductions or L1-sized
+chunks of them. Linux grants a process
 the tile state only on request (`bundle_runner.request_amx_state`, called before the first run).
 """
 
