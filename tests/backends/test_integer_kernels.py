@@ -185,35 +185,52 @@ def test_amx_linears(rows, inner, outer):
     check(compiled, (x,), AMX_INT8)
 
 
-def emulated_tile_kernel(dot: DotInstruction, rows: int, columns: int, steps: int):
+def _whole(buffer):
+    return buffer[tuple(slice(0, extent) for extent in buffer.shape)]
+
+
+def _free_strides(shape: tuple) -> list:
+    return [T.int32() for _ in shape[:-1]] + [1]
+
+
+def _tap_strides(buffer, rank_without_taps: int) -> tuple:
+    """(kernel-row stride, kernel-column or pixel stride) of an operand that spans taps; (0, 0) for one tap."""
+    return (0, 0) if len(buffer.shape) == rank_without_taps else (buffer.strides[0], buffer.strides[1])
+
+
+def emulated_tile_kernel(dot: DotInstruction, rows: int, columns: int, steps: int, taps: tuple[int, int] = (1, 1)):
     """The AMX kernel's walk through memory in plain TIR, from the base pointers and row strides it
     hands tileloadd/tilestored (rows of 64 bytes), with tdpbusd/tdpbf16ps as Intel defines them:
     what runs where the CPU has no AMX, so that the packing, the schedule and the kernel's
-    addressing are checked against the IR on any machine."""
+    addressing are checked against the IR on any machine. Over a convolution's taps, tap (r, q)
+    reads input rows from A + r·(image row) + q·(pixel) and its weights from B + r·B₀ + q·B₁."""
     group, tiles, block = dot.group, columns // amx.TILE_COLUMNS, amx.tile_steps(dot)
+    a_shape = (rows, steps) if taps == (1, 1) else (taps[0], rows + taps[1] - 1, steps)
+    b_shape = (steps // group, columns, group) if taps == (1, 1) else (*taps, steps // group, columns, group)
 
     @T.prim_func(s_tir=True)
     def emulated(a: T.handle, b: T.handle, c: T.handle) -> None:
-        row_a, row_b, column_b, row_c = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (rows, steps), dot.activation, offset_factor=1, strides=[row_a, 1])
-        B = T.match_buffer(b, (steps // group, columns, group), dot.weight, offset_factor=1, strides=[row_b, column_b, 1])
-        C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[row_c, 1])
+        A = T.match_buffer(a, a_shape, dot.activation, offset_factor=1, strides=_free_strides(a_shape))
+        B = T.match_buffer(b, b_shape, dot.weight, offset_factor=1, strides=_free_strides(b_shape))
+        C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[T.int32(), 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:columns], A[0:rows, 0:steps], B[0 : steps // group, 0:columns, 0:group])
+            T.reads(C[0:rows, 0:columns], _whole(A), _whole(B))
             T.writes(C[0:rows, 0:columns])
             flat_a = T.decl_buffer((1,), dot.activation, data=A.data)
             flat_b = T.decl_buffer((1,), dot.weight, data=B.data)
             flat_c = T.decl_buffer((1,), dot.accumulator, data=C.data)
             emulated_amx_tiles = T.alloc_buffer((tiles, rows, 16), dot.accumulator, scope="local")
             for tile, m, n in T.grid(tiles, rows, 16):  # tileloadd: row m at C + tile·16 + m·row_c
-                emulated_amx_tiles[tile, m, n] = flat_c[C.elem_offset + tile * 16 + m * row_c + n]
-            for step_block, tile, m, n, g, i in T.grid(steps // block, tiles, rows, 16, block // group, group):
-                # A tile row m at A + block·b + m·row_a; B tile row g at B + block·(b/G)·row_b + tile·16·column_b + g·row_b
+                emulated_amx_tiles[tile, m, n] = flat_c[C.elem_offset + tile * 16 + m * C.strides[0] + n]
+            for r, q, step_block, tile, m, n, g, i in T.grid(taps[0], taps[1], steps // block, tiles, rows, 16, block // group, group):
+                # A tile row m at A + r·image + (m + q)·row_a + block·b; B tile row g at
+                # B + r·B₀ + q·B₁ + block·(b/G)·row_b + tile·16·column_b + g·row_b
                 emulated_amx_tiles[tile, m, n] = emulated_amx_tiles[tile, m, n] + dot.product(
-                    flat_a[A.elem_offset + step_block * block + m * row_a + group * g + i],
-                    flat_b[B.elem_offset + step_block * (block // group) * row_b + tile * 16 * column_b + g * row_b + group * n + i])
+                    flat_a[A.elem_offset + r * _tap_strides(A, 2)[0] + (m + q) * A.strides[len(a_shape) - 2] + step_block * block + group * g + i],
+                    flat_b[B.elem_offset + r * _tap_strides(B, 3)[0] + q * _tap_strides(B, 3)[1] + step_block * (block // group) * B.strides[len(b_shape) - 3]
+                           + tile * 16 * B.strides[len(b_shape) - 2] + g * B.strides[len(b_shape) - 3] + group * n + i])
             for tile, m, n in T.grid(tiles, rows, 16):
-                flat_c[C.elem_offset + tile * 16 + m * row_c + n] = emulated_amx_tiles[tile, m, n]
+                flat_c[C.elem_offset + tile * 16 + m * C.strides[0] + n] = emulated_amx_tiles[tile, m, n]
 
     return emulated
 
@@ -223,10 +240,11 @@ def emulated_amx(monkeypatch):
     """Host compiles pack and schedule integer and bf16 layers for AMX, with the emulated kernel."""
     from kiln.backends.tvm import pipeline
 
-    def emulated_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int) -> str:
+    def emulated_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps=(1, 1)) -> str:
         rows = height * row_tiles  # stacked row tiles: one walk of their rows, `row_a` apart
-        name = f"test_emulated_{dot.name}_{rows}x{columns}x{steps}"
-        TensorIntrin.register(name, amx.tile_description(dot, rows, columns, steps), emulated_tile_kernel(dot, rows, columns, steps), override=True)
+        name = f"test_emulated_{dot.name}_{rows}x{columns}x{steps}_{taps[0]}x{taps[1]}"
+        TensorIntrin.register(name, amx.tile_description(dot, rows, columns, steps, taps),
+                              emulated_tile_kernel(dot, rows, columns, steps, taps), override=True)
         return name
 
     monkeypatch.setattr(pipeline, "integer_dots", lambda target: [AMX_INT8, *integer_dots(target)])

@@ -85,36 +85,71 @@ def weight_chunk(dot: DotInstruction, steps: int, columns: int) -> int:
     return max(fitting, default=tile_steps(dot))
 
 
-def tile_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int) -> str:
+def tile_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int] = (1, 1)) -> str:
     """The name of the registered kernel for `row_tiles` tiles of `height` rows × `columns` over
-    `steps` reduction steps."""
-    name = f"{dot.name}_{row_tiles}x{height}x{columns}x{steps}"
+    `steps` reduction steps, for each of a stride-1 convolution's `taps` (kernel rows × columns)."""
+    name = f"{dot.name}_{row_tiles}x{height}x{columns}x{steps}" + ("" if taps == (1, 1) else f"_taps{taps[0]}x{taps[1]}")
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, tile_description(dot, height * row_tiles, columns, steps),
-                              _implementation(dot, height, row_tiles, columns, steps))
+        TensorIntrin.register(name, tile_description(dot, height * row_tiles, columns, steps, taps),
+                              _implementation(dot, height, row_tiles, columns, steps, taps))
     return name
 
 
-def tile_description(dot: DotInstruction, rows: int, columns: int, steps: int):
-    """What one kernel computes: C[rows, columns] += A[rows, steps] · B (panel rows of groups of steps)."""
+def _operand_shapes(dot: DotInstruction, rows: int, columns: int, steps: int, taps: tuple[int, int]):
+    """The kernel's A and B: [rows, steps] and the panel [steps/G, columns, G]; over taps, the
+    input rows a tap reads [kernel rows, rows + kernel columns − 1, steps] and the panel's taps
+    [kernel rows, kernel columns, steps/G, columns, G]."""
+    if taps == (1, 1):
+        return (rows, steps), (steps // dot.group, columns, dot.group)
+    return (taps[0], rows + taps[1] - 1, steps), (*taps, steps // dot.group, columns, dot.group)
+
+
+def _strides(shape: tuple[int, ...]) -> list:
+    return [T.int32() for _ in shape[:-1]] + [1]
+
+
+def _whole(buffer):
+    return buffer[tuple(slice(0, extent) for extent in buffer.shape)]
+
+
+def tile_description(dot: DotInstruction, rows: int, columns: int, steps: int, taps: tuple[int, int] = (1, 1)):
+    """What one kernel computes: C[rows, columns] += A[rows, steps] · B (panel rows of groups of
+    steps); over taps, C[m, n] += Σ A[kh, m + kw, k] · B[kh, kw, k/G, n, k%G]."""
     group = dot.group
     if columns % TILE_COLUMNS or columns > ACCUMULATORS * TILE_COLUMNS or steps % tile_steps(dot) or not 0 < rows <= 2 * TILE_ROWS:
         raise ValueError(f"no AMX kernel for a {rows} x {columns} tile over {steps} steps")
+    a_shape, b_shape = _operand_shapes(dot, rows, columns, steps, taps)
+
+    if taps == (1, 1):
+        @T.prim_func(s_tir=True)
+        def description(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, a_shape, dot.activation, offset_factor=1, strides=_strides(a_shape))
+            B = T.match_buffer(b, b_shape, dot.weight, offset_factor=1, strides=_strides(b_shape))
+            C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[T.int32(), 1])
+            with T.sblock("root"):
+                T.reads(_whole(C), _whole(A), _whole(B))
+                T.writes(_whole(C))
+                for m, n, k in T.grid(rows, columns, steps):
+                    with T.sblock("update"):
+                        vm, vn, vk = T.axis.remap("SSR", [m, n, k])
+                        C[vm, vn] = C[vm, vn] + dot.product(A[vm, vk], B[vk // group, vn, vk % group])
+
+        return description
 
     @T.prim_func(s_tir=True)
-    def description(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (rows, steps), dot.activation, offset_factor=1, strides=[T.int32(), 1])
-        B = T.match_buffer(b, (steps // group, columns, group), dot.weight, offset_factor=1, strides=[T.int32(), T.int32(), 1])
+    def tap_description(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, a_shape, dot.activation, offset_factor=1, strides=_strides(a_shape))
+        B = T.match_buffer(b, b_shape, dot.weight, offset_factor=1, strides=_strides(b_shape))
         C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[T.int32(), 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:columns], A[0:rows, 0:steps], B[0 : steps // group, 0:columns, 0:group])
-            T.writes(C[0:rows, 0:columns])
-            for m, n, k in T.grid(rows, columns, steps):
+            T.reads(_whole(C), _whole(A), _whole(B))
+            T.writes(_whole(C))
+            for r, q, m, n, k in T.grid(taps[0], taps[1], rows, columns, steps):
                 with T.sblock("update"):
-                    vm, vn, vk = T.axis.remap("SSR", [m, n, k])
-                    C[vm, vn] = C[vm, vn] + dot.product(A[vm, vk], B[vk // group, vn, vk % group])
+                    vm, vn, vr, vq, vk = T.axis.remap("SSRRR", [m, n, r, q, k])
+                    C[vm, vn] = C[vm, vn] + dot.product(A[vr, vm + vq, vk], B[vr, vq, vk // group, vn, vk % group])
 
-    return description
+    return tap_description
 
 
 def _pointer(buffer, elements, element_bytes: int):
@@ -122,21 +157,33 @@ def _pointer(buffer, elements, element_bytes: int):
     return T.handle_add_byte_offset(buffer.data, (buffer.elem_offset + elements) * element_bytes)
 
 
-def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int):
+def _activation_offset(A, tap_row, tap_column, row):
+    """Elements from A's start to input row `row` (plus the tap's column) of kernel row `tap_row`."""
+    if len(A.shape) == 2:
+        return row * A.strides[0]
+    return tap_row * A.strides[0] + (row + tap_column) * A.strides[1]
+
+
+def _weight_offset(B, tap_row, tap_column):
+    """Elements from B's start to a tap's panel."""
+    return 0 if len(B.shape) == 3 else tap_row * B.strides[0] + tap_column * B.strides[1]
+
+
+def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int]):
     group, block_steps = dot.group, tile_steps(dot)
     element = DataType(dot.activation).bits // 8  # bytes per activation and weight element
     per_pass = min(ACCUMULATORS // row_tiles, columns // TILE_COLUMNS)  # column tiles per pass
     passes, rows = columns // TILE_COLUMNS // per_pass, height * row_tiles
+    a_shape, b_shape = _operand_shapes(dot, rows, columns, steps, taps)
 
     @T.prim_func(s_tir=True)
     def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
-        row_a, row_b, column_b, row_c = T.int32(), T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (rows, steps), dot.activation, offset_factor=1, strides=[row_a, 1])
-        B = T.match_buffer(b, (steps // group, columns, group), dot.weight, offset_factor=1, strides=[row_b, column_b, 1])
-        C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[row_c, 1])
+        A = T.match_buffer(a, a_shape, dot.activation, offset_factor=1, strides=_strides(a_shape))
+        B = T.match_buffer(b, b_shape, dot.weight, offset_factor=1, strides=_strides(b_shape))
+        C = T.match_buffer(c, (rows, columns), dot.accumulator, offset_factor=1, strides=[T.int32(), 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:columns], A[0:rows, 0:steps], B[0 : steps // group, 0:columns, 0:group])
-            T.writes(C[0:rows, 0:columns])
+            T.reads(_whole(C), _whole(A), _whole(B))
+            T.writes(_whole(C))
             config = T.alloc_buffer((CONFIG_BYTES,), "uint8", scope="local")
             for i in range(CONFIG_BYTES):
                 config[i] = T.uint8(0)
@@ -151,23 +198,28 @@ def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: i
                 for r in T.unroll(row_tiles):  # accumulator r·per_pass + j: row tile r, column tile j of this pass
                     for j in T.unroll(per_pass):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", r * per_pass + j),
-                                                      _pointer(C, r * height * row_c + (step * per_pass + j) * TILE_COLUMNS, 4), T.int64(row_c * 4)))
-                for block in range(steps // block_steps):
+                                                      _pointer(C, r * height * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
+                                                      T.int64(C.strides[0] * 4)))
+                for tap_row, tap_column, block in T.grid(taps[0], taps[1], steps // block_steps):
                     for r in T.unroll(row_tiles):
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", ACTIVATION_TILES[0] + r),
-                                                      _pointer(A, r * height * row_a + block * block_steps, element), T.int64(row_a * element)))
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.x86.tileloadd64", T.Cast("int8", ACTIVATION_TILES[0] + r),
+                            _pointer(A, _activation_offset(A, tap_row, tap_column, r * height) + block * block_steps, element),
+                            T.int64(A.strides[len(a_shape) - 2] * element)))
                     for j in T.unroll(per_pass):
-                        # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows `row_b` elements apart
+                        # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows B.strides[-3] elements apart
                         T.evaluate(T.call_llvm_intrin(
                             "void", "llvm.x86.tileloadd64", T.Cast("int8", WEIGHT_TILES[0] + j % 2),
-                            _pointer(B, block * (block_steps // group) * row_b + (step * per_pass + j) * TILE_COLUMNS * column_b, element),
-                            T.int64(row_b * element)))
+                            _pointer(B, _weight_offset(B, tap_row, tap_column) + block * (block_steps // group) * B.strides[len(b_shape) - 3]
+                                     + (step * per_pass + j) * TILE_COLUMNS * B.strides[len(b_shape) - 2], element),
+                            T.int64(B.strides[len(b_shape) - 3] * element)))
                         for r in T.unroll(row_tiles):
                             T.evaluate(T.call_llvm_intrin("void", dot.llvm_intrinsic, T.Cast("int8", r * per_pass + j),
                                                           T.Cast("int8", ACTIVATION_TILES[0] + r), T.Cast("int8", WEIGHT_TILES[0] + j % 2)))
                 for r in T.unroll(row_tiles):
                     for j in T.unroll(per_pass):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("int8", r * per_pass + j),
-                                                      _pointer(C, r * height * row_c + (step * per_pass + j) * TILE_COLUMNS, 4), T.int64(row_c * 4)))
+                                                      _pointer(C, r * height * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
+                                                      T.int64(C.strides[0] * 4)))
 
     return implementation

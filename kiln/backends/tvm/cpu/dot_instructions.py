@@ -71,6 +71,7 @@ class DotInstruction:
 
 
 DOT_ANNOTATION = "kiln.dot"  # block annotation: the DotInstruction.name a packed integer layer is laid out for
+TAPS_ANNOTATION = "kiln.dot_taps"  # "KHxKW": a stride-1 convolution whose AMX kernel may take all its taps
 
 
 def _vector_intrinsic(dot: DotInstruction, body):

@@ -18,7 +18,7 @@ from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.cpu import amx, winograd
-from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, DotInstruction
+from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
 # *_DOT: panels interleaved in groups of reduction steps for a dot-product instruction (int8, bf16)
@@ -55,9 +55,12 @@ def _product(x_value, weight_value, dot: DotInstruction | None):
     return x_value * weight_value if dot is None else dot.product(x_value, weight_value)
 
 
-def _block_attributes(dot: DotInstruction | None) -> dict[str, str] | None:
-    """Names the instruction on the compute block, for the schedule."""
-    return None if dot is None else {DOT_ANNOTATION: dot.name}
+def _block_attributes(dot: DotInstruction | None, taps: tuple[int, int] = (1, 1)) -> dict[str, str] | None:
+    """Names the instruction on the compute block, for the schedule, and the kernel taps a tile
+    kernel may cover (a stride-1 convolution reads its taps' input rows at fixed offsets)."""
+    if dot is None:
+        return None
+    return {DOT_ANNOTATION: dot.name, **({TAPS_ANNOTATION: f"{taps[0]}x{taps[1]}"} if dot.is_tile and taps != (1, 1) else {})}
 
 
 def _packed_matmul(x: te.Tensor, panels: te.Tensor, correction: te.Tensor | None = None, dot: DotInstruction | None = None) -> te.Tensor:
@@ -99,7 +102,7 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
     extra = ci - int(x.shape[3])  # the zero-weight channels that make the channel count whole groups
     padding_needed = top or left or bottom or right or extra
     padded = topi.nn.pad(x, [0, top, left, 0], [0, bottom, right, extra], pad_value=pad_value, name="pad") if padding_needed else x
-    (sh, sw), (dh, dw) = strides, dilation
+    (sh, sw), (dh, dw) = ([int(v) for v in values] for values in (strides, dilation))
     batch, height, width_in, _ = padded.shape
     out_h, out_w = _convolved(height, kh, sh, dh), _convolved(width_in, kw, sw, dw)
     rh, rw, ri = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, ci), "ri")
@@ -122,7 +125,7 @@ def _packed_conv2d_nhwc(x: te.Tensor, panels: te.Tensor, strides, padding, dilat
             axis=[rh, rw, ri],
         ),
         name=PACKED_CONV2D_DOT if grouped else PACKED_CONV2D,
-        attrs=_block_attributes(dot),
+        attrs=_block_attributes(dot, (kh, kw) if read is None and (sh, sw, dh, dw) == (1, 1, 1, 1) else (1, 1)),
     )
     return _corrected(product, correction)
 

@@ -25,7 +25,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from kiln.backends.tvm.cpu import amx
-from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, DotInstruction
+from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_DOT, PACKED_MATMUL_DOT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
 from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
@@ -90,6 +90,10 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     if block.name_hint not in DOT_BLOCKS or dot is None:
         return False
     sch.unannotate(info.block_rv, DOT_ANNOTATION)
+    taps = (1, 1)
+    if TAPS_ANNOTATION in block.annotations:
+        taps = tuple(int(v) for v in str(block.annotations[TAPS_ANNOTATION]).split("x"))
+        sch.unannotate(info.block_rv, TAPS_ANNOTATION)
     spatial, reduction = _split_loops(sch, info)
     columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
     panel, steps = packed_panel_width(block), static_extent(sch.get(reduction[-1]).extent)
@@ -108,17 +112,21 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
         chunk_outer, chunk_inner = sch.split(reduction[-1], [None, chunk])
         sch.reorder(column_outer, *reduction[:-1], chunk_outer, *spatial[:-2], row_outer, row_inner, column_inner, chunk_inner)
         tile, initialize_at = column_outer, (reduction[:-1] or [chunk_outer])[0]
+        kernel_at, taps = row_inner, (1, 1)
     else:
         chunk = steps
         sch.reorder(column_outer, *spatial[:-2], row_outer, *reduction[:-1], row_inner, column_inner, reduction[-1])
         tile = sch.fuse(column_outer, *spatial[:-2], row_outer)
         initialize_at = (reduction[:-1] or [row_inner])[0]
+        # a stride-1 convolution's kernel takes every tap: the tile configuration and the
+        # accumulators are loaded once per block of rows, not once per tap
+        kernel_at = reduction[0] if taps != (1, 1) else row_inner
     sch.parallel(tile)
     write_back = sch.cache_write(info.block_rv, 0, "global")
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.decompose_reduction(info.block_rv, initialize_at)
-    sch.annotate(row_inner, TENSORIZE, amx.tile_intrinsic(dot, height, row_tiles, panel, chunk))
+    sch.annotate(kernel_at, TENSORIZE, amx.tile_intrinsic(dot, height, row_tiles, panel, chunk, taps))
     write_loops = sch.get_loops(write_back)
     _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
     sch.vectorize(vector)
