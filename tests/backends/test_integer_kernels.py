@@ -268,6 +268,43 @@ def test_amx_linear_tiles_emulated(emulated_amx, rows, inner, outer):
         assert_matches(compiled(x), compiled.graph.run(x)[0], tolerance=1e-6)
 
 
+SHARES_THE_THREAD_WITH_MLAS = """
+import torch, onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+import kiln
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, 1, 1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(64, 128, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(128, 128, 3, 1, 1)).eval()
+x = torch.randn(1, 3, 112, 112)
+torch.onnx.export(model, (x,), "fp32.onnx", dynamo=False, input_names=["x"], opset_version=17)
+class Reader(CalibrationDataReader):
+    def __init__(self): self.batches = iter([{"x": x.numpy()}])
+    def get_next(self): return next(self.batches, None)
+quantize_static("fp32.onnx", "int8.onnx", Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+options = ort.SessionOptions(); options.intra_op_num_threads = 1
+session = ort.InferenceSession("int8.onnx", options, providers=["CPUExecutionProvider"])
+compiled = kiln.compile(model, (x,), target={"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1}, quantize="int8",
+                        calibration=[(x,)], threads=1)
+assert "tdpbusd" in next(row.note for row in compiled.report.rows if row.name == "ScheduleCPU")
+for _ in range(10):  # one thread: MLAS keeps its tile configuration across calls, Kiln's kernels run between them
+    session.run(None, {"x": x.numpy()})
+    compiled(x)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not {"amx-tile", "amx-int8"} <= host_features(), reason="needs a CPU with AMX (lscpu | grep amx)")
+def test_amx_kernels_leave_the_tile_configuration_they_found(tmp_path):
+    """ONNX Runtime's int8 kernels configure the tiles once per thread; a Kiln kernel in between
+    that left its own configuration made their next instruction illegal (SIGILL)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", SHARES_THE_THREAD_WITH_MLAS], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])
+
+
 def test_an_exported_amx_bundle_asks_linux_for_the_tile_state(tmp_path, monkeypatch):
     """Linux hands out AMX's tile state only on request: the bundle records the CPU features its
     kernels may use and its runner asks before it loads the library."""
@@ -296,7 +333,8 @@ def test_amx_bf16_layers(kind):
     model, x = bf16_model(kind)
     compiled = kiln.compile(model, (x,), target=AMX_TARGET, quantize="bf16")
     check(compiled, (x,), AMX_BF16, tolerance=2e-2)
-    assert "ldtilecfg" in assembly(compiled)
+    code = assembly(compiled)
+    assert "ldtilecfg" in code and "sttilecfg" in code  # its configuration, then the one it found put back
 
 
 @pytest.mark.parametrize("kind", ["linear", "convolution"])

@@ -28,7 +28,10 @@ tiles read bf16 bytes.
 The kernel writes its own tile configuration (`ldtilecfg`) first, since the configuration is
 per thread and the schedule's parallel loop may run any tile on any thread; that costs about 165
 cycles a call (10 instructions' worth), which is why kernels cover whole reductions or L1-sized
-chunks of them. Linux grants a process
+chunks of them. It puts back the configuration it found (`sttilecfg` first, `ldtilecfg` of it
+last; the init state if there was none): other libraries in the process keep theirs per thread
+across calls (ONNX Runtime's MLAS int8 kernels do, and hit an illegal instruction, #UD, on tiles
+shaped by Kiln's configuration). Linux grants a process
 the tile state only on request (`bundle_runner.request_amx_state`, called before the first run).
 """
 
@@ -193,6 +196,8 @@ def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: i
                 config[48 + tile] = T.uint8(height)
             config[48 + WEIGHT_TILES[0]] = T.uint8(TILE_ROWS)
             config[48 + WEIGHT_TILES[1]] = T.uint8(TILE_ROWS)
+            callers = T.alloc_buffer((CONFIG_BYTES,), "uint8", scope="local")  # the configuration found, restored at the end
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", callers.access_ptr("w")))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
             for step in T.unroll(passes):
                 for r in T.unroll(row_tiles):  # accumulator r·per_pass + j: row tile r, column tile j of this pass
@@ -221,5 +226,6 @@ def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: i
                         T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("int8", r * per_pass + j),
                                                       _pointer(C, r * height * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
                                                       T.int64(C.strides[0] * 4)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", callers.access_ptr("r")))
 
     return implementation
