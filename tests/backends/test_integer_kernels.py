@@ -161,7 +161,7 @@ AMX_CONVOLUTIONS = {
     "width_7_batch2_128_channels": (128, 64, 3, 1, 1, 1, 7, 7, 2),
     "3x3_stride2_odd_width": (64, 64, 3, 2, 1, 1, 9, 29, 1),
 }
-AMX_LINEARS = [(16, 256, 96), (32, 768, 64), (48, 128, 16), (28, 128, 32)]
+AMX_LINEARS = [(16, 256, 96), (32, 768, 64), (48, 128, 16), (28, 128, 32), (64, 1024, 256)]  # the last: a panel per task, 2 chunks, 2 row blocks a call
 
 
 def amx_convolution(name: str, target) -> tuple[kiln.CompiledModule, torch.Tensor]:
@@ -240,8 +240,8 @@ def emulated_amx(monkeypatch):
     """Host compiles pack and schedule integer and bf16 layers for AMX, with the emulated kernel."""
     from kiln.backends.tvm import pipeline
 
-    def emulated_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps=(1, 1)) -> str:
-        rows = height * row_tiles  # stacked row tiles: one walk of their rows, `row_a` apart
+    def emulated_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps=(1, 1), row_blocks=1) -> str:
+        rows = height * row_tiles * row_blocks  # stacked row tiles and blocks: one walk of their rows, `row_a` apart
         name = f"test_emulated_{dot.name}_{rows}x{columns}x{steps}_{taps[0]}x{taps[1]}"
         TensorIntrin.register(name, amx.tile_description(dot, rows, columns, steps, taps),
                               emulated_tile_kernel(dot, rows, columns, steps, taps), override=True)
@@ -325,10 +325,12 @@ def bf16_model(kind: str):
     """A bf16 linear stack or convolution stack whose layers come in whole AMX tiles."""
     if kind == "linear":
         return nn.Sequential(nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 48)).eval(), torch.randn(2, 32, 256)
+    if kind == "wide_linear":  # four panels: one per task, the reduction in two L1-sized chunks, all 64 rows in one call
+        return nn.Sequential(nn.Linear(512, 256), nn.GELU(), nn.Linear(256, 512)).eval(), torch.randn(1, 64, 512)
     return nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 128, 1)).eval(), torch.randn(1, 64, 6, 32)
 
 
-@pytest.mark.parametrize("kind", ["linear", "convolution"])
+@pytest.mark.parametrize("kind", ["linear", "wide_linear", "convolution"])
 def test_amx_bf16_layers(kind):
     model, x = bf16_model(kind)
     compiled = kiln.compile(model, (x,), target=AMX_TARGET, quantize="bf16")
@@ -337,7 +339,7 @@ def test_amx_bf16_layers(kind):
     assert "ldtilecfg" in code and "sttilecfg" in code  # its configuration, then the one it found put back
 
 
-@pytest.mark.parametrize("kind", ["linear", "convolution"])
+@pytest.mark.parametrize("kind", ["linear", "wide_linear", "convolution"])
 def test_amx_bf16_tiles_emulated(emulated_amx, kind):
     """float32 accumulation of bf16 products, rounded to bf16 as the IR rounds its outputs: within
     a bf16 ulp or two of the IR's (torch's) summation order."""

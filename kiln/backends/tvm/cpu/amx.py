@@ -88,13 +88,16 @@ def weight_chunk(dot: DotInstruction, steps: int, columns: int) -> int:
     return max(fitting, default=tile_steps(dot))
 
 
-def tile_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int] = (1, 1)) -> str:
-    """The name of the registered kernel for `row_tiles` tiles of `height` rows × `columns` over
-    `steps` reduction steps, for each of a stride-1 convolution's `taps` (kernel rows × columns)."""
-    name = f"{dot.name}_{row_tiles}x{height}x{columns}x{steps}" + ("" if taps == (1, 1) else f"_taps{taps[0]}x{taps[1]}")
+def tile_intrinsic(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int] = (1, 1),
+                   row_blocks: int = 1) -> str:
+    """The name of the registered kernel for `row_blocks` blocks of `row_tiles` tiles of `height`
+    rows × `columns` over `steps` reduction steps, for each of a stride-1 convolution's `taps`
+    (kernel rows × columns). Several row blocks in one call share its tile configuration."""
+    name = (f"{dot.name}_{row_tiles}x{height}x{columns}x{steps}" + ("" if taps == (1, 1) else f"_taps{taps[0]}x{taps[1]}")
+            + ("" if row_blocks == 1 else f"_blocks{row_blocks}"))
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, tile_description(dot, height * row_tiles, columns, steps, taps),
-                              _implementation(dot, height, row_tiles, columns, steps, taps))
+        TensorIntrin.register(name, tile_description(dot, height * row_tiles * row_blocks, columns, steps, taps),
+                              _implementation(dot, height, row_tiles, columns, steps, taps, row_blocks))
     return name
 
 
@@ -119,7 +122,7 @@ def tile_description(dot: DotInstruction, rows: int, columns: int, steps: int, t
     """What one kernel computes: C[rows, columns] += A[rows, steps] · B (panel rows of groups of
     steps); over taps, C[m, n] += Σ A[kh, m + kw, k] · B[kh, kw, k/G, n, k%G]."""
     group = dot.group
-    if columns % TILE_COLUMNS or columns > ACCUMULATORS * TILE_COLUMNS or steps % tile_steps(dot) or not 0 < rows <= 2 * TILE_ROWS:
+    if columns % TILE_COLUMNS or columns > ACCUMULATORS * TILE_COLUMNS or steps % tile_steps(dot) or rows <= 0:
         raise ValueError(f"no AMX kernel for a {rows} x {columns} tile over {steps} steps")
     a_shape, b_shape = _operand_shapes(dot, rows, columns, steps, taps)
 
@@ -172,11 +175,12 @@ def _weight_offset(B, tap_row, tap_column):
     return 0 if len(B.shape) == 3 else tap_row * B.strides[0] + tap_column * B.strides[1]
 
 
-def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int]):
+def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: int, steps: int, taps: tuple[int, int], row_blocks: int):
     group, block_steps = dot.group, tile_steps(dot)
     element = DataType(dot.activation).bits // 8  # bytes per activation and weight element
     per_pass = min(ACCUMULATORS // row_tiles, columns // TILE_COLUMNS)  # column tiles per pass
-    passes, rows = columns // TILE_COLUMNS // per_pass, height * row_tiles
+    passes, block_rows = columns // TILE_COLUMNS // per_pass, height * row_tiles
+    rows = block_rows * row_blocks
     a_shape, b_shape = _operand_shapes(dot, rows, columns, steps, taps)
 
     @T.prim_func(s_tir=True)
@@ -199,17 +203,17 @@ def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: i
             callers = T.alloc_buffer((CONFIG_BYTES,), "uint8", scope="local")  # the configuration found, restored at the end
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", callers.access_ptr("w")))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
-            for step in T.unroll(passes):
+            for row_block, step in T.grid(row_blocks, passes):
                 for r in T.unroll(row_tiles):  # accumulator r·per_pass + j: row tile r, column tile j of this pass
                     for j in T.unroll(per_pass):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("int8", r * per_pass + j),
-                                                      _pointer(C, r * height * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
+                                                      _pointer(C, (row_block * block_rows + r * height) * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
                                                       T.int64(C.strides[0] * 4)))
                 for tap_row, tap_column, block in T.grid(taps[0], taps[1], steps // block_steps):
                     for r in T.unroll(row_tiles):
                         T.evaluate(T.call_llvm_intrin(
                             "void", "llvm.x86.tileloadd64", T.Cast("int8", ACTIVATION_TILES[0] + r),
-                            _pointer(A, _activation_offset(A, tap_row, tap_column, r * height) + block * block_steps, element),
+                            _pointer(A, _activation_offset(A, tap_row, tap_column, row_block * block_rows + r * height) + block * block_steps, element),
                             T.int64(A.strides[len(a_shape) - 2] * element)))
                     for j in T.unroll(per_pass):
                         # 16 groups of steps (rows of B) × 16 columns × one group (64 bytes), rows B.strides[-3] elements apart
@@ -224,7 +228,7 @@ def _implementation(dot: DotInstruction, height: int, row_tiles: int, columns: i
                 for r in T.unroll(row_tiles):
                     for j in T.unroll(per_pass):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("int8", r * per_pass + j),
-                                                      _pointer(C, r * height * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
+                                                      _pointer(C, (row_block * block_rows + r * height) * C.strides[0] + (step * per_pass + j) * TILE_COLUMNS, 4),
                                                       T.int64(C.strides[0] * 4)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", callers.access_ptr("r")))
 

@@ -102,9 +102,13 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
         return False
     height, row_tiles = blocking
     outputs_per_panel = math.prod(static_extent(sch.get(loop).extent) or 0 for loop in spatial[:-1]) * panel
-    row_outer, row_inner = sch.split(spatial[-2], [None, height * row_tiles])
+    panel_per_task = columns // panel >= PANEL_TASKS and 0 < outputs_per_panel * 4 <= PANEL_ACCUMULATOR_BYTES
+    # one kernel call for all of a panel's rows when nothing else (batch, image rows) lies between
+    # them and the chunk loop: the tile configuration is set once per chunk, not per block of rows
+    row_blocks = rows // (height * row_tiles) if panel_per_task and outputs_per_panel == rows * panel else 1
+    row_outer, row_inner = sch.split(spatial[-2], [None, height * row_tiles * row_blocks])
     column_outer, column_inner = sch.split(spatial[-1], [None, panel])
-    if columns // panel >= PANEL_TASKS and 0 < outputs_per_panel * 4 <= PANEL_ACCUMULATOR_BYTES:
+    if panel_per_task:
         # one panel per task, its reduction (taps, then chunks of input channels) outermost: each
         # chunk of weights stays in L1 while every row tile of the panel reads it, rather than
         # streaming from L2 once per row tile; the panel's accumulators carry over from chunk to chunk
@@ -126,7 +130,7 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
     sch.reverse_compute_at(write_back, tile)
     _inline_epilogues(sch, write_back)
     sch.decompose_reduction(info.block_rv, initialize_at)
-    sch.annotate(kernel_at, TENSORIZE, amx.tile_intrinsic(dot, height, row_tiles, panel, chunk, taps))
+    sch.annotate(kernel_at, TENSORIZE, amx.tile_intrinsic(dot, height, row_tiles, panel, chunk, taps, row_blocks))
     write_loops = sch.get_loops(write_back)
     _, vector = sch.split(sch.fuse(*write_loops[1:]), [None, amx.TILE_COLUMNS])
     sch.vectorize(vector)
