@@ -21,8 +21,8 @@ from kiln.errors import (
 from kiln.module import CompiledModule, load
 from kiln.passes import PASSES, PIPELINES, register_pass
 from kiln.passes.low_rank import LowRank
-from kiln.passes.prune import Prune
-from kiln.passes.quantize import Quantize
+from kiln.passes.pruning import Prune
+from kiln.passes.quantization import Quantize
 from kiln.tune import tune
 
 __version__ = "0.1.0"

@@ -19,8 +19,8 @@ from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipe
 from kiln.passes.instrument import PassRecord
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.low_rank import LowRank, low_rank_passes
-from kiln.passes.prune import Prune, pruning_passes
-from kiln.passes.quantize import Quantize, quantization_passes
+from kiln.passes.pruning import Prune, pruning_passes
+from kiln.passes.quantization import Quantize, quantization_passes
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.signature import Signature
 

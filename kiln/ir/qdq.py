@@ -61,9 +61,28 @@ def _rewrite_static_layer(graph: Graph, layer: fx.Node) -> bool:
     return True
 
 
+def _pool_in_float(graph: Graph, pool: fx.Node) -> None:
+    """A max-pool on uint8 (kiln/passes/quantization/integer_regions.py) as QDQ spells it:
+    DequantizeLinear → MaxPool → QuantizeLinear, which ONNX Runtime fuses back into uint8 pooling."""
+    quantized = pool.args[0]
+    g = graph.module.graph
+    with g.inserting_before(pool):
+        real = g.call_function(decomposed.dequantize_per_tensor.default, (quantized, *quantized.args[1:], *UINT8))
+    pool.replace_input_with(quantized, real)
+    with g.inserting_after(pool):
+        again = g.call_function(kiln_ops.quantize.default, (pool, *quantized.args[1:]))
+    pool.replace_all_uses_with(again, delete_user_cb=lambda user: user is not again)
+
+
 def as_qdq(graph: Graph) -> Graph:
     """A copy of `graph` in which quantized layers are QDQ (see the module's docstring)."""
     graph = graph.copy()
+    for node in list(graph.module.graph.nodes):
+        if node.op == "call_function" and node.args and getattr(node.args[0], "target", None) == kiln_ops.quantize.default \
+                and node.target == aten.max_pool2d.default:
+            _pool_in_float(graph, node)
+    for node in graph.module.graph.find_nodes(op="call_function", target=kiln_ops.dequantize.default):
+        node.target, node.args = decomposed.dequantize_per_tensor.default, (*node.args, *UINT8)
     for layer in [n for n in graph.module.graph.nodes if n.target in (kiln_ops.qconv2d.default, kiln_ops.qlinear.default)]:
         _rewrite_static_layer(graph, layer)
     for node in list(graph.module.graph.nodes):

@@ -19,13 +19,32 @@ INT8_RANGE = (-127, 127)  # symmetric: −128 unused, so that −w is representa
 
 @torch.library.custom_op("kiln::quantize", mutates_args=())
 def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """float → uint8: round(x / scale) + zero_point, saturated."""
-    return torch.clamp(torch.round(x / scale) + zero_point, *UINT8_RANGE).to(torch.uint8)
+    """float → uint8: round(x · (1 / scale)) + zero_point, saturated. A multiply by the float32
+    reciprocal, as fbgemm and oneDNN quantize: a vector divide in every layer's epilogue cost
+    ResNet-18's stem a quarter of its time."""
+    return torch.clamp(torch.round(x * reciprocal(scale)) + zero_point, *UINT8_RANGE).to(torch.uint8)
+
+
+def reciprocal(scale: float) -> float:
+    """1 / scale rounded to float32: the factor both the reference and the compiled code multiply by."""
+    return torch.tensor(1.0 / scale, dtype=torch.float32).item()
 
 
 @quantize.register_fake
 def _(x, scale, zero_point):
     return torch.empty_like(x, dtype=torch.uint8)
+
+
+@torch.library.custom_op("kiln::dequantize", mutates_args=())
+def dequantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 → float32: (x − zero_point) · scale, the real value a float op reads from an integer
+    tensor (kiln/passes/quantization/integer_regions.py)."""
+    return (x.to(torch.float32) - zero_point) * scale
+
+
+@dequantize.register_fake
+def _(x, scale, zero_point):
+    return torch.empty_like(x, dtype=torch.float32)
 
 
 def _exact(tensor: torch.Tensor) -> torch.Tensor:

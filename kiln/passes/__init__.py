@@ -3,7 +3,7 @@
 Importing this package registers every built-in pass.
 """
 
-from kiln.passes import cleanup, fold_batch_norm, fold_constants, half_precision, low_rank, merge_parallel_linear, prune, prune_heads, prune_magnitude, quantize, remove_noops  # noqa: F401
+from kiln.passes import cleanup, fold_batch_norm, fold_constants, low_rank, merge_parallel_linear, pruning, quantization, remove_noops  # noqa: F401
 from kiln.passes.bisect import BisectResult, bisect
 from kiln.passes.instrument import DebugDir, Drift, PassRecord, Report
 from kiln.passes.manager import PassManager

@@ -51,12 +51,16 @@ def assembly(compiled: kiln.CompiledModule, form: str = "asm") -> str:
 
 
 def check(compiled: kiln.CompiledModule, inputs: tuple[torch.Tensor, ...], dot: DotInstruction, board=None,
-          tolerance: float = 1e-6) -> None:
+          tolerance: float = 1e-6, kernels: int | None = None) -> None:
     """Equal to the integer IR where this CPU (or the board) runs the code; the instruction in the
-    assembly always."""
+    assembly always; with `kernels`, that many layers on dot-product instructions (none left as
+    plain integer loops)."""
     assert dot.mnemonic in assembly(compiled), f"no {dot.mnemonic} in the generated code"
     schedule = next(row for row in compiled.report.rows if row.name == "ScheduleCPU")
     assert re.search(rf"dot-product kernels on (.*, )?{dot.mnemonic} \d+", schedule.note), schedule.note  # the report says so
+    if kernels is not None:
+        counts = re.findall(r"(?:on |, )\w+ (\d+)", schedule.note.split("dot-product kernels", 1)[1])
+        assert sum(map(int, counts)) == kernels, schedule.note
     if board is not None:
         compiled = compiled.to_remote(board.address)
     elif compiled.target.missing_cpu_features():
@@ -76,6 +80,7 @@ CONVOLUTIONS = {
     "pointwise_out48_batch3": (32, 48, 1, 1, 0, 1, 7, 5, 3),
     "grouped": (16, 32, 3, 1, 1, 2, 9, 9, 1),
     "out24_on_16_lanes": (16, 24, 3, 1, 1, 1, 8, 8, 1),
+    "strided_pointwise_64_steps": (64, 48, 1, 2, 0, 1, 14, 14, 1),  # a reduction as short as ResNet's 1×1 downsample
 }
 
 
@@ -103,7 +108,8 @@ LINEARS = [(1, 128, 32), (33, 768, 48), (7, 260, 80)]
 def test_static_int8_convolutions(path, name):
     dot, mcpu = PATHS[path]
     compiled, x = static_int8_convolution(name, target_for(dot, mcpu))
-    check(compiled, (x,), dot)
+    grouped = CONVOLUTIONS[name][5] > 1  # grouped convolutions stay plain integer code
+    check(compiled, (x,), dot, kernels=1 if grouped else 2)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -111,7 +117,7 @@ def test_static_int8_convolutions(path, name):
 def test_dynamic_int8_linears(path, rows, inner, outer):
     dot, mcpu = PATHS[path]
     compiled, x = dynamic_int8_linear(rows, inner, outer, target_for(dot, mcpu))
-    check(compiled, (x,), dot)
+    check(compiled, (x,), dot, kernels=2)
 
 
 @pytest.mark.parametrize("name", CONVOLUTIONS)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch.fx as fx
 
+from kiln.ir.quantized_ops import reciprocal
+
 # the zero point of dynamic int8 activations carried as uint8: symmetric int8 values + 128
 DYNAMIC_ZERO_POINT = 128
 
@@ -33,14 +35,31 @@ def _clamped(x, low: float, high: float) -> Any:
 
 
 def _quantize(node: fx.Node, importer) -> Any:
-    """round(x / scale) + zero_point, saturated to uint8: exactly the IR's uint8 values."""
+    """round(x · (1 / scale)) + zero_point, saturated to uint8: exactly the IR's uint8 values, carried
+    as uint8 between kernels (pooled as they are; layers take off the zero point, `_activations`)."""
     from tvm import relax
 
     x, scale, zero_point = importer.env[node.args[0]], node.args[1], node.args[2]
     bb = importer.block_builder
-    rounded = relax.op.add(relax.op.round(relax.op.divide(x, relax.const(scale, x.ty.dtype))), relax.const(zero_point, x.ty.dtype))
-    values = bb.emit(relax.op.astype(_clamped(bb.emit(rounded), 0.0, 255.0), "uint8"))
-    return _less_zero_point(values, zero_point, importer)
+    scaled = relax.op.multiply(x, relax.const(reciprocal(scale), x.ty.dtype))
+    rounded = relax.op.add(relax.op.round(scaled), relax.const(zero_point, x.ty.dtype))
+    return bb.emit(relax.op.astype(_clamped(bb.emit(rounded), 0.0, 255.0), "uint8"))
+
+
+def _dequantize(node: fx.Node, importer) -> Any:
+    """(x − zero_point) · scale in float32: inside the kernel of the float op that reads it."""
+    from tvm import relax
+
+    x, scale, zero_point = importer.env[node.args[0]], node.args[1], node.args[2]
+    less = relax.op.subtract(relax.op.astype(x, "float32"), relax.const(float(zero_point), "float32"))
+    return importer.block_builder.emit(relax.op.multiply(less, relax.const(scale, "float32")))
+
+
+def _activations(node: fx.Node, importer) -> Any:
+    """An integer layer's input less its zero point (int16): static uint8 values widened here,
+    dynamic ones arrive so (`_quantize_dynamic`)."""
+    x = importer.env[node.args[0]]
+    return _less_zero_point(x, node.args[1], importer) if x.ty.dtype == "uint8" else x
 
 
 def _quantize_dynamic(node: fx.Node, importer) -> Any:
@@ -60,8 +79,8 @@ def _quantize_dynamic(node: fx.Node, importer) -> Any:
 def _qconv2d(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    # the input is `_quantize`'s int16 less its zero point: plain zero padding, no correction
-    x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
+    # the input less its zero point: plain zero padding, no correction
+    x, weight = _activations(node, importer), importer.env[node.args[2]]
     stride, padding, dilation, groups = node.args[3], node.args[4], node.args[5], node.args[6]
     return importer.block_builder.emit(relax.op.nn.conv2d(x, weight, stride, padding, dilation, groups, out_dtype="int32"))
 
@@ -69,8 +88,7 @@ def _qconv2d(node: fx.Node, importer) -> Any:
 def _qlinear(node: fx.Node, importer) -> Any:
     from tvm import relax
 
-    # the input is `_quantize`'s or `_quantize_dynamic`'s int16, less its zero point
-    x, weight = importer.env[node.args[0]], importer.env[node.args[2]]
+    x, weight = _activations(node, importer), importer.env[node.args[2]]
     return importer.block_builder.emit(relax.op.matmul(x, relax.op.permute_dims(weight, [1, 0]), out_dtype="int32"))
 
 
@@ -158,6 +176,7 @@ def _embedding_weight_only(node: fx.Node, importer) -> Any:
 QUANTIZED_CONVERTERS = {
     "embedding_weight_only.default": _embedding_weight_only,
     "linear_weight_only.default": _linear_weight_only,
+    "dequantize.default": _dequantize,
     "quantize.default": _quantize,
     "qconv2d.default": _qconv2d,
     "qlinear.default": _qlinear,

@@ -302,4 +302,4 @@ def quantization_passes(quantize: str | Quantize | None, calibration: Sequence[A
         raise PassError(f"quantize='{config.mode}' is not supported; Kiln quantizes 'int8' (static, calibrated), 'dynamic_int8', 'weight_int8', 'weight_int4', 'fp16' and 'bf16'")
     options = {"calibration": calibration, "method": config.method, "percentile": config.percentile, "keep_float": config.keep_float,
                "evaluate": config.evaluate, "max_accuracy_drop": config.max_accuracy_drop}
-    return [("quantize_int8", options), ("cse", {}), ("dce", {})]
+    return [("quantize_int8", options), ("cse", {}), ("integer_regions", {}), ("dce", {})]
