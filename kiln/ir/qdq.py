@@ -77,10 +77,9 @@ def _pool_in_float(graph: Graph, pool: fx.Node) -> None:
 def as_qdq(graph: Graph) -> Graph:
     """A copy of `graph` in which quantized layers are QDQ (see the module's docstring)."""
     graph = graph.copy()
-    for node in list(graph.module.graph.nodes):
-        if node.op == "call_function" and node.args and getattr(node.args[0], "target", None) == kiln_ops.quantize.default \
-                and node.target == aten.max_pool2d.default:
-            _pool_in_float(graph, node)
+    for pool in graph.module.graph.find_nodes(op="call_function", target=aten.max_pool2d.default):
+        if pool.args[0].target == kiln_ops.quantize.default:
+            _pool_in_float(graph, pool)
     for node in graph.module.graph.find_nodes(op="call_function", target=kiln_ops.dequantize.default):
         node.target, node.args = decomposed.dequantize_per_tensor.default, (*node.args, *UINT8)
     for layer in [n for n in graph.module.graph.nodes if n.target in (kiln_ops.qconv2d.default, kiln_ops.qlinear.default)]:

@@ -4,8 +4,9 @@ torch.export, and lower to TVM integer compute (kiln/backends/tvm/quantized.py).
 
 Activations are uint8 with a zero point, weights int8 symmetric per output channel; products
 accumulate in int32 of (x − zero_point)·w. Here the input is padded with its zero point, so that
-padding contributes nothing once it is taken off; TVM's lowering carries the activations as int16
-less their zero point instead (kiln/backends/tvm/quantized.py), what AVX2's vpmaddwd multiplies.
+padding contributes nothing once it is taken off; TVM's lowering carries the activations as uint8
+between kernels and, inside a layer, as int16 less their zero point instead
+(kiln/backends/tvm/quantized.py), what AVX2's vpmaddwd multiplies.
 """
 
 from __future__ import annotations

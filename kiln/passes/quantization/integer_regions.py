@@ -34,7 +34,7 @@ def _is_float(node: fx.Node) -> bool:
 def _share_quantized(graph: Graph, quantized: fx.Node) -> int:
     """Float readers of the quantize's input read its dequantized uint8 instead; how many."""
     value, scale, zero_point = quantized.args
-    readers = [u for u in value.users if u is not quantized and u.op != "output" and u.target != kiln_ops.quantize.default]
+    readers = [u for u in value.users if u.target != kiln_ops.quantize.default]
     if not readers or not _is_float(value) or any(u.op == "output" for u in value.users):
         return 0
     g = graph.module.graph
