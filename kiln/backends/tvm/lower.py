@@ -202,16 +202,18 @@ def _addmm(node: fx.Node, importer) -> Any:
 
 def _split_with_sizes(node: fx.Node, importer) -> Any:
     """split into pieces of the given sizes as one slice per piece: Relax's split, which the
-    importer emits, rejects the repeated cut positions of zero-size pieces (ONNX Split allows them)."""
+    importer emits, rejects the repeated cut positions of zero-size pieces (ONNX Split allows them)
+    and takes no dynamic sizes (Kiln's LM step splits its attention weights [cache | new tokens])."""
     from tvm import relax
 
     sizes = node.args[1]
-    if all(size > 0 for size in sizes):
+    if all(isinstance(size, int) and size > 0 for size in sizes):
         return _stock_converter(importer, "split_with_sizes.default")(node)
     x = importer.env[node.args[0]]
     dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(x.ty.shape)
-    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-    pieces = [relax.op.strided_slice(x, [dim], [end - size], [end]) for size, end in zip(sizes, ends)]
+    bounds = [importer.env[size] if isinstance(size, fx.Node) else size for size in sizes]
+    ends = [sum(bounds[: i + 1]) for i in range(len(bounds))]
+    pieces = [relax.op.strided_slice(x, [dim], [end - size], [end], assume_inbound=True) for size, end in zip(bounds, ends)]
     return importer.block_builder.emit(relax.Tuple([importer.block_builder.emit(p) for p in pieces]))
 
 
@@ -309,6 +311,18 @@ def _slice(node: fx.Node, importer) -> Any:
         return _stock_converter(importer, "slice.Tensor")(node)
     x = importer.env[node.args[0]]
     return importer.block_builder.emit(relax.op.strided_slice(x, [dim], [0], [importer.env[end]], [1], assume_inbound=True))
+
+
+def _select(node: fx.Node, importer) -> Any:
+    """x.select(dim, i) as a one-wide slice: the importer's `take` with a negative index (`h[:, -1]`,
+    a decoder's last token) reads before the tensor in TVM's fast take, whatever the dim's size."""
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    dim, index = node.args[1] % len(x.ty.shape), node.args[2]
+    start = x.ty.shape[dim] + index if index < 0 else index
+    piece = importer.block_builder.emit(relax.op.strided_slice(x, [dim], [start], [start + 1], assume_inbound=True))
+    return importer.block_builder.emit(relax.op.squeeze(piece, [dim]))
 
 
 def _stock_converter(importer, name: str) -> Callable[[fx.Node], Any]:
@@ -452,6 +466,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "cat.default": _cat,
     **{name: _layer_norm(name) for name in ("layer_norm.default", "native_layer_norm.default")},
     "slice.Tensor": _slice,
+    "select.int": _select,
     **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},
     "index.Tensor": _index,
     "cumsum.default": _scan("cumsum"),
