@@ -3,11 +3,13 @@
     cm = kiln.compile(model, example_inputs=(x,), target="llvm")
     y = cm(x)
     cm.save("model.kiln"); cm = kiln.load("model.kiln")
+    lm = kiln.compile_causal_lm(hf_model, max_length=512); lm.generate(input_ids, max_new_tokens=32)
 """
 
 from kiln.backends.targets import TARGETS
 from kiln.compiler import bisect, compile
 from kiln.distill import distill
+from kiln.llm import CompiledCausalLM, compile_causal_lm
 from kiln.errors import (
     ArtifactError,
     BackendError,
@@ -28,6 +30,6 @@ from kiln.tune import tune
 __version__ = "0.1.0"
 
 __all__ = [
-    "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "BackendError", "CompiledModule", "FrontendError", "InputMismatchError",
-    "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "distill", "load", "register_pass", "tune",
+    "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "BackendError", "CompiledCausalLM", "CompiledModule", "FrontendError", "InputMismatchError",
+    "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "compile_causal_lm", "distill", "load", "register_pass", "tune",
 ]

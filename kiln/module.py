@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -13,6 +13,9 @@ from kiln.errors import TargetError
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Report
 from kiln.signature import Signature
+
+if TYPE_CHECKING:
+    from kiln.llm.causal_lm import CompiledCausalLM
 
 
 class CompiledModule:
@@ -105,15 +108,19 @@ def _builder() -> dict[str, str]:
     return versions
 
 
-def load(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> CompiledModule:
+def load(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> "CompiledModule | CompiledCausalLM":
     """Restore a module saved with `CompiledModule.save`, in any process.
 
     Loading maps the artifact's native library into this process, which runs its code: load only
     artifacts you built or whose signer you trust. With `trusted_keys` (Ed25519 public keys, their
     PEM files or hex strings), an artifact not signed by one of them is refused before anything is
-    unpacked or loaded."""
+    unpacked or loaded. An artifact saved by `CompiledCausalLM.save` loads as that."""
 
     def restore(manifest: dict[str, Any], folder: Path) -> CompiledModule:
+        if manifest.get("kind") == "causal_lm":
+            from kiln.llm.causal_lm import restore as restore_causal_lm
+
+            return restore_causal_lm(manifest, folder)
         target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
         threads = manifest.get("threads")
         executable = get_backend(manifest["backend"]).load(folder, target, threads)

@@ -65,11 +65,12 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     scale = scaling if scaling is not None else dim ** -0.5
     grouped = query.view(batch, kv_heads, heads // kv_heads, steps, dim)  # [B,Hkv,G,T,D]
     cached_mask, new_mask = state.masks[sliding_window if sliding_window in state.masks else None]
-    cached_scores = grouped @ key[:, :, None].transpose(-1, -2) * scale + cached_mask[:, :, None]
-    new_scores = grouped @ new_key[:, :, None].transpose(-1, -2) * scale + new_mask[:, :, None]
+    # einsum, not matmul with a broadcast head axis: that is lowered as a copy of the whole cache
+    cached_scores = torch.einsum("bhgtd,bhsd->bhgts", grouped, key) * scale + cached_mask[:, :, None]
+    new_scores = torch.einsum("bhgtd,bhsd->bhgts", grouped, new_key) * scale + new_mask[:, :, None]
     weights = torch.softmax(torch.cat([cached_scores, new_scores], dim=-1).float(), dim=-1).to(query.dtype)
     cached_weights, new_weights = torch.split(weights, [slots, steps], dim=-1)
-    output = cached_weights @ value[:, :, None] + new_weights @ new_value[:, :, None]
+    output = torch.einsum("bhgts,bhsd->bhgtd", cached_weights, value) + torch.einsum("bhgts,bhsd->bhgtd", new_weights, new_value)
     return output.reshape(batch, heads, steps, dim).transpose(1, 2), None
 
 

@@ -62,13 +62,20 @@ def request_amx_state() -> None:
 def load_bundle(folder: Path = HERE):
     """(virtual machine, device, manifest) of the bundle in `folder`."""
     manifest = json.loads((folder / "kiln_bundle.json").read_text())
-    library = _verified_library(folder, manifest)
+    vm, device = load_verified_module(folder, manifest, manifest)
+    return vm, device, manifest
+
+
+def load_verified_module(folder: Path, library: dict, manifest: dict):
+    """(virtual machine, device) of the library `library` names ("library", "library_sha256"),
+    checked first; `manifest` says the device and the CPU features the kernels use."""
+    path = _verified_library(folder, library)
     if manifest["device"] == "cuda":
         _load_cuda_runtime()
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
     if "amx-tile" in manifest.get("cpu_features", []):
         request_amx_state()
-    return VirtualMachine(tvm.runtime.load_module(str(library)), device), device, manifest
+    return VirtualMachine(tvm.runtime.load_module(str(path)), device), device
 
 
 class BundleError(Exception):
@@ -81,9 +88,9 @@ def _verified_library(folder: Path, manifest: dict) -> Path:
     name = manifest.get("library", "")
     path = folder / name
     if not name or "/" in name or "\\" in name or name in (".", "..") or path.is_symlink() or not path.is_file():
-        raise BundleError(f"kiln_bundle.json names library {name!r}: not a plain file of {folder}; refused")
+        raise BundleError(f"the bundle's manifest names library {name!r}: not a plain file of {folder}; refused")
     if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("library_sha256"):
-        raise BundleError(f"{path}: its SHA-256 is not the one kiln_bundle.json records; refused (re-export the bundle)")
+        raise BundleError(f"{path}: its SHA-256 is not the one the bundle's manifest records; refused (re-export the bundle)")
     return path
 
 
