@@ -1,0 +1,163 @@
+"""kiln.compile_causal_lm: generated tokens equal `transformers`' own generate, token for token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers as tf
+
+import kiln
+from kiln.errors import FrontendError, InputMismatchError
+
+VOCAB = 256
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+FAMILIES = {
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**SMALL)),
+    "qwen2_gqa": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**SMALL, num_key_value_heads=2)),
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256)),
+}
+MORE_FAMILIES = {
+    "mistral_sliding_window": lambda: tf.MistralForCausalLM(tf.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=6)),
+    "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16)),
+    "gemma_mqa": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=16)),
+    "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0, eos_token_id=2, bos_token_id=1)),
+    "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**SMALL)),
+    "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                                  num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64)),
+}
+MAX_LENGTH = 48
+NEW_TOKENS = 20
+
+
+def _model(make) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return make().eval()
+
+
+def _prompt(length: int, seed: int = 1, rows: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _greedy(model: torch.nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    """A Llama-style LM compiled for two rows (one-row calls fill the other with padding)."""
+    model = _model(FAMILIES["llama"])
+    return model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH, batch_size=2)
+
+
+def _assert_greedy_matches(model, lm, lengths=(5, 14)) -> None:
+    for length in lengths:
+        ids = _prompt(length)
+        expected = _greedy(model, ids)
+        got = lm.generate(ids, max_new_tokens=NEW_TOKENS)
+        assert torch.equal(got, expected), f"prompt of {length}: {got[0, length:].tolist()} != {expected[0, length:].tolist()}"
+
+
+@pytest.mark.parametrize("family", ["qwen2_gqa", "gpt2"])
+def test_greedy_generation_equals_transformers(family):
+    model = _model(FAMILIES[family])
+    _assert_greedy_matches(model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH))
+
+
+def test_llama_greedy_generation_equals_transformers(llama):
+    _assert_greedy_matches(*llama)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(MORE_FAMILIES))
+def test_more_families_generate_as_transformers(family):
+    model = _model(MORE_FAMILIES[family])
+    _assert_greedy_matches(model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH))
+
+
+def test_left_padded_batch_generates_each_row_as_transformers(llama):
+    model, lm = llama
+    ids = torch.cat([_prompt(9, seed=2), torch.cat([torch.zeros(1, 4, dtype=torch.long), _prompt(5, seed=3)], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    expected = _greedy(model, ids, attention_mask=mask, pad_token_id=0)
+    assert torch.equal(lm.generate(ids, max_new_tokens=NEW_TOKENS, attention_mask=mask), expected)
+
+
+def test_stream_yields_the_greedy_tokens_one_step_at_a_time(llama):
+    model, lm = llama
+    ids = _prompt(7)
+    tokens = [token for token in lm.stream(ids, max_new_tokens=NEW_TOKENS)]
+    assert all(token.shape == (1,) for token in tokens)
+    assert torch.cat(tokens).tolist() == _greedy(model, ids)[0, 7:].tolist()
+    timings = lm.timings
+    assert timings["prompt_tokens"] == 7 and timings["decoded"] == len(tokens) - 1 and timings["first_token_s"] > 0
+
+
+def test_sampling_is_reproducible_with_a_seed(llama):
+    _, lm = llama
+    ids = _prompt(6)
+    options = dict(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=0.8, top_k=50, top_p=0.95)
+    first = lm.generate(ids, seed=0, **options)
+    assert torch.equal(first, lm.generate(ids, seed=0, **options))
+    assert not torch.equal(first, lm.generate(ids, seed=1, **options))
+    # top_k=1 leaves one candidate: sampling is then greedy decoding
+    assert torch.equal(lm.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=1, seed=3),
+                       lm.generate(ids, max_new_tokens=NEW_TOKENS))
+
+
+def test_saved_lm_generates_the_same_tokens_in_a_new_process(llama, tmp_path):
+    model, lm = llama
+    lm.save(tmp_path / "lm.kiln")
+    ids = _prompt(11)
+    script = textwrap.dedent(f"""
+        import json, sys, torch, kiln
+        lm = kiln.load({str(tmp_path / 'lm.kiln')!r})
+        print(json.dumps(lm.generate(torch.tensor({ids.tolist()}), max_new_tokens={NEW_TOKENS}).tolist()))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == _greedy(model, ids).tolist()
+
+
+def test_exported_bundle_generates_with_numpy_and_the_tvm_runtime(llama, tmp_path):
+    model, lm = llama
+    bundle = lm.export(tmp_path / "bundle")
+    ids = _prompt(8)
+    result = subprocess.run([sys.executable, str(bundle / "run.py"), "--prompt-ids", ",".join(map(str, ids[0].tolist())),
+                             "--max-new-tokens", str(NEW_TOKENS)], capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "TVM_USE_RUNTIME_LIB": "1", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert [int(t) for t in result.stdout.split(",")] == _greedy(model, ids)[0, 8:].tolist()
+    assert "tokens/s" in result.stderr
+
+
+def test_exported_bundle_refuses_a_swapped_library(llama, tmp_path):
+    _, lm = llama
+    bundle = lm.export(tmp_path / "bundle")
+    (bundle / "decode.so").write_bytes((bundle / "write.so").read_bytes())
+    result = subprocess.run([sys.executable, str(bundle / "run.py"), "--prompt-ids", "5,6"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "SHA-256" in result.stderr
+
+
+def test_unsupported_architecture_is_refused_by_name():
+    model = tf.BertForMaskedLM(tf.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(FrontendError, match=r"BertForMaskedLM \(model_type 'bert'\) is not a decoder family .* supported: .*Llama"):
+        kiln.compile_causal_lm(model)
+
+
+def test_inputs_beyond_the_compiled_sizes_are_clear_errors(llama):
+    _, lm = llama
+    with pytest.raises(InputMismatchError, match="needs 53 cache slots; this LM is compiled with max_length=48"):
+        lm.generate(_prompt(33), max_new_tokens=NEW_TOKENS)
+    with pytest.raises(InputMismatchError, match="3 prompts, but this LM is compiled for batch 2"):
+        lm.generate(_prompt(4, rows=3), max_new_tokens=2)
+    with pytest.raises(InputMismatchError, match="outside the vocabulary"):
+        lm.generate(torch.tensor([[1, VOCAB]]), max_new_tokens=2)
+    with pytest.raises(InputMismatchError, match="left padding"):
+        lm.generate(_prompt(4), max_new_tokens=2, attention_mask=torch.tensor([[1, 1, 0, 1]]))
