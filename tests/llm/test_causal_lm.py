@@ -161,3 +161,21 @@ def test_inputs_beyond_the_compiled_sizes_are_clear_errors(llama):
         lm.generate(torch.tensor([[1, VOCAB]]), max_new_tokens=2)
     with pytest.raises(InputMismatchError, match="left padding"):
         lm.generate(_prompt(4), max_new_tokens=2, attention_mask=torch.tensor([[1, 1, 0, 1]]))
+
+
+def test_emulated_rpi4_board_generates_the_host_greedy_tokens(llama, aarch64_board, tmp_path):
+    """Cross-compiled for the Raspberry Pi 4, exported, and generated on the emulated aarch64 board
+    by the bundle's run.py with the board's TVM runtime (correctness only: the CPU is emulated)."""
+    from kiln.backends.tvm.runtime.emulated_board import prepare
+
+    model, _ = llama
+    bundle = kiln.compile_causal_lm(model, max_length=24, target="rpi4").export(tmp_path / "bundle")
+    ids = _prompt(6)
+    board = prepare()
+    result = subprocess.run([str(board / "python"), str(bundle / "run.py"), "--prompt-ids", ",".join(map(str, ids[0].tolist())),
+                             "--max-new-tokens", "8"], capture_output=True, text=True, timeout=600,
+                            env={"PYTHONPATH": str(board / "site-packages"), "TVM_USE_RUNTIME_LIB": "1"})
+    assert result.returncode == 0, result.stderr
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=8, do_sample=False)[0, 6:].tolist()
+    assert [int(t) for t in result.stdout.split(",")] == expected
