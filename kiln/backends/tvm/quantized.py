@@ -102,17 +102,25 @@ def _stored_integer(load, column, bits: int, dtype: str):
 
     if bits == 8:
         return load(column).astype(dtype)
-    nibble = (load(column // 2) >> ((column % 2) * 4).astype("uint8")) & te.const(15, "uint8")
+    # shifted as int32: x86 has no byte-lane shifts, so a uint8 shift is widened, shifted and narrowed again
+    nibble = (load(column // 2).astype("int32") >> ((column % 2) * 4).astype("int32")) & te.const(15, "int32")
     return nibble.astype(dtype) - te.const(8.0, dtype)
+
+
+DIRECT_ROWS = 8  # up to this many rows (a decode step's batch), weights are widened in registers
 
 
 def _weight_only_matmul(x, panels, scales, bits: int):
     """x [M, K] @ dequantized weightᵀ in one TIR function. The integer weight arrives in panels
-    [N/P, K(/2 for int4), P] and its scales as [groups, N] (both rearranged at build time), so
-    widening it is a contiguous, vectorized pass that writes the float panels [N/P, K, P] the
-    register-tiled matmul reads. The function also takes x, so FoldConstant cannot turn the
-    integer bytes back into float constants: the module keeps the small weights."""
-    from tvm import te
+    [N/P, K(/2 for int4), P] and its scales as [groups, N] (both rearranged at build time). The
+    function also takes x, so FoldConstant cannot turn the integer bytes back into float constants:
+    the module keeps the small weights.
+
+    For a few rows (decoding: one token per sequence) each weight is used once or a few times, so
+    it is widened where it is used, in registers, and the kernel streams the integer bytes: decoding
+    is bound by the bytes read. For more rows (a prompt) widening is a contiguous, vectorized pass
+    that writes each column block's float panel [K, P] into cache once for all row tiles."""
+    from tvm import te, tirx
 
     rows, depth = x.shape
     count, _, width = panels.shape
@@ -122,9 +130,33 @@ def _weight_only_matmul(x, panels, scales, bits: int):
         value = _stored_integer(lambda stored: panels[jo, stored, ji], kk, bits, x.dtype)
         return value * scales[kk // group, jo * width + ji].astype(x.dtype)
 
-    panel = te.compute((count, depth, width), widened, name="widened_weight")
+    if isinstance(rows, (int, tirx.IntImm)) and int(rows) <= DIRECT_ROWS:
+        if bits == 8:
+            k = te.reduce_axis((0, depth), name="k")
+            return te.compute((rows, count * width), lambda i, j: te.sum(x[i, k] * widened(j // width, k, j % width), axis=k),
+                              name="linear_weight_only")
+        # int4: one step per byte, both nibbles, so the shifts are constants and every lane's the same
+        pair = te.reduce_axis((0, depth // 2), name="k")
+
+        def pairs(i, j):
+            byte = panels[j // width, pair, j % width].astype("int32")
+            low = (byte & 15).astype(x.dtype) - te.const(8.0, x.dtype)
+            high = (byte >> 4).astype(x.dtype) - te.const(8.0, x.dtype)
+            scale = scales[pair * 2 // group, j].astype(x.dtype)
+            return te.sum((x[i, pair * 2] * low + x[i, pair * 2 + 1] * high) * scale, axis=pair)
+
+        return te.compute((rows, count * width), pairs, name="linear_weight_only")
     k = te.reduce_axis((0, depth), name="k")
+    panel = te.compute((count, depth, width), widened, name="widened_weight")
     return te.compute((rows, count * width), lambda i, j: te.sum(x[i, k] * panel[j // width, k, j % width], axis=k), name="linear_weight_only")
+
+
+def _product(dims: list) -> Any:
+    """The product of static or symbolic dims (a reshape to [-1, K] leaves a symbolic one unknown)."""
+    total = 1
+    for dim in dims:
+        total = total * dim
+    return total
 
 
 def _linear_weight_only(node: fx.Node, importer) -> Any:
@@ -133,16 +165,16 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     x, weight, scales = (importer.env[a] for a in node.args[:3])
     bits, bias = node.args[3], node.args[4] if len(node.args) > 4 else None
     bb = importer.block_builder
-    shape = [int(d) for d in x.ty.shape]
+    shape = list(x.ty.shape)  # leading dims may be symbolic (a prompt's length)
     out_features, stored = (int(d) for d in weight.ty.shape)
     width = next(w for w in (PANEL, 8, 1) if out_features % w == 0)
     # constant rearrangements of integer constants: FoldConstant does them once, still integer
     panels = bb.emit(relax.op.permute_dims(relax.op.reshape(weight, [out_features // width, width, stored]), [0, 2, 1]))
-    flat = bb.emit(relax.op.reshape(x, [-1, shape[-1]]))
+    flat = bb.emit(relax.op.reshape(x, [_product(shape[:-1]), shape[-1]]))
     result = bb.emit_te(_weight_only_matmul, flat, panels, bb.emit(relax.op.permute_dims(scales, [1, 0])), bits)
     if bias is not None:
         result = bb.emit(relax.op.add(result, importer.env[bias]))
-    return bb.emit(relax.op.reshape(result, shape[:-1] + [out_features]))
+    return bb.emit(relax.op.reshape(result, [*shape[:-1], out_features]))
 
 
 def _widened_rows(rows, scales, bits: int):
@@ -164,8 +196,8 @@ def _embedding_weight_only(node: fx.Node, importer) -> Any:
 
     weight, scales, bits, indices = importer.env[node.args[0]], importer.env[node.args[1]], node.args[2], importer.env[node.args[3]]
     bb = importer.block_builder
-    index_shape = [int(d) for d in indices.ty.shape]
-    flat = bb.emit(relax.op.reshape(indices, [-1]))
+    index_shape = list(indices.ty.shape)
+    flat = bb.emit(relax.op.reshape(indices, [_product(index_shape)]))
     rows = bb.emit(relax.op.take(weight, flat, axis=0))
     row_scales = bb.emit(relax.op.take(scales, flat, axis=0))
     widened = bb.emit_te(_widened_rows, rows, row_scales, bits)
