@@ -179,3 +179,37 @@ def test_emulated_rpi4_board_generates_the_host_greedy_tokens(llama, aarch64_boa
     with torch.no_grad():
         expected = model.generate(ids, max_new_tokens=8, do_sample=False)[0, 6:].tolist()
     assert [int(t) for t in result.stdout.split(",")] == expected
+
+
+def test_cli_generates_from_a_transformers_folder_and_from_the_saved_lm(tmp_path, capsys):
+    from kiln.cli import main
+
+    model = _model(FAMILIES["gpt2"])
+    model.save_pretrained(tmp_path / "gpt2")
+    ids = _prompt(6)
+    expected = ",".join(map(str, _greedy(model, ids)[0, 6:12].tolist()))
+    prompt = ",".join(map(str, ids[0].tolist()))
+    assert main(["generate", str(tmp_path / "gpt2"), "--prompt-ids", prompt, "--max-new-tokens", "6", "-o", str(tmp_path / "lm.kiln")]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().splitlines()[-1] == expected and "tokens/s" in out.err
+    assert main(["generate", str(tmp_path / "lm.kiln"), "--prompt-ids", prompt, "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    assert main(["generate", str(tmp_path / "lm.kiln"), "--prompt-ids", "1,x"]) == 1
+    assert "comma-separated integer token ids" in capsys.readouterr().err
+
+
+def test_cuda_lm_is_built_here_with_cuda_kernels_and_refused_without_a_gpu():
+    """Built on this machine for CUDA (run where a GPU is: benchmarks/gpu.py); without one,
+    generation is a clear error, not a crash."""
+    import tvm
+
+    from kiln.errors import TargetError
+
+    model = _model(FAMILIES["qwen2_gqa"])
+    lm = kiln.compile_causal_lm(model, max_length=16, target="cuda")
+    assert all("cuda" in part.module_kinds() for part in lm.parts.values())
+    if not tvm.cuda(0).exist:
+        with pytest.raises(TargetError, match="no CUDA device"):
+            lm.generate(_prompt(4), max_new_tokens=2)
+    else:
+        assert torch.equal(lm.generate(_prompt(4), max_new_tokens=8).cpu(), model.generate(_prompt(4), max_new_tokens=8, do_sample=False))
