@@ -31,6 +31,7 @@ from kiln.llm.step import CausalLMStep
 from kiln.passes.instrument import Report
 
 KIND = "causal_lm"
+PROMPT_MULTIPLE = 16  # a vector of AVX-512 floats: the prefill's attention tiles its key columns too
 PARTS = ("prefill", "decode", "write")
 
 
@@ -52,25 +53,32 @@ def compile_causal_lm(
     import kiln
 
     family = check_family(model)
-    if not isinstance(max_length, int) or max_length < 2:
-        raise InputMismatchError(f"max_length={max_length!r}: give the most tokens (prompt + generated) a row may hold, at least 2")
+    if not isinstance(max_length, int) or max_length <= PROMPT_MULTIPLE:
+        raise InputMismatchError(f"max_length={max_length!r}: give the most tokens (prompt + generated) a row may hold, "
+                                 f"more than {PROMPT_MULTIPLE} (prompts are padded to a multiple of {PROMPT_MULTIPLE})")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputMismatchError(f"batch_size={batch_size!r}: give the number of prompts generated together, at least 1")
     resolved = resolve_target(target)
     if resolved.backend != "tvm":
         raise TargetError(f"compile_causal_lm needs a TVM target ('llvm', 'cuda', a board); got '{resolved.name}'")
-    layout = cache_layout(model, batch_size, max_length)
+    layout = cache_layout(model, batch_size, max_length, PROMPT_MULTIPLE)
     step = CausalLMStep(model, max_length, sliding_windows(model))
     cache = [torch.zeros(layout.shape()[1:]) for _ in range(2 * layout.layers)]
     pad = torch.zeros(batch_size, dtype=torch.long)
-    prompt = torch.randint(0, layout.vocab, (batch_size, min(8, max_length - 1)), generator=torch.Generator().manual_seed(0))
-    tokens = torch.export.Dim("prompt_tokens", min=1, max=max_length - 1)
+    # prompts are left-padded to a multiple of PROMPT_MULTIPLE tokens and passed as [B, blocks, 16],
+    # so the prefill's matmuls know their row count divides by 16 and tile several rows at a time
+    # (a dynamic count tiles one row)
+    most_blocks = (max_length - 1) // PROMPT_MULTIPLE
+    example_blocks = min(2, most_blocks)
+    # one block at most: a static prompt shape (torch.export has no dim of a single size)
+    blocks = torch.export.Dim("prompt_blocks", min=1, max=most_blocks) if most_blocks > 1 else None
+    prompt = torch.randint(0, layout.vocab, (batch_size, example_blocks, PROMPT_MULTIPLE), generator=torch.Generator().manual_seed(0))
     options = dict(target=target, quantize=quantize, threads=threads, verbose=verbose)
     with stage("compiling the prefill step"):
-        prefill = kiln.compile(step, (prompt, torch.tensor(0), pad, *cache), **options,
-                               dynamic_shapes={"input_ids": {1: tokens}, "start": None, "pad": None, "cache": (None,) * len(cache)})
+        prefill = kiln.compile(step, (prompt, torch.tensor(0), pad), **options,
+                               dynamic_shapes={"input_ids": {1: blocks}, "start": None, "pad": None} if blocks else None)
     with stage("compiling the decode step"):
-        decode = kiln.compile(step, (prompt[:, :1], torch.tensor(prompt.shape[1]), pad, *cache), **options)
+        decode = kiln.compile(step, (prompt[:, 0, :1], torch.tensor(prompt[0].numel()), pad, *cache), **options)
     with stage("building the KV-cache writer"):
         writer = build_cache_writer(resolved, *layout.shape(), dtype=layout.dtype)
     config = model.generation_config if getattr(model, "generation_config", None) is not None else model.config

@@ -30,6 +30,7 @@ class CacheLayout:
     slots: int
     head_dim: int
     vocab: int
+    prompt_multiple: int = 1  # prompts are left-padded to a multiple of this many tokens
     dtype: str = "float32"
 
     def shape(self) -> tuple[int, ...]:
@@ -53,12 +54,12 @@ def check_family(model: Any) -> str:
     return model_type
 
 
-def cache_layout(model: Any, batch: int, slots: int) -> CacheLayout:
+def cache_layout(model: Any, batch: int, slots: int, prompt_multiple: int) -> CacheLayout:
     config = model.config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return CacheLayout(config.num_hidden_layers, batch, kv_heads, slots, head_dim, config.vocab_size)
+    return CacheLayout(config.num_hidden_layers, batch, kv_heads, slots, head_dim, config.vocab_size, prompt_multiple)
 
 
 def sliding_windows(model: Any) -> tuple[int, ...]:

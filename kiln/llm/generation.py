@@ -25,8 +25,9 @@ class GenerationError(ValueError):
 
 
 class Generator:
-    """prefill/decode: VM functions (ids [B,T], start [], pad [B], keys×L, values×L) → (logits [B,V],
-    new keys [L,B,H,T,D], new values); write: VM function (cache, rows, start) writing in place."""
+    """prefill: VM function (ids [B,T/16,16], start [], pad [B]); decode: (ids [B,1], start, pad,
+    keys×L, values×L); both → (logits [B,V], new keys [L,B,H,T,D], new values); write: VM function
+    (cache×L, rows, start) writing in place."""
 
     def __init__(self, prefill: Callable, decode: Callable, write: Callable, layout: dict, device,
                  eos_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
@@ -45,9 +46,9 @@ class Generator:
     def _tensor(self, array: np.ndarray):
         return tvm.runtime.tensor(np.require(array, requirements="C"), device=self.device)  # (ascontiguousarray makes 0-d 1-d)
 
-    def _step(self, function: Callable, ids: np.ndarray, start: int, pad: np.ndarray) -> np.ndarray:
+    def _step(self, function: Callable, ids: np.ndarray, start: int, pad: np.ndarray, *cache) -> np.ndarray:
         start_tensor = self._tensor(np.array(start, dtype="int64"))
-        logits, new_keys, new_values = function(self._tensor(ids), start_tensor, self._tensor(pad), *self.keys, *self.values)
+        logits, new_keys, new_values = function(self._tensor(ids), start_tensor, self._tensor(pad), *cache)
         self.write(*self.keys, new_keys, start_tensor)
         self.write(*self.values, new_values, start_tensor)
         return logits.numpy()
@@ -73,9 +74,12 @@ class Generator:
                                  "pad prompts on the left for generation")
         if (ids < 0).any() or (ids >= self.layout["vocab"]).any():
             raise self.error(f"input_ids hold ids outside the vocabulary [0, {self.layout['vocab']})")
+        extra = -length % self.layout.get("prompt_multiple", 1)  # left padding up to the prefill's multiple
+        ids = np.concatenate([np.zeros((rows, extra), dtype="int64"), ids], axis=1)
+        pad = pad + extra
         filler = batch - rows  # unused rows of the compiled batch: all padding, never read
-        ids = np.concatenate([ids, np.zeros((filler, length), dtype="int64")])
-        pad = np.concatenate([pad, np.full(filler, length, dtype="int64")])
+        ids = np.concatenate([ids, np.zeros((filler, ids.shape[1]), dtype="int64")])
+        pad = np.concatenate([pad, np.full(filler, ids.shape[1], dtype="int64")])
         return ids, pad, rows
 
     def stream(self, input_ids, max_new_tokens: int, attention_mask=None, do_sample: bool = False,
@@ -84,14 +88,16 @@ class Generator:
         ids, pad, rows = self._prompt(input_ids, attention_mask)
         length = ids.shape[1]
         if max_new_tokens < 1 or length + max_new_tokens > self.layout["slots"]:
-            raise self.error(f"a prompt of {length} tokens and max_new_tokens={max_new_tokens} needs "
-                             f"{length + max_new_tokens} cache slots; this LM is compiled with max_length={self.layout['slots']}")
+            raise self.error(f"a prompt of {length} tokens (padded to a multiple of {self.layout.get('prompt_multiple', 1)}) and "
+                             f"max_new_tokens={max_new_tokens} need {length + max_new_tokens} cache slots; this LM is compiled "
+                             f"with max_length={self.layout['slots']}")
         choose = _sampler(temperature, top_k, top_p, seed) if do_sample else _greedy
         done = np.zeros(ids.shape[0], dtype=bool)
         done[rows:] = True
         started = time.perf_counter()
-        logits = self._step(self.prefill, ids, 0, pad)
-        self.timings = {"prompt_tokens": length, "first_token_s": None, "decode_s": 0.0, "decoded": 0}
+        multiple = self.layout.get("prompt_multiple", 1)
+        logits = self._step(self.prefill, ids.reshape(ids.shape[0], -1, multiple) if multiple > 1 else ids, 0, pad)
+        self.timings = {"prompt_tokens": int(np.asarray(input_ids).shape[-1]), "first_token_s": None, "decode_s": 0.0, "decoded": 0}
         for produced in range(max_new_tokens):
             token = np.where(done, self.pad_token_id, choose(logits))
             if produced == 0:
@@ -101,7 +107,7 @@ class Generator:
             if done.all() or produced == max_new_tokens - 1:
                 return
             tick = time.perf_counter()
-            logits = self._step(self.decode, token[:, None], length + produced, pad)
+            logits = self._step(self.decode, token[:, None], length + produced, pad, *self.keys, *self.values)
             self.timings["decode_s"] += time.perf_counter() - tick
             self.timings["decoded"] += 1
 

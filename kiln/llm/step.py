@@ -32,12 +32,13 @@ class _StepCache:
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         self.keys, self.values = keys, values
+        self.reads_cache = bool(keys)  # a prefill from slot 0 has nothing cached to read
         self.new_keys: dict[int, torch.Tensor] = {}
         self.new_values: dict[int, torch.Tensor] = {}
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         self.new_keys[layer_idx], self.new_values[layer_idx] = key, value
-        return self.keys[layer_idx], self.values[layer_idx]
+        return (self.keys[layer_idx], self.values[layer_idx]) if self.reads_cache else (key, value)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
@@ -59,18 +60,19 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     Registered as a `transformers` attention implementation, used only inside Kiln's step."""
     state = _StepState.current
     layer = module.layer_idx
-    new_key, new_value = state.cache.new_keys[layer], state.cache.new_values[layer]
     batch, heads, steps, dim = query.shape
-    kv_heads, slots = key.shape[1], key.shape[2]
+    kv_heads = key.shape[1]
     scale = scaling if scaling is not None else dim ** -0.5
     grouped = query.view(batch, kv_heads, heads // kv_heads, steps, dim)  # [B,Hkv,G,T,D]
     cached_mask, new_mask = state.masks[sliding_window if sliding_window in state.masks else None]
+    blocks = [(state.cache.new_keys[layer], state.cache.new_values[layer], new_mask)]
+    if state.cache.reads_cache:
+        blocks.insert(0, (key, value, cached_mask))
     # einsum, not matmul with a broadcast head axis: that is lowered as a copy of the whole cache
-    cached_scores = torch.einsum("bhgtd,bhsd->bhgts", grouped, key) * scale + cached_mask[:, :, None]
-    new_scores = torch.einsum("bhgtd,bhsd->bhgts", grouped, new_key) * scale + new_mask[:, :, None]
-    weights = torch.softmax(torch.cat([cached_scores, new_scores], dim=-1).float(), dim=-1).to(query.dtype)
-    cached_weights, new_weights = torch.split(weights, [slots, steps], dim=-1)
-    output = torch.einsum("bhgts,bhsd->bhgtd", cached_weights, value) + torch.einsum("bhgts,bhsd->bhgtd", new_weights, new_value)
+    scores = [torch.einsum("bhgtd,bhsd->bhgts", grouped, k) * scale + mask[:, :, None] for k, _, mask in blocks]
+    weights = torch.softmax(torch.cat(scores, dim=-1).float() if len(scores) > 1 else scores[0].float(), dim=-1).to(query.dtype)
+    pieces = torch.split(weights, [k.shape[2] for k, _, _ in blocks], dim=-1) if len(blocks) > 1 else [weights]
+    output = sum(torch.einsum("bhgts,bhsd->bhgtd", piece, v) for piece, (_, v, _) in zip(pieces, blocks))
     return output.reshape(batch, heads, steps, dim).transpose(1, 2), None
 
 
@@ -98,8 +100,9 @@ def _attention_implementation(model: torch.nn.Module) -> Iterator[None]:
 
 
 class CausalLMStep(torch.nn.Module):
-    """(input_ids [B,T], start [], pad [B], cache keys/values per layer [B,Hkv,S,D]) →
-    (logits of the last token [B,V], new keys [L,B,Hkv,T,D], new values [L,B,Hkv,T,D])."""
+    """(input_ids [B,T] or [B,T/16,16], start [], pad [B], cache keys/values per layer [B,Hkv,S,D]) →
+    (logits of the last token [B,V], new keys [L,B,Hkv,T,D], new values [L,B,Hkv,T,D]).
+    Without cache tensors it is a prefill from slot 0: attention over the prompt alone."""
 
     def __init__(self, model: torch.nn.Module, slots: int, sliding_windows: tuple[int, ...] = ()) -> None:
         super().__init__()
@@ -109,6 +112,8 @@ class CausalLMStep(torch.nn.Module):
         self.layers = model.config.num_hidden_layers
 
     def forward(self, input_ids: torch.Tensor, start: torch.Tensor, pad: torch.Tensor, *cache: torch.Tensor):
+        if input_ids.dim() == 3:  # a prompt in blocks [B, n, 16]: the prefill's row count is a multiple of 16
+            input_ids = input_ids.reshape(input_ids.shape[0], -1)
         batch, steps = input_ids.shape
         query_slot = start + torch.arange(steps)  # [T]: where the new tokens go in the cache
         positions = torch.relu(query_slot[None, :] - pad[:, None])  # [B,T]: a row's first real token is at 0
@@ -119,7 +124,7 @@ class CausalLMStep(torch.nn.Module):
         _StepState.current = _StepState(step_cache, masks)
         try:
             with _attention_implementation(self.model):
-                hidden = self.model.base_model(input_ids=input_ids, position_ids=positions, attention_mask=masks[None][0],
+                hidden = self.model.base_model(input_ids=input_ids, position_ids=positions, attention_mask=masks[None][1],
                                                cache=step_cache, use_cache=True).last_hidden_state
         finally:
             _StepState.current = None
@@ -139,6 +144,5 @@ class CausalLMStep(torch.nn.Module):
                 seen = seen & (query_slot[None, :, None] - key_slot[None, None, :] < window)
             return torch.where(seen, 0.0, lowest)[:, None]
 
-        cached = additive(slot)
-        cached = torch.where((slot < query_slot[0])[None, None, None, :], cached, lowest)  # filled slots only
+        cached = torch.where((slot < query_slot[0])[None, None, None, :], additive(slot), lowest)  # filled slots only
         return cached, additive(query_slot)

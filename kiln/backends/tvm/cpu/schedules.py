@@ -19,6 +19,7 @@ import math
 from typing import Callable
 
 from tvm import s_tir, tirx
+from tvm.sym.analyzer import Analyzer
 from tvm.error import InternalError
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -95,7 +96,7 @@ def amx_tile_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
         taps = tuple(int(v) for v in str(block.annotations[TAPS_ANNOTATION]).split("x"))
         sch.unannotate(info.block_rv, TAPS_ANNOTATION)
     spatial, reduction = _split_loops(sch, info)
-    columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
+    columns, rows = _known_multiple(sch.get(spatial[-1]).extent), _known_multiple(sch.get(spatial[-2]).extent)
     panel, steps = packed_panel_width(block), static_extent(sch.get(reduction[-1]).extent)
     blocking = None if panel is None else amx.tile_blocking(rows, panel)
     if None in (columns, blocking, steps) or columns % panel:
@@ -203,7 +204,7 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
         spatial.insert(0, sch.add_unit_loop(spatial[0]))
     if not reduction:
         return False
-    columns, rows = static_extent(sch.get(spatial[-1]).extent), static_extent(sch.get(spatial[-2]).extent)
+    columns, rows = _known_multiple(sch.get(spatial[-1]).extent), _known_multiple(sch.get(spatial[-2]).extent)
     if columns is None:
         return False
     lanes = dot.lanes if dot is not None else column_lanes(columns, unit.lanes)
@@ -271,6 +272,20 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     _, vector = sch.split(fused, [None, lanes])
     sch.vectorize(vector)
     return True
+
+
+KNOWN_MULTIPLES = (16, 8, 4, 2)  # what a dynamic extent may be known to be a multiple of
+
+
+def _known_multiple(extent) -> int | None:
+    """A static extent, or for a dynamic one a multiple of it TVM can prove (a prompt padded to 16
+    tokens: 16·n rows, and as many key columns in its attention scores), which the register tile
+    then divides; None when nothing is known (no column tiles; one-row tiles)."""
+    known = static_extent(extent)
+    if known is not None:
+        return known
+    analyzer = Analyzer()
+    return next((m for m in KNOWN_MULTIPLES if analyzer.can_prove_equal(tirx.floormod(extent, m), 0)), None)
 
 
 def row_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
