@@ -5,13 +5,17 @@ The modules are built on this machine for the GPU's architecture and exported as
 library alone, so it needs neither Kiln's compiler stack nor a matching PyTorch build.
 
     python benchmarks/gpu.py build OUT_DIR --arch sm_90 CASE...   # here; CASE = model:precision (fp32, fp16)
+                                                                  # or llm_small:fp32 / :weight_int8 / :weight_int4
     python benchmarks/gpu.py check OUT_DIR... --json RESULT.json  # on the GPU machine
     python benchmarks/gpu.py report RESULT.json...                # here: results/gpu.md
 
 Every bundle carries its inputs and the eager float32 outputs computed here (CPU); on the GPU,
 Kiln's outputs are compared with those, and eager PyTorch on the GPU is compared with them too (a
 check that both machines built the same weights). Speed: interleaved medians in one process,
-each call synchronized; torch.compile in its default mode and in "max-autotune".
+each call synchronized; torch.compile in its default mode and in "max-autotune". An `llm_small`
+case is a Llama-style decoder LM (`kiln.compile_causal_lm`, small enough for one transfer): its
+bundle's own generation loop runs on the GPU, its greedy tokens are compared with `transformers`'
+greedy tokens computed here, and its time to first token and decode tokens/s are recorded.
 """
 
 from __future__ import annotations
@@ -61,6 +65,61 @@ def example(name: str):
     return models.ZOO[name]()
 
 
+LM_PROMPT, LM_NEW_TOKENS = 32, 32
+
+
+def lm_example():
+    """A Llama-style LM (4 layers, 256 wide, GQA 8/2 heads, 1,000-token vocabulary) and a prompt."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None  # every run makes all its tokens
+    return model, torch.randint(3, 1000, (1, LM_PROMPT), generator=torch.Generator().manual_seed(0))
+
+
+def _build_lm(out_dir: Path, target: str | dict[str, Any], case: str, precision: str) -> None:
+    import kiln
+
+    model, prompt = lm_example()
+    start = time.perf_counter()
+    lm = kiln.compile_causal_lm(model, max_length=LM_PROMPT + LM_NEW_TOKENS, target=target,
+                                quantize=None if precision == "fp32" else precision)
+    seconds = time.perf_counter() - start
+    folder = lm.export(out_dir / case.replace(":", "-"))
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=LM_NEW_TOKENS, do_sample=False)[:, LM_PROMPT:]
+    np.savez(folder / CHECK_FILE, prompt=prompt.numpy(), expected=expected.numpy())
+    (folder / CASE_FILE).write_text(json.dumps({"model": "llm_small", "kind": "lm", "precision": precision, "build_s": seconds}))
+    size = sum(p.stat().st_size for p in folder.glob("*.so")) / 1e6
+    print(f"{case}: built in {seconds:.1f} s, {size:.1f} MB", flush=True)
+
+
+def check_lm_bundle(folder: Path, case: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """The bundle's own generation loop (run.py) on its device: greedy tokens against the ones
+    `transformers` made at build time (fp32 must equal them), then TTFT and decode tokens/s."""
+    spec = importlib.util.spec_from_file_location(f"lm_{folder.name}", folder / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # run.py imports the bundle's bundle_runner.py
+    spec.loader.exec_module(runner)
+    generator = runner.load_generator(folder)
+    data = np.load(folder / CHECK_FILE)
+    record: dict[str, Any] = dict(case, bundle=folder.name)
+    got = generator.generate(data["prompt"], LM_NEW_TOKENS)[:, LM_PROMPT:]
+    record["token_agreement"] = float((got == data["expected"]).mean())
+    record["matches"] = record["token_agreement"] == 1.0 or case["precision"] != "fp32"
+    firsts, rates = [], []
+    for _ in range(repeats):
+        generator.generate(data["prompt"], LM_NEW_TOKENS)
+        firsts.append(generator.timings["first_token_s"])
+        rates.append(generator.timings["decoded"] / generator.timings["decode_s"])
+    record["ttft_ms"] = float(np.median(firsts)) * 1e3
+    record["decode_tokens_per_s"] = float(np.median(rates))
+    return record
+
+
 def _flat_outputs(result: Any) -> list[torch.Tensor]:
     return list(torch.utils._pytree.tree_leaves(result))
 
@@ -73,6 +132,9 @@ def build(out_dir: Path, target: str | dict[str, Any], cases: list[str]) -> None
 
     for case in cases:
         name, precision = case.split(":")
+        if name == "llm_small":
+            _build_lm(out_dir, target, case, precision)
+            continue
         model, inputs = example(name)
         start = time.perf_counter()
         compiled = kiln.compile(
@@ -144,6 +206,8 @@ def _torch_contenders(
 @torch.no_grad()
 def check_bundle(folder: Path, repeats: int, compile_modes: list[str]) -> dict[str, Any]:
     case = json.loads((folder / CASE_FILE).read_text())
+    if case.get("kind") == "lm":
+        return check_lm_bundle(folder, case, max(3, repeats // 20))
     device = json.loads((folder / "kiln_bundle.json").read_text())["device"]  # "cpu" for a dry run here
     data = np.load(folder / CHECK_FILE)
     inputs = [torch.from_numpy(data[k]).clone().to(device) for k in sorted(k for k in data.files if k.startswith("input"))]
@@ -234,6 +298,8 @@ def report(result_paths: list[Path]) -> None:
         if "error" in r:
             lines.append(f"| {r['bundle']} | — | failed: {r['error']} | | | no |")
             continue
+        if r.get("kind") == "lm":
+            continue
         lines.append(
             f"| {r['model']} | {r['precision']} | {r['kiln_error']:.1e} | {r['eager_error']:.1e} | "
             f"{r['tolerance']:.0e} | {'yes' if r['matches'] else 'NO'} |"
@@ -259,6 +325,12 @@ def report(result_paths: list[Path]) -> None:
             f"| {r['model']} | {r['precision']} | {kiln_ms:.3f} | " + " | ".join(cells)
             + f" | {r['build_s']:.0f} | {f'{compile_s:.0f}' if compile_s is not None else '—'} |"
         )
+    generated = [r for r in records if r.get("kind") == "lm" and "error" not in r]
+    if generated:
+        lines += ["", f"## Generation: Llama-style LM (llm_small), prompt {LM_PROMPT}, {LM_NEW_TOKENS} new tokens, the bundle's run.py", "",
+                  "| precision | greedy tokens = transformers' (CPU) | TTFT ms | decode tokens/s | Kiln build s (CPU) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['token_agreement']:.0%} | {r['ttft_ms']:.2f} | {r['decode_tokens_per_s']:.0f} | {r['build_s']:.0f} |"
+                  for r in generated]
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -99,7 +99,10 @@ def generate(args: argparse.Namespace) -> int:
     source = Path(args.model)
     if source.is_dir():
         model = _pretrained_causal_lm(source)
-        max_length = args.max_length or len(prompt) + args.max_new_tokens
+        from kiln.llm.causal_lm import PROMPT_MULTIPLE
+
+        padded = -(-len(prompt) // PROMPT_MULTIPLE) * PROMPT_MULTIPLE  # prompts are padded to whole blocks
+        max_length = args.max_length or max(padded + args.max_new_tokens, PROMPT_MULTIPLE + 1)
         print(f"Compiling {type(model).__name__} for target '{args.target}' (max_length {max_length})...", file=sys.stderr, flush=True)
         lm = kiln.compile_causal_lm(model, max_length=max_length, target=args.target, quantize=args.quantize, verbose=True)
         if args.output:
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     run_generate.add_argument("model", help="a transformers model folder (save_pretrained), or a .kiln saved by compile_causal_lm")
     run_generate.add_argument("--prompt-ids", required=True, help="comma-separated token ids (the tokenizer is yours)")
     run_generate.add_argument("--max-new-tokens", type=int, default=32)
-    run_generate.add_argument("--max-length", type=int, default=None, help="cache slots to compile for (default: prompt + new tokens)")
+    run_generate.add_argument("--max-length", type=int, default=None, help="cache slots to compile for (default: the prompt, padded to 16-token blocks, + new tokens)")
     run_generate.add_argument("--target", default="llvm")
     run_generate.add_argument("--quantize", choices=["weight_int8", "weight_int4"], default=None)
     run_generate.add_argument("-o", "--output", default=None, help="save the compiled LM here (.kiln)")

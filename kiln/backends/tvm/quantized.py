@@ -92,7 +92,7 @@ def _qlinear(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.matmul(x, relax.op.permute_dims(weight, [1, 0]), out_dtype="int32"))
 
 
-PANEL = 16  # output columns per weight panel: two AVX2 vectors, what the register tile reads
+PANEL = 32  # output columns per weight panel: two AVX2 vectors, what the register tile reads
 
 
 def _stored_integer(load, column, bits: int, dtype: str):
@@ -167,7 +167,7 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     bb = importer.block_builder
     shape = list(x.ty.shape)  # leading dims may be symbolic (a prompt's length)
     out_features, stored = (int(d) for d in weight.ty.shape)
-    width = next(w for w in (PANEL, 8, 1) if out_features % w == 0)
+    width = next(w for w in (PANEL, 16, 8, 1) if out_features % w == 0)
     # constant rearrangements of integer constants: FoldConstant does them once, still integer
     panels = bb.emit(relax.op.permute_dims(relax.op.reshape(weight, [out_features // width, width, stored]), [0, 2, 1]))
     flat = bb.emit(relax.op.reshape(x, [_product(shape[:-1]), shape[-1]]))
