@@ -63,14 +63,31 @@ def _assert_greedy_matches(model, lm, lengths=(5, 14)) -> None:
         assert torch.equal(got, expected), f"prompt of {length}: {got[0, length:].tolist()} != {expected[0, length:].tolist()}"
 
 
+def _assert_greedy_matches_in_a_new_process(model, lm, path, lengths=(5, 14)) -> None:
+    """The LM saved, loaded by a fresh Python process, and generating there."""
+    lm.save(path)
+    prompts = [_prompt(length).tolist() for length in lengths]
+    script = textwrap.dedent(f"""
+        import json, torch, kiln
+        lm = kiln.load({str(path)!r})
+        print(json.dumps([lm.generate(torch.tensor(p), max_new_tokens={NEW_TOKENS}).tolist() for p in {prompts}]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [_greedy(model, torch.tensor(p)).tolist() for p in prompts]
+
+
 @pytest.mark.parametrize("family", ["qwen2_gqa", "gpt2"])
-def test_greedy_generation_equals_transformers(family):
+def test_greedy_generation_equals_transformers_here_and_after_loading(family, tmp_path):
     model = _model(FAMILIES[family])
-    _assert_greedy_matches(model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH))
+    lm = kiln.compile_causal_lm(model, max_length=MAX_LENGTH)
+    _assert_greedy_matches(model, lm)
+    _assert_greedy_matches_in_a_new_process(model, lm, tmp_path / "lm.kiln")
 
 
-def test_llama_greedy_generation_equals_transformers(llama):
+def test_llama_greedy_generation_equals_transformers_here_and_after_loading(llama, tmp_path):
     _assert_greedy_matches(*llama)
+    _assert_greedy_matches_in_a_new_process(*llama, tmp_path / "lm.kiln")
 
 
 @pytest.mark.slow
@@ -109,20 +126,6 @@ def test_sampling_is_reproducible_with_a_seed(llama):
     # top_k=1 leaves one candidate: sampling is then greedy decoding
     assert torch.equal(lm.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=1, seed=3),
                        lm.generate(ids, max_new_tokens=NEW_TOKENS))
-
-
-def test_saved_lm_generates_the_same_tokens_in_a_new_process(llama, tmp_path):
-    model, lm = llama
-    lm.save(tmp_path / "lm.kiln")
-    ids = _prompt(11)
-    script = textwrap.dedent(f"""
-        import json, sys, torch, kiln
-        lm = kiln.load({str(tmp_path / 'lm.kiln')!r})
-        print(json.dumps(lm.generate(torch.tensor({ids.tolist()}), max_new_tokens={NEW_TOKENS}).tolist()))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == _greedy(model, ids).tolist()
 
 
 def test_exported_bundle_generates_with_numpy_and_the_tvm_runtime(llama, tmp_path):
@@ -213,3 +216,22 @@ def test_cuda_lm_is_built_here_with_cuda_kernels_and_refused_without_a_gpu():
             lm.generate(_prompt(4), max_new_tokens=2)
     else:
         assert torch.equal(lm.generate(_prompt(4), max_new_tokens=8).cpu(), model.generate(_prompt(4), max_new_tokens=8, do_sample=False))
+
+
+@pytest.mark.parametrize("quantize, bytes_ratio, agreement", [("weight_int8", 0.30, 0.9), ("weight_int4", 0.20, 0.6)])
+def test_weight_only_lm_reads_fewer_weight_bytes_and_keeps_to_the_fp32_tokens(quantize, bytes_ratio, agreement):
+    """Weight-only int8/int4: the decode step's weights shrink to about a quarter / a sixth of fp32
+    (linear weights as integers, group scales in float32), and greedy tokens stay mostly those of
+    the fp32 model's (a budget, not equality: the weights differ; this tiny random model's logits are
+    close to flat, a trained model's are not)."""
+    model = _model(FAMILIES["llama"])
+    lm = kiln.compile_causal_lm(model, max_length=MAX_LENGTH, quantize=quantize)
+    weights = [row.stats.param_bytes for row in lm.report.rows if row.stats is not None]
+    assert weights[-1] <= bytes_ratio * weights[0], f"{quantize}: {weights[-1]} of {weights[0]} weight bytes"
+    assert any(row.name == "quantize_weight_only" for row in lm.report.rows)
+    # the next token after each of 16 prompts (a continuation diverges for good at its first difference)
+    prompts = [_prompt(9, seed=seed) for seed in range(16)]
+    with torch.no_grad():
+        expected = [model(ids).logits[0, -1].argmax().item() for ids in prompts]
+    got = [lm.generate(ids, max_new_tokens=1)[0, -1].item() for ids in prompts]
+    assert sum(a == b for a, b in zip(got, expected)) / len(prompts) >= agreement, (got, expected)
