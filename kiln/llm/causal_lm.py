@@ -63,7 +63,8 @@ def compile_causal_lm(
         raise TargetError(f"compile_causal_lm needs a TVM target ('llvm', 'cuda', a board); got '{resolved.name}'")
     layout = cache_layout(model, batch_size, max_length, PROMPT_MULTIPLE)
     step = CausalLMStep(model, max_length, sliding_windows(model))
-    cache = [torch.zeros(layout.shape()[1:]) for _ in range(2 * layout.layers)]
+    batch, heads, slots, dim = layout.shape()[1:]
+    cache = [torch.zeros(batch, heads, dim, slots) for _ in range(layout.layers)] + [torch.zeros(batch, heads, slots, dim) for _ in range(layout.layers)]
     pad = torch.zeros(batch_size, dtype=torch.long)
     # prompts are left-padded to a multiple of PROMPT_MULTIPLE tokens and passed as [B, blocks, 16],
     # so the prefill's matmuls know their row count divides by 16 and tile several rows at a time

@@ -21,8 +21,8 @@ FAMILIES = {
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """The static KV cache of one compiled LM: [layers, batch, kv_heads, slots, head_dim] for keys
-    and the same for values."""
+    """The static KV cache of one compiled LM: per layer, [batch, kv_heads, head_dim, slots] for
+    keys (transposed: what q·Kᵀ reads) and [batch, kv_heads, slots, head_dim] for values."""
 
     layers: int
     batch: int
@@ -34,6 +34,7 @@ class CacheLayout:
     dtype: str = "float32"
 
     def shape(self) -> tuple[int, ...]:
+        """(layers, batch, kv_heads, slots, head_dim)."""
         return (self.layers, self.batch, self.kv_heads, self.slots, self.head_dim)
 
     def to_json(self) -> dict[str, Any]:

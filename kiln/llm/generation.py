@@ -4,8 +4,8 @@ board (ids in, ids out: the tokenizer is the user's).
 
     python3 run.py --prompt-ids 1,2,3 --max-new-tokens 32 [--sample --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0]
 
-The KV cache is allocated once on the device (per layer, [batch, kv_heads, slots, head_dim] for
-keys and for values), and every step's new rows are written into it in place; no tensor is allocated per token beyond the ids and the logits read
+The KV cache is allocated once on the device (per layer, [batch, kv_heads, head_dim, slots] for
+keys, [batch, kv_heads, slots, head_dim] for values), and every step's new rows are written into it in place; no tensor is allocated per token beyond the ids and the logits read
 back. Stopping follows `transformers`: a row that produced an end-of-sequence id continues with the
 pad id, and generation ends when every row has.
 """
@@ -27,7 +27,7 @@ class GenerationError(ValueError):
 class Generator:
     """prefill: VM function (ids [B,T/16,16], start [], pad [B]); decode: (ids [B,1], start, pad,
     keys×L, values×L); both → (logits [B,V], new keys [L,B,H,T,D], new values); write: VM function
-    (cache×L, rows, start) writing in place."""
+    (keys×L, values×L, new keys, new values, start) writing in place."""
 
     def __init__(self, prefill: Callable, decode: Callable, write: Callable, layout: dict, device,
                  eos_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
@@ -36,11 +36,12 @@ class Generator:
         self.layout, self.device, self.error = layout, device, error
         self.eos_token_ids = set(eos_token_ids)
         self.pad_token_id = pad_token_id if pad_token_id is not None else (min(self.eos_token_ids) if self.eos_token_ids else 0)
-        layer = (layout["batch"], layout["kv_heads"], layout["slots"], layout["head_dim"])
-        # zeros, not empty: a masked slot's weight is 0, and 0 × a NaN left in memory is NaN
-        zeros = np.zeros(layer, dtype=layout["dtype"])
-        self.keys = [tvm.runtime.tensor(zeros, device=device) for _ in range(layout["layers"])]
-        self.values = [tvm.runtime.tensor(zeros, device=device) for _ in range(layout["layers"])]
+        batch, heads, slots, dim = layout["batch"], layout["kv_heads"], layout["slots"], layout["head_dim"]
+        # zeros, not empty: a masked slot's weight is 0, and 0 × a NaN left in memory is NaN;
+        # keys transposed, [B,H,D,S], the layout q·Kᵀ reads without a copy
+        key_zeros, value_zeros = np.zeros((batch, heads, dim, slots), layout["dtype"]), np.zeros((batch, heads, slots, dim), layout["dtype"])
+        self.keys = [tvm.runtime.tensor(key_zeros, device=device) for _ in range(layout["layers"])]
+        self.values = [tvm.runtime.tensor(value_zeros, device=device) for _ in range(layout["layers"])]
         self.timings: dict = {}
 
     def _tensor(self, array: np.ndarray):
@@ -49,8 +50,7 @@ class Generator:
     def _step(self, function: Callable, ids: np.ndarray, start: int, pad: np.ndarray, *cache) -> np.ndarray:
         start_tensor = self._tensor(np.array(start, dtype="int64"))
         logits, new_keys, new_values = function(self._tensor(ids), start_tensor, self._tensor(pad), *cache)
-        self.write(*self.keys, new_keys, start_tensor)
-        self.write(*self.values, new_values, start_tensor)
+        self.write(*self.keys, *self.values, new_keys, new_values, start_tensor)
         return logits.numpy()
 
     def _prompt(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray, int]:

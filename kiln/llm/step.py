@@ -65,14 +65,16 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     scale = scaling if scaling is not None else dim ** -0.5
     grouped = query.view(batch, kv_heads, heads // kv_heads, steps, dim)  # [B,Hkv,G,T,D]
     cached_mask, new_mask = state.masks[sliding_window if sliding_window in state.masks else None]
-    blocks = [(state.cache.new_keys[layer], state.cache.new_values[layer], new_mask)]
+    # einsum, not matmul with a broadcast head axis: that is lowered as a copy of the whole cache;
+    # the cached keys are [B,Hkv,D,S], so q·Kᵀ is a batched matmul over the cache as it lies
+    new_key = state.cache.new_keys[layer]
+    blocks = [(torch.einsum("bhgtd,bhsd->bhgts", grouped, new_key), new_key.shape[2], state.cache.new_values[layer], new_mask)]
     if state.cache.reads_cache:
-        blocks.insert(0, (key, value, cached_mask))
-    # einsum, not matmul with a broadcast head axis: that is lowered as a copy of the whole cache
-    scores = [torch.einsum("bhgtd,bhsd->bhgts", grouped, k) * scale + mask[:, :, None] for k, _, mask in blocks]
+        blocks.insert(0, (torch.einsum("bhgtd,bhds->bhgts", grouped, key), key.shape[3], value, cached_mask))
+    scores = [product * scale + mask[:, :, None] for product, _, _, mask in blocks]
     weights = torch.softmax(torch.cat(scores, dim=-1).float() if len(scores) > 1 else scores[0].float(), dim=-1).to(query.dtype)
-    pieces = torch.split(weights, [k.shape[2] for k, _, _ in blocks], dim=-1) if len(blocks) > 1 else [weights]
-    output = sum(torch.einsum("bhgts,bhsd->bhgtd", piece, v) for piece, (_, v, _) in zip(pieces, blocks))
+    pieces = torch.split(weights, [length for _, length, _, _ in blocks], dim=-1) if len(blocks) > 1 else [weights]
+    output = sum(torch.einsum("bhgts,bhsd->bhgtd", piece, v) for piece, (_, _, v, _) in zip(pieces, blocks))
     return output.reshape(batch, heads, steps, dim).transpose(1, 2), None
 
 
@@ -100,7 +102,7 @@ def _attention_implementation(model: torch.nn.Module) -> Iterator[None]:
 
 
 class CausalLMStep(torch.nn.Module):
-    """(input_ids [B,T] or [B,T/16,16], start [], pad [B], cache keys/values per layer [B,Hkv,S,D]) →
+    """(input_ids [B,T] or [B,T/16,16], start [], pad [B], cache keys per layer [B,Hkv,D,S], values [B,Hkv,S,D]) →
     (logits of the last token [B,V], new keys [L,B,Hkv,T,D], new values [L,B,Hkv,T,D]).
     Without cache tensors it is a prefill from slot 0: attention over the prompt alone."""
 
