@@ -124,11 +124,12 @@ class CompiledCausalLM:
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
         """The next token of every prompt row ([rows] int64), one decode step at a time."""
         options = dict(attention_mask=_numpy(attention_mask), do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        try:
-            for token in self._runtime().stream(_numpy(input_ids), max_new_tokens, **options):
-                yield torch.from_numpy(token)
-        except generation.GenerationError as error:
-            raise InputMismatchError(str(error)) from None
+        with stage("generation"):  # a TVM runtime error arrives as Kiln's, naming the stage
+            try:
+                for token in self._runtime().stream(_numpy(input_ids), max_new_tokens, **options):
+                    yield torch.from_numpy(token)
+            except generation.GenerationError as error:
+                raise InputMismatchError(str(error)) from None
 
     def generate(self, input_ids: Any, max_new_tokens: int = 32, **options: Any) -> torch.Tensor:
         """The prompts followed by the generated tokens, [rows, length + generated], as

@@ -162,6 +162,8 @@ def test_inputs_beyond_the_compiled_sizes_are_clear_errors(llama):
         lm.generate(_prompt(4, rows=3), max_new_tokens=2)
     with pytest.raises(InputMismatchError, match="outside the vocabulary"):
         lm.generate(torch.tensor([[1, VOCAB]]), max_new_tokens=2)
+    with pytest.raises(InputMismatchError, match="sampling needs temperature > 0"):
+        lm.generate(_prompt(4), max_new_tokens=2, do_sample=True, temperature=0.0)
     with pytest.raises(InputMismatchError, match="left padding"):
         lm.generate(_prompt(4), max_new_tokens=2, attention_mask=torch.tensor([[1, 1, 0, 1]]))
 
