@@ -15,7 +15,7 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from kiln.backends.targets import ResolvedTarget
-from kiln.backends.tvm.pipeline import lowering_pipeline
+from kiln.backends.tvm.pipeline import compile_module
 from kiln.backends.tvm.runtime.executable import TVMExecutable
 
 
@@ -82,6 +82,4 @@ def build_cache_writer(target: ResolvedTarget, layers: int, batch: int, heads: i
                 kernel = builder.add_func(func, f"write_{'keys' if transposed else 'values'}_{index}")
                 written.append(builder.emit(relax.call_tir_inplace(kernel, [cache, rows, start], [0], types[transposed])))
         builder.emit_func_output(relax.Tuple(written))
-    with tvm_target:
-        library = tvm.compile(builder.get(), tvm_target, relax_pipeline=lowering_pipeline(tvm_target), tir_pipeline="default")
-    return TVMExecutable(target, library=library)
+    return TVMExecutable(target, library=compile_module(builder.get(), tvm_target))

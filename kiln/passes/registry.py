@@ -50,6 +50,8 @@ class Pass:
         outcome = self.rewrite(work, **{**self.options, **options})
         if not isinstance(outcome, Outcome):
             outcome = Outcome(outcome)
+        if not outcome.changes:  # the copy is as it was: no shape propagation, the graph handed in stays
+            return PassResult(graph, 0, outcome.note, dict(outcome.layers))
         return PassResult(work.finalize(), outcome.changes, outcome.note, dict(outcome.layers))
 
 

@@ -18,6 +18,7 @@ from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.cpu import amx, winograd
+from kiln.backends.tvm.constants import tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
@@ -258,7 +259,7 @@ class _Packer(PyExprMutator):
             if panels is not None:
                 self.packed += 1
                 return self.builder_.call_te(
-                    partial(_packed_conv2d_nhwc, dot=dot), source, relax.const(panels), strides, padding, dilation,
+                    partial(_packed_conv2d_nhwc, dot=dot), source, tensor_constant(panels), strides, padding, dilation,
                     zero_point, self._correction(weight, zero_point, dot), primfunc_name_hint="packed_conv2d",
                 )
         x, weight = self._widened(x, weight)
@@ -267,12 +268,12 @@ class _Packer(PyExprMutator):
             *_, channels_in, channels_out = (int(d) for d in weight.ty.shape)
             tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
             panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
-            return self.builder_.call_te(winograd.conv2d_nhwc, x, relax.const(panels), padding, primfunc_name_hint="winograd_conv2d")
+            return self.builder_.call_te(winograd.conv2d_nhwc, x, tensor_constant(panels), padding, primfunc_name_hint="winograd_conv2d")
         panels = self._panels(weight, 4, x.ty.dtype, rows)
         if panels is None:
             return call
         self.packed += 1
-        return self.builder_.call_te(_packed_conv2d_nhwc, x, relax.const(panels), strides, padding, dilation,
+        return self.builder_.call_te(_packed_conv2d_nhwc, x, tensor_constant(panels), strides, padding, dilation,
                                      primfunc_name_hint="packed_conv2d")
 
     def _winograd_applies(self, x: relax.Expr, weight: relax.Expr, strides: list[int], dilation: list[int]) -> bool:
@@ -293,7 +294,7 @@ class _Packer(PyExprMutator):
             panels = self._panels(weight, 2, x.ty.dtype, rows, dot)
             if panels is not None:
                 self.packed += 1
-                return self.builder_.call_te(partial(_packed_matmul, dot=dot), source, relax.const(panels),
+                return self.builder_.call_te(partial(_packed_matmul, dot=dot), source, tensor_constant(panels),
                                              self._correction(weight, zero_point, dot), primfunc_name_hint="packed_matmul")
         if not isinstance(weight, tvm.ir.expr.Constant) and x.ty.dtype == weight.ty.dtype == "bfloat16":
             # two activations (attention's scores and values): float32 from their bf16 values
@@ -304,7 +305,7 @@ class _Packer(PyExprMutator):
         if panels is None:
             return call
         self.packed += 1
-        return self.builder_.call_te(_packed_matmul, x, relax.const(panels), primfunc_name_hint="packed_matmul")
+        return self.builder_.call_te(_packed_matmul, x, tensor_constant(panels), primfunc_name_hint="packed_matmul")
 
     def _widened(self, x: relax.Expr, weight: relax.Expr) -> tuple[relax.Expr, relax.Expr]:
         """A bf16 layer no bf16 unit takes (no AMX, or a shape its tiles do not fit) computes in
