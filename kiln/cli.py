@@ -212,6 +212,18 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_command(args: argparse.Namespace) -> int:
+    """`kiln cache info` / `kiln cache clear`: the compile cache's folder, entries and size."""
+    from kiln.cache import CompileCache
+
+    cache = CompileCache()
+    if args.action == "clear":
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    else:
+        print(cache.describe())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln deep-learning model compiler")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     run_info = commands.add_parser("info", help="print what a .kiln artifact records: target, who built it, inputs, signer")
     run_info.add_argument("artifact")
     run_info.set_defaults(run=info)
+    run_cache = commands.add_parser("cache", help="the compile cache: its folder, entries and size (info), or empty it (clear)")
+    run_cache.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
+    run_cache.set_defaults(run=cache_command)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)
     args = parser.parse_args(argv)

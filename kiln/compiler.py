@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
+from kiln.cache import CompileCache, cache_key, warn_unusable
 from kiln.errors import FrontendError, TargetError, stage
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
@@ -87,6 +89,7 @@ def compile(  # noqa: A001 - the public name users expect
     calibration: Sequence[Any] | None = None,
     prune: Prune | None = None,
     low_rank: LowRank | None = None,
+    cache: bool = True,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -112,6 +115,10 @@ def compile(  # noqa: A001 - the public name users expect
     depends on them) and of every attention block's heads, keeping channel counts a multiple of
     the target's vector width. `low_rank=kiln.LowRank(energy=0.9)` factorizes linear and conv
     layers where that makes them cheaper. Compression runs before the optimization pipeline.
+    A TVM build is kept in the compile cache (kiln/cache.py: $KILN_CACHE_DIR, default
+    ~/.cache/kiln/compiled): compiling the same captured model with the same options and target
+    again, in any process, loads it (the report's "cache" row says so) instead of building.
+    `cache=False`, or `debug_dir` (which wants every pass's IR), builds anew.
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -126,6 +133,19 @@ def compile(  # noqa: A001 - the public name users expect
         raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
     with stage("capture"):
         graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
+    compile_cache = _usable_cache(cache, resolved)
+    key = None
+    if compile_cache is not None:
+        options = {"target": [resolved.name, resolved.tvm_target, resolved.cpu_features], "pipeline": pipeline,
+                   "threads": threads, "tuning": _tuning_fingerprint(resolved, tuning_dir)}
+        key = cache_key(graph, options, pytree.tree_leaves(list(calibration or [])))
+        if debug_dir is None:
+            start = time.perf_counter()
+            cached, note = compile_cache.load(key)
+            if cached is not None:
+                return _from_cache(cached, key, time.perf_counter() - start, inputs, reference, remote)
+            if note:
+                warn_unusable(note)
     with stage("the graph passes"):
         manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
         graph, report = manager.run(graph)
@@ -135,15 +155,60 @@ def compile(  # noqa: A001 - the public name users expect
         executable = get_backend(resolved.backend).build(graph, context)
     signature = Signature.of(graph)
     compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
-    if remote is not None:
-        context.say(f"upload to the board at {remote}")
-        start = time.perf_counter()
-        with stage(f"running on the board at {remote}"):
-            compiled = compiled.to_remote(remote)
-            drift = Drift.between(compiled.executable(inputs), reference)
-        report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
+    if key is not None:
+        with stage("storing the build in the compile cache"):
+            compile_cache.store(key, compiled)
+    compiled = _on_board(compiled, remote, inputs, reference, progress)
     debug.write_report(report)
     return compiled
+
+
+def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, progress) -> CompiledModule:
+    """With `remote`, the module uploaded to the board and its drift measured there (a row)."""
+    if remote is None:
+        return compiled
+    if progress is not None:
+        progress(f"upload to the board at {remote}")
+    start = time.perf_counter()
+    with stage(f"running on the board at {remote}"):
+        compiled = compiled.to_remote(remote)
+        drift = Drift.between(compiled.executable(inputs), reference)
+    report = compiled.report
+    report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
+    return compiled
+
+
+def _usable_cache(wanted: bool, resolved) -> CompileCache | None:
+    """The compile cache, for TVM builds when it is wanted (and KILN_CACHE is not "off") and
+    its folder is safe to load from; a folder that is not is said in a warning."""
+    if not wanted or resolved.backend != "tvm" or os.environ.get("KILN_CACHE", "").lower() in ("0", "off", "no"):
+        return None
+    compile_cache = CompileCache()
+    reason = compile_cache.usable()
+    if reason is not None:
+        warn_unusable(reason)
+        return None
+    return compile_cache
+
+
+def _tuning_fingerprint(resolved, tuning_dir: str | Path | None) -> str | None:
+    """SHA-256 of the tuning records a build for `resolved` would apply (None without any)."""
+    import hashlib
+
+    import tvm
+
+    from kiln.backends.tvm.tuning.database import RECORDS_FILE, TuningDatabase
+
+    records = TuningDatabase.for_target(_path(tuning_dir), tvm.target.Target(resolved.tvm_target)).path / RECORDS_FILE
+    return hashlib.sha256(records.read_bytes()).hexdigest() if records.is_file() else None
+
+
+def _from_cache(cached: CompiledModule, key: str, seconds: float, inputs, reference, remote: str | None) -> CompiledModule:
+    """The cached module, its report the build's own plus a "cache" row: the drift measured now."""
+    drift = Drift.between(cached.executable(inputs), reference) if cached.executable.why_not_here() is None else None
+    report = cached.report
+    report.add(PassRecord(report.next_index(), "cache", "kiln", seconds, drift=drift, note=f"from cache {key[:16]}"))
+    return _on_board(cached, remote, inputs, reference, None)
 
 
 def _vector_lanes(resolved) -> int:

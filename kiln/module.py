@@ -9,7 +9,7 @@ import torch
 
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
-from kiln.errors import TargetError
+from kiln.errors import ArtifactError, TargetError
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Report
 from kiln.signature import Signature
@@ -75,10 +75,13 @@ class CompiledModule:
             raise TargetError(f"{action} needs a TVM target; this module's target is '{self.target.name}'")
         return self.executable.built
 
-    def save(self, path: str | Path, sign_with: Any = None) -> None:
+    def save(self, path: str | Path, sign_with: Any = None, extra: dict[str, Any] | None = None, compress: bool = True) -> None:
         """Write the `.kiln` artifact; `sign_with` (an Ed25519 private key or its PEM file, from
-        `kiln keygen`) signs it, so a loader can ask for `trusted_keys`."""
+        `kiln keygen`) signs it, so a loader can ask for `trusted_keys`. `extra` adds manifest
+        fields (the compile cache's key), which `load(..., expect=...)` can require; `compress=False`
+        stores the library uncompressed (faster to write and to load, a third larger)."""
         manifest = {
+            **(extra or {}),
             "built_by": _builder(),
             "backend": self.target.backend,
             # the instruction-set extensions its kernels may use: a CPU without one is refused before it runs
@@ -87,7 +90,7 @@ class CompiledModule:
             "threads": self.threads,
             "report": self.report.to_json(),
         }
-        artifact.write_artifact(path, manifest, self.executable.save, sign_with)
+        artifact.write_artifact(path, manifest, self.executable.save, sign_with, compress)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.signature.inputs)
@@ -108,15 +111,20 @@ def _builder() -> dict[str, str]:
     return versions
 
 
-def load(path: str | Path, trusted_keys: Sequence[Any] | None = None) -> "CompiledModule | CompiledCausalLM":
+def load(path: str | Path, trusted_keys: Sequence[Any] | None = None,
+         expect: dict[str, Any] | None = None) -> "CompiledModule | CompiledCausalLM":
     """Restore a module saved with `CompiledModule.save`, in any process.
 
     Loading maps the artifact's native library into this process, which runs its code: load only
     artifacts you built or whose signer you trust. With `trusted_keys` (Ed25519 public keys, their
     PEM files or hex strings), an artifact not signed by one of them is refused before anything is
-    unpacked or loaded. An artifact saved by `CompiledCausalLM.save` loads as that."""
+    unpacked or loaded. An artifact saved by `CompiledCausalLM.save` loads as that. `expect` names
+    manifest fields the artifact must have, with their values, before its library is loaded."""
 
     def restore(manifest: dict[str, Any], folder: Path) -> CompiledModule:
+        for field, value in (expect or {}).items():
+            if manifest.get(field) != value:
+                raise ArtifactError(f"{path}: its manifest's {field} is {manifest.get(field)!r}, not {value!r}")
         if manifest.get("kind") == "causal_lm":
             from kiln.llm.causal_lm import restore as restore_causal_lm
 

@@ -36,6 +36,14 @@ def hermetic_tuning_database(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def hermetic_compile_cache(tmp_path_factory):
+    """Every test builds what it compiles (the cache's own tests turn it on, in a folder of their
+    own): a test that inspects a build's graph or rows must see that build, not a loaded one."""
+    os.environ["KILN_CACHE_DIR"] = str(tmp_path_factory.mktemp("compile-cache"))
+    os.environ["KILN_CACHE"] = "off"
+
+
+@pytest.fixture(autouse=True, scope="session")
 def verified_passes():
     """Every compile in the suite holds each value-preserving pass to its contract: a pass that
     moves the outputs fails the test that ran it, naming the pass (kiln/passes/manager.py)."""

@@ -1,0 +1,185 @@
+"""The compile cache: a compiled module is built once per model, options, target and versions.
+
+Entries are `.kiln` artifacts named by the SHA-256 of everything the build depends on (the
+captured IR and its weights, the pass pipeline and its options, the target with its CPU
+features, the tuning records it used, the Kiln/TVM/torch versions), under `$KILN_CACHE_DIR`
+(default ~/.cache/kiln/compiled). Each is written to a temporary file and renamed into place, so
+two processes filling the cache at once each see either no entry or a whole one. An entry is
+loaded through `artifact.read_artifact`, which checks every file's checksum before any library is
+mapped, and must name the key it was stored under: one that fails either is deleted and rebuilt.
+The cache keeps to `$KILN_CACHE_SIZE` (default 4G), dropping the least recently used entries.
+A folder that someone other than this user may write to is not used at all: its libraries
+would be code that user chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from kiln import artifact
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.ir.graph import Graph
+    from kiln.module import CompiledModule
+
+SUFFIX = ".kiln"
+DEFAULT_SIZE = 4 << 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def default_root() -> Path:
+    configured = os.environ.get("KILN_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "kiln" / "compiled"
+
+
+def _size_limit() -> int:
+    text = os.environ.get("KILN_CACHE_SIZE", "").strip().upper().removesuffix("B")
+    if not text:
+        return DEFAULT_SIZE
+    number, unit = (text[:-1], text[-1]) if text[-1] in _UNITS else (text, "")
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise KilnError(f"KILN_CACHE_SIZE={os.environ['KILN_CACHE_SIZE']!r}: give a size such as 500M or 4G") from None
+
+
+def _hash_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    if tensor.numel():
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().data)
+
+
+def cache_key(graph: "Graph", options: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
+    """The entry's name: the captured graph's code, input specs and weights, then `options` (every
+    setting the build reads, JSON-able) and `tensors` (calibration batches), then the versions."""
+    import kiln
+
+    digest = hashlib.sha256()
+    digest.update(graph.module.code.encode())
+    digest.update(repr((graph.in_spec, graph.out_spec, graph.symbol_names, graph.dim_ranges,
+                        [(c.position, repr(c.value)) for c in graph.constant_inputs])).encode())
+    for name, tensor in graph.module.state_dict(keep_vars=True).items():
+        digest.update(name.encode())
+        _hash_tensor(digest, tensor)
+    versions = {"kiln": kiln.__version__, "torch": torch.__version__, "tvm": _tvm_version(), "python": sys.version}
+    digest.update(json.dumps({"options": options, "versions": versions}, sort_keys=True, default=repr).encode())
+    for tensor in tensors:
+        _hash_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    bytes: int
+    last_used: float
+
+
+class CompileCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else default_root()
+
+    def usable(self) -> str | None:
+        """Why this folder cannot be the cache (None when it can): made here for this user alone,
+        or already this user's and writable by nobody else."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            status = self.root.stat()
+        except OSError as error:
+            return f"cannot create the compile cache {self.root}: {error.strerror}"
+        if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (f"the compile cache {self.root} is not this user's alone (owner or group/other write "
+                    f"permission): its libraries could be anyone's code; not used")
+        return None
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}{SUFFIX}"
+
+    def load(self, key: str) -> "tuple[CompiledModule | None, str]":
+        """The module stored under `key`, or None; and a note for the report (why it was rebuilt)."""
+        from kiln.module import load
+
+        path = self._path(key)
+        if not path.is_file():
+            return None, ""
+        try:
+            module = load(path, expect={"cache_key": key})
+        except KilnError as error:
+            path.unlink(missing_ok=True)
+            return None, f"cache entry {key[:12]} was corrupt and is rebuilt ({error})"
+        os.utime(path)  # least recently used goes first
+        return module, ""
+
+    def store(self, key: str, module: "CompiledModule") -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
+            os.close(handle)
+            try:
+                module.save(temporary, extra={"cache_key": key}, compress=False)
+                os.replace(temporary, path)
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+            self.evict(_size_limit())
+        except OSError as error:  # a full disk costs the next compile its speed, not this one its result
+            warn_unusable(f"could not store the build in the compile cache {self.root}: {error}")
+
+    def entries(self) -> list[Entry]:
+        found = []
+        for path in self.root.glob(f"??/*{SUFFIX}"):
+            try:
+                status = path.stat()
+            except FileNotFoundError:  # another process evicted it
+                continue
+            found.append(Entry(path, status.st_size, status.st_mtime))
+        return sorted(found, key=lambda entry: entry.last_used)
+
+    def evict(self, limit: int) -> int:
+        """Remove the least recently used entries until the cache holds at most `limit` bytes;
+        how many went."""
+        entries = self.entries()
+        total, removed = sum(entry.bytes for entry in entries), 0
+        for entry in entries:
+            if total <= limit:
+                break
+            entry.path.unlink(missing_ok=True)
+            total -= entry.bytes
+            removed += 1
+        return removed
+
+    def clear(self) -> int:
+        removed = len(self.entries())
+        self.evict(0)
+        for partial in self.root.glob("??/.*.partial"):  # left by a killed process
+            partial.unlink(missing_ok=True)
+        return removed
+
+    def describe(self) -> str:
+        entries = self.entries()
+        used = sum(entry.bytes for entry in entries)
+        return (f"compile cache {self.root}: {len(entries)} entries, {used / (1 << 20):.1f} MiB of "
+                f"{_size_limit() / (1 << 20):.0f} MiB (KILN_CACHE_DIR, KILN_CACHE_SIZE)")
+
+
+def warn_unusable(reason: str) -> None:
+    warnings.warn(f"kiln: {reason}", stacklevel=3)
