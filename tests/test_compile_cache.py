@@ -1,0 +1,170 @@
+"""The compile cache: a second compile of the same model loads the first's build, in any process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import kiln
+from kiln.cache import CompileCache
+from kiln.cli import main as cli
+from kiln.models.zoo import ZOO
+from tests.conftest import assert_matches, eager
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("KILN_CACHE_DIR", str(folder))
+    monkeypatch.setenv("KILN_CACHE", "on")
+    return folder
+
+
+def rows(module) -> dict[str, object]:
+    return {row.name: row for row in module.report.rows}
+
+
+def cnn():
+    return ZOO["cnn_batch_norm"]()
+
+
+def test_a_second_compile_loads_the_first_build_and_says_so(cache_dir):
+    model, inputs = cnn()
+    first = kiln.compile(model, inputs)
+    assert "cache" not in rows(first) and len(CompileCache().entries()) == 1
+    second = kiln.compile(model, inputs)
+    assert rows(second)["cache"].note.startswith("from cache")
+    assert rows(second)["cache"].drift.max_abs <= 1e-4 * eager(model, *inputs).abs().max().item()
+    assert torch.equal(second(*inputs), first(*inputs))
+    assert "codegen" in rows(second)  # the build's own rows stay in the report
+
+
+def test_a_new_process_loads_the_build_with_identical_outputs(cache_dir, tmp_path):
+    script = (
+        "import sys, torch, kiln\n"
+        "from kiln.models.zoo import ZOO\n"
+        "model, inputs = ZOO['cnn_batch_norm']()\n"
+        "module = kiln.compile(model, inputs)\n"
+        "torch.save(module(*inputs), sys.argv[1])\n"
+        "print([row.note for row in module.report.rows if row.name == 'cache'])\n"
+    )
+    outputs = []
+    for run in range(2):
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"out{run}.pt")], capture_output=True,
+                                text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(result.stdout.strip().splitlines()[-1])
+    assert outputs[0] == "[]" and "from cache" in outputs[1], outputs
+    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))
+
+
+def test_other_options_weights_or_targets_are_other_entries(cache_dir):
+    model, inputs = ZOO["mlp"]()
+    kiln.compile(model, inputs)
+    kiln.compile(model, inputs, threads=1)
+    kiln.compile(model, inputs, opt_level="O1")
+    with torch.no_grad():
+        model.fc1.weight.add_(1.0)
+    changed = kiln.compile(model, inputs)
+    assert "cache" not in rows(changed) and len(CompileCache().entries()) == 4
+    assert_matches(changed(*inputs), eager(model, *inputs))
+
+
+def test_a_corrupt_entry_is_detected_and_rebuilt(cache_dir):
+    model, inputs = cnn()
+    kiln.compile(model, inputs)
+    (entry,) = CompileCache().entries()
+    data = bytearray(entry.path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # inside the library: its checksum no longer matches
+    entry.path.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt = kiln.compile(model, inputs)
+    assert any("corrupt and is rebuilt" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert "cache" not in rows(rebuilt)
+    assert_matches(rebuilt(*inputs), eager(model, *inputs))
+    assert "cache" in rows(kiln.compile(model, inputs))  # the rebuilt entry is whole again
+
+
+def test_an_entry_stored_under_another_key_is_not_trusted(cache_dir):
+    mlp, mlp_inputs = ZOO["mlp"]()
+    model, inputs = cnn()
+    kiln.compile(mlp, mlp_inputs)
+    (mlp_entry,) = CompileCache().entries()
+    kiln.compile(model, inputs)
+    cnn_entry = next(entry for entry in CompileCache().entries() if entry.path != mlp_entry.path)
+    cnn_entry.path.write_bytes(mlp_entry.path.read_bytes())  # a whole artifact, but another model's
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        rebuilt = kiln.compile(model, inputs)
+    assert "cache" not in rows(rebuilt)
+    assert_matches(rebuilt(*inputs), eager(model, *inputs))
+
+
+def test_two_processes_filling_the_cache_at_once_both_succeed(cache_dir, tmp_path):
+    script = (
+        "import sys, torch, kiln\n"
+        "from kiln.models.zoo import ZOO\n"
+        "model, inputs = ZOO['cnn_batch_norm']()\n"
+        "torch.save(kiln.compile(model, inputs)(*inputs), sys.argv[1])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"out{i}.pt")], env=env,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+    model, inputs = cnn()
+    for i in range(2):
+        assert_matches(torch.load(tmp_path / f"out{i}.pt"), eager(model, *inputs))
+    assert len(CompileCache().entries()) == 1
+    assert not list(cache_dir.glob("??/.*.partial"))
+    assert "cache" in rows(kiln.compile(model, inputs))
+
+
+def test_least_recently_used_entries_go_when_the_cache_is_full(cache_dir, monkeypatch):
+    mlp, mlp_inputs = ZOO["mlp"]()
+    model, inputs = cnn()
+    kiln.compile(mlp, mlp_inputs)
+    (first,) = CompileCache().entries()
+    monkeypatch.setenv("KILN_CACHE_SIZE", str(first.bytes + 1))  # room for one entry
+    kiln.compile(model, inputs)
+    (kept,) = CompileCache().entries()
+    assert kept.path != first.path and not first.path.exists()
+
+
+def test_a_cache_folder_others_may_write_is_not_used(cache_dir):
+    cache_dir.mkdir(mode=0o700)
+    cache_dir.chmod(0o777)
+    model, inputs = ZOO["mlp"]()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kiln.compile(model, inputs)
+    assert any("not this user's alone" in str(w.message) for w in caught)
+    assert not list(cache_dir.iterdir())
+
+
+def test_debug_dir_and_cache_false_build_anew(cache_dir, tmp_path):
+    model, inputs = ZOO["mlp"]()
+    kiln.compile(model, inputs)
+    assert "cache" not in rows(kiln.compile(model, inputs, cache=False))
+    debugged = kiln.compile(model, inputs, debug_dir=tmp_path / "debug")
+    assert "cache" not in rows(debugged) and list((tmp_path / "debug").glob("*"))
+
+
+def test_cli_cache_info_and_clear(cache_dir, capsys):
+    model, inputs = ZOO["mlp"]()
+    kiln.compile(model, inputs)
+    assert cli(["cache", "info"]) == 0
+    assert "1 entries" in capsys.readouterr().out
+    assert cli(["cache", "clear"]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out and not CompileCache().entries()
