@@ -4,7 +4,8 @@ Entries are `.kiln` artifacts named by the SHA-256 of everything the build depen
 captured IR and its weights, the pass pipeline and its options, the target with its CPU
 features, the tuning records it used, the Kiln/TVM/torch versions), under `$KILN_CACHE_DIR`
 (default ~/.cache/kiln/compiled). Each is written to a temporary file and renamed into place, so
-two processes filling the cache at once each see either no entry or a whole one. An entry is
+two processes filling the cache at once each see either no entry or a whole one; entries are
+`local` artifacts (uncompressed, program and kernels apart: `TVMExecutable.save`). An entry is
 loaded through `artifact.read_artifact`, which checks every file's checksum before any library is
 mapped, and must name the key it was stored under: one that fails either is deleted and rebuilt.
 The cache keeps to `$KILN_CACHE_SIZE` (default 4G), dropping the least recently used entries.
@@ -62,16 +63,24 @@ def _hash_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
         digest.update(tensor.view(-1).view(torch.uint8).numpy().data)
 
 
-def cache_key(graph: "Graph", options: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
-    """The entry's name: the captured graph's code, input specs and weights, then `options` (every
-    setting the build reads, JSON-able) and `tensors` (calibration batches), then the versions."""
+def graph_key(graph: "Graph", options: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
+    """The entry of a captured Kiln graph: its code, input specs and weights."""
+    structure = (graph.in_spec, graph.out_spec, graph.symbol_names, graph.dim_ranges,
+                 [(c.position, repr(c.value)) for c in graph.constant_inputs])
+    return cache_key(graph.module.code, repr(structure), graph.module.state_dict(keep_vars=True).items(), options, tensors)
+
+
+def cache_key(code: str, structure: str, weights: Iterable[tuple[str, torch.Tensor]], options: dict[str, Any],
+              tensors: Iterable[torch.Tensor] = ()) -> str:
+    """The entry's name: a captured graph's code, its inputs' structure and its weights, then
+    `options` (every setting the build reads, JSON-able) and `tensors` (calibration batches),
+    then the versions."""
     import kiln
 
     digest = hashlib.sha256()
-    digest.update(graph.module.code.encode())
-    digest.update(repr((graph.in_spec, graph.out_spec, graph.symbol_names, graph.dim_ranges,
-                        [(c.position, repr(c.value)) for c in graph.constant_inputs])).encode())
-    for name, tensor in graph.module.state_dict(keep_vars=True).items():
+    digest.update(code.encode())
+    digest.update(structure.encode())
+    for name, tensor in weights:
         digest.update(name.encode())
         _hash_tensor(digest, tensor)
     versions = {"kiln": kiln.__version__, "torch": torch.__version__, "tvm": _tvm_version(), "python": sys.version}
@@ -136,7 +145,7 @@ class CompileCache:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
             os.close(handle)
             try:
-                module.save(temporary, extra={"cache_key": key}, compress=False)
+                module.save(temporary, extra={"cache_key": key}, local=True)
                 os.replace(temporary, path)
             finally:
                 Path(temporary).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
-from kiln.cache import CompileCache, cache_key, warn_unusable
+from kiln.cache import CompileCache, graph_key, warn_unusable
 from kiln.errors import FrontendError, TargetError, stage
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
@@ -133,12 +133,11 @@ def compile(  # noqa: A001 - the public name users expect
         raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
     with stage("capture"):
         graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
-    compile_cache = _usable_cache(cache, resolved)
+    compile_cache = usable_cache(cache, resolved)
     key = None
     if compile_cache is not None:
-        options = {"target": [resolved.name, resolved.tvm_target, resolved.cpu_features], "pipeline": pipeline,
-                   "threads": threads, "tuning": _tuning_fingerprint(resolved, tuning_dir)}
-        key = cache_key(graph, options, pytree.tree_leaves(list(calibration or [])))
+        options = {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads}
+        key = graph_key(graph, options, pytree.tree_leaves(list(calibration or [])))
         if debug_dir is None:
             start = time.perf_counter()
             cached, note = compile_cache.load(key)
@@ -178,7 +177,13 @@ def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, p
     return compiled
 
 
-def _usable_cache(wanted: bool, resolved) -> CompileCache | None:
+def build_identity(resolved, tuning_dir: str | Path | None) -> dict[str, Any]:
+    """What a cache key holds about where the build runs: the target with its CPU features and
+    the tuning records a build for it would apply."""
+    return {"target": [resolved.name, resolved.tvm_target, resolved.cpu_features], "tuning": _tuning_fingerprint(resolved, tuning_dir)}
+
+
+def usable_cache(wanted: bool, resolved) -> CompileCache | None:
     """The compile cache, for TVM builds when it is wanted (and KILN_CACHE is not "off") and
     its folder is safe to load from; a folder that is not is said in a warning."""
     if not wanted or resolved.backend != "tvm" or os.environ.get("KILN_CACHE", "").lower() in ("0", "off", "no"):
@@ -204,11 +209,15 @@ def _tuning_fingerprint(resolved, tuning_dir: str | Path | None) -> str | None:
 
 
 def _from_cache(cached: CompiledModule, key: str, seconds: float, inputs, reference, remote: str | None) -> CompiledModule:
+    return _on_board(with_cache_row(cached, key, seconds, inputs, reference), remote, inputs, reference, None)
+
+
+def with_cache_row(cached: CompiledModule, key: str, seconds: float, inputs, reference) -> CompiledModule:
     """The cached module, its report the build's own plus a "cache" row: the drift measured now."""
     drift = Drift.between(cached.executable(inputs), reference) if cached.executable.why_not_here() is None else None
     report = cached.report
     report.add(PassRecord(report.next_index(), "cache", "kiln", seconds, drift=drift, note=f"from cache {key[:16]}"))
-    return _on_board(cached, remote, inputs, reference, None)
+    return cached
 
 
 def _vector_lanes(resolved) -> int:

@@ -86,14 +86,39 @@ def kiln_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dic
 
 
 def _compile(frame: "_Frame", options: dict[str, Any]) -> CompiledModule:
-    """kiln.compile outside Dynamo's tracing context: Kiln's capture makes fake tensors of its
-    own, which must not meet the ones Dynamo is tracing with."""
+    """kiln.compile outside Dynamo's tracing context (Kiln's capture makes fake tensors of its
+    own, which must not meet the ones Dynamo is tracing with), through the compile cache keyed by
+    Dynamo's graph itself: a graph seen before loads without even torch.export's capture."""
+    import time
+
+    import torch.utils._pytree as pytree
     from torch._guards import compile_context, tracing
 
-    from kiln.compiler import compile as kiln_compile
+    from kiln.backends import resolve_target
+    from kiln.cache import cache_key
+    from kiln.compiler import build_identity, compile as kiln_compile, usable_cache, with_cache_row
 
+    resolved = resolve_target(options.get("target", "llvm"))
+    cache = usable_cache(options.pop("cache", True), resolved) if options.get("debug_dir") is None else None
+    key = None
+    if cache is not None:
+        settings = {k: v for k, v in options.items() if k not in ("calibration", "verbose")}
+        key = cache_key(frame.graph_module.code, frame.structure(), frame.named_buffers(),
+                        {**build_identity(resolved, options.get("tuning_dir")), "dynamo": settings},
+                        pytree.tree_leaves(list(options.get("calibration") or [])))
+        start = time.perf_counter()
+        cached, note = cache.load(key)
+        if cached is not None:
+            with torch.no_grad():
+                reference = [t for t in pytree.tree_leaves(frame(*frame.example_inputs)) if isinstance(t, torch.Tensor)]
+            return with_cache_row(cached, key, time.perf_counter() - start, list(frame.example_inputs), reference)
+        if note:
+            warnings.warn(f"kiln: {note}", stacklevel=3)
     with tracing(None), compile_context(None):
-        return kiln_compile(frame, frame.example_inputs, dynamic_shapes=frame.dynamic_shapes(), **options)
+        module = kiln_compile(frame, frame.example_inputs, dynamic_shapes=frame.dynamic_shapes(), cache=False, **options)
+    if key is not None:
+        cache.store(key, module)
+    return module
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -198,6 +223,13 @@ class _Frame(torch.nn.Module):
                                         "size: Kiln compiles graphs of tensors")
                 self.sizes[position] = symbols[expression]
         self.example_inputs = tuple(example_inputs[position] for position in self.inputs)
+
+    def structure(self) -> str:
+        """What the cache key holds besides the code and weights: each argument's role, and the
+        frame tensors' dtypes and shapes as Dynamo traced them (dynamic dims by symbol)."""
+        placeholders = list(self.graph_module.graph.find_nodes(op="placeholder"))
+        values = [placeholders[position].meta.get("example_value") for position in self.inputs]
+        return repr((self.roles, self.sizes, [(str(v.dtype), [str(d) for d in v.shape]) for v in values]))
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         arguments = []

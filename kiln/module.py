@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -75,26 +76,35 @@ class CompiledModule:
             raise TargetError(f"{action} needs a TVM target; this module's target is '{self.target.name}'")
         return self.executable.built
 
-    def save(self, path: str | Path, sign_with: Any = None, extra: dict[str, Any] | None = None, compress: bool = True) -> None:
+    def save(self, path: str | Path, sign_with: Any = None, extra: dict[str, Any] | None = None, local: bool = False) -> None:
         """Write the `.kiln` artifact; `sign_with` (an Ed25519 private key or its PEM file, from
         `kiln keygen`) signs it, so a loader can ask for `trusted_keys`. `extra` adds manifest
-        fields (the compile cache's key), which `load(..., expect=...)` can require; `compress=False`
-        stores the library uncompressed (faster to write and to load, a third larger)."""
+        fields (the compile cache's key), which `load(..., expect=...)` can require. `local=True` (the
+        compile cache) writes an artifact for this machine: uncompressed, the program and kernels
+        apart (`TVMExecutable.save`); seconds faster to write and to load, not for boards."""
         manifest = {
             **(extra or {}),
-            "built_by": _builder(),
-            "backend": self.target.backend,
-            # the instruction-set extensions its kernels may use: a CPU without one is refused before it runs
-            "target": {"name": self.target.name, "tvm": self.target.tvm_target, "cpu_features": self.target.cpu_features},
+            **artifact_header(self.target, self.threads),
             "signature": self.signature.to_json(),
-            "threads": self.threads,
             "report": self.report.to_json(),
         }
-        artifact.write_artifact(path, manifest, self.executable.save, sign_with, compress)
+        save_files = partial(self.executable.save, local=True) if local else self.executable.save
+        artifact.write_artifact(path, manifest, save_files, sign_with, compress=not local)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.signature.inputs)
         return f"<kiln.CompiledModule {self.target.name} ({ins})>"
+
+
+def artifact_header(target: ResolvedTarget, threads: int | None) -> dict[str, Any]:
+    """The manifest fields every `.kiln` artifact has: who built it, for which target and threads."""
+    return {
+        "built_by": _builder(),
+        "backend": target.backend,
+        # the instruction-set extensions its kernels may use: a CPU without one is refused before it runs
+        "target": {"name": target.name, "tvm": target.tvm_target, "cpu_features": target.cpu_features},
+        "threads": threads,
+    }
 
 
 def _builder() -> dict[str, str]:

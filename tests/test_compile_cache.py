@@ -168,3 +168,22 @@ def test_cli_cache_info_and_clear(cache_dir, capsys):
     assert "1 entries" in capsys.readouterr().out
     assert cli(["cache", "clear"]) == 0
     assert "removed 1 entries" in capsys.readouterr().out and not CompileCache().entries()
+
+
+def test_torch_compile_in_a_new_process_loads_each_graph_from_the_cache(cache_dir, tmp_path):
+    script = (
+        "import sys, torch, kiln.dynamo\n"
+        "from kiln.models.zoo import ZOO\n"
+        "model, inputs = ZOO['cnn_batch_norm']()\n"
+        "with torch.no_grad():\n"
+        "    torch.save(torch.compile(model, backend='kiln')(*inputs), sys.argv[1])\n"
+        "print([row.note for graph in kiln.dynamo.graphs() for row in graph.module.report.rows if row.name == 'cache'])\n"
+    )
+    notes = []
+    for run in range(2):
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"out{run}.pt")], capture_output=True,
+                                text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        notes.append(result.stdout.strip().splitlines()[-1])
+    assert notes[0] == "[]" and "from cache" in notes[1], notes
+    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))

@@ -21,6 +21,7 @@ from kiln import artifact
 from kiln.backends import resolve_target
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime import bundle_runner
+from kiln.backends.tvm.runtime.bundle import refuse_unwritable
 from kiln.backends.tvm.runtime.executable import TVMExecutable, _device
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, InputMismatchError, TargetError, stage
@@ -147,10 +148,9 @@ class CompiledCausalLM:
 
     def save(self, path: str | Path, sign_with: Any = None) -> None:
         """One `.kiln` artifact with the three modules; `kiln.load` restores it."""
-        from kiln.module import _builder
+        from kiln.module import artifact_header
 
-        manifest = {"built_by": _builder(), "backend": "tvm", "threads": self.threads,
-                    "target": {"name": self.target.name, "tvm": self.target.tvm_target, "cpu_features": self.target.cpu_features},
+        manifest = {**artifact_header(self.target, self.threads),
                     "reports": {name: report.to_json() for name, report in self.reports.items()}, **self._manifest()}
 
         def save_files(folder: Path) -> None:
@@ -170,8 +170,7 @@ class CompiledCausalLM:
         for part, executable in self.parts.items():
             name = f"{part}.so"
             path = folder / name
-            if path.is_symlink() or path.is_dir():
-                raise ArtifactError(f"{path} is a symlink or a folder: the bundle writes a file there; refused (export to a fresh folder)")
+            refuse_unwritable(path)
             executable.write_shared_library(path)
             manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
         (folder / generation.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -26,12 +26,17 @@ MANIFEST_FILE = "kiln_bundle.json"
 RUNNER_FILE = "run.py"
 
 
+def refuse_unwritable(path: Path) -> None:
+    """A bundle writes plain files: a symlink there would redirect the write, a folder block it."""
+    if path.is_symlink() or path.is_dir():
+        raise ArtifactError(f"{path} is a {'symlink' if path.is_symlink() else 'folder'}: "
+                            f"the bundle writes a file there; refused (export to a fresh folder)")
+
+
 def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in (LIBRARY_FILE, MANIFEST_FILE, RUNNER_FILE):
-        if (folder / name).is_symlink() or (folder / name).is_dir():
-            raise ArtifactError(f"{folder / name} is a {'symlink' if (folder / name).is_symlink() else 'folder'}: "
-                                f"the bundle writes a file there; refused (export to a fresh folder)")
+        refuse_unwritable(folder / name)
     executable.write_shared_library(folder / LIBRARY_FILE)
     target = executable.target
     manifest: dict[str, Any] = {
