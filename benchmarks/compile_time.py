@@ -40,19 +40,25 @@ torch.manual_seed(0)
 model, inputs = benchmark_models(12)[sys.argv[1]]()
 model.eval()
 start = time.perf_counter()
-module = kiln.compile(model, inputs)
+if sys.argv[3] == "dynamo":  # the first call compiles: Dynamo's trace, then Kiln (or the cache)
+    import kiln.dynamo
+    with torch.no_grad():
+        torch.compile(model, backend="kiln")(*inputs)
+    module = kiln.dynamo.graphs()[0].module
+else:
+    module = kiln.compile(model, inputs)
 seconds = time.perf_counter() - start
 rows = sorted(((row.name, row.seconds) for row in module.report.rows), key=lambda row: -row[1])
 print(json.dumps({"seconds": seconds, "cached": any(name == "cache" for name, _ in rows), "rows": rows[:6]}))
 """
 
 
-def compile_in_new_process(checkout: Path, model: str, threads: int, cache_dir: str, cache: bool) -> dict:
+def compile_in_new_process(checkout: Path, model: str, threads: int, cache_dir: str, cache: bool, mode: str = "kiln") -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "KILN_CACHE_DIR": cache_dir, "KILN_CACHE": "on" if cache else "off",
            "TVM_NUM_THREADS": str(threads)}
     # benchmarks/models.py of this checkout, the compiler of `checkout`
     script = f"import sys; sys.path.append({str(ROOT)!r})\n" + _COMPILE_ONCE
-    result = subprocess.run([sys.executable, "-c", script, model, str(threads)], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script, model, str(threads), mode], env=env, capture_output=True, text=True,
                             cwd=tempfile.gettempdir(), timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"compiling {model} under {checkout} failed:\n{result.stderr[-3000:]}")
@@ -60,7 +66,8 @@ def compile_in_new_process(checkout: Path, model: str, threads: int, cache_dir: 
 
 
 def compile_times(baseline: Path | None, rounds: int, threads: int) -> dict[str, dict[str, list]]:
-    times: dict[str, dict[str, list]] = {model: {"before": [], "cold": [], "warm": [], "rows": []} for model in MODELS}
+    times: dict[str, dict[str, list]] = {model: {"before": [], "cold": [], "warm": [], "dynamo cold": [], "dynamo warm": [],
+                                                 "rows": []} for model in MODELS}
     for round_index in range(rounds):
         for model in MODELS:
             with tempfile.TemporaryDirectory(prefix="kiln-cache-") as cache_dir:
@@ -68,12 +75,18 @@ def compile_times(baseline: Path | None, rounds: int, threads: int) -> dict[str,
                     times[model]["before"].append(compile_in_new_process(baseline, model, threads, cache_dir, False)["seconds"])
                 cold = compile_in_new_process(ROOT, model, threads, cache_dir, True)
                 warm = compile_in_new_process(ROOT, model, threads, cache_dir, True)
-            assert not cold["cached"] and warm["cached"], (cold, warm)
+            with tempfile.TemporaryDirectory(prefix="kiln-cache-") as cache_dir:
+                dynamo_cold = compile_in_new_process(ROOT, model, threads, cache_dir, True, "dynamo")
+                dynamo_warm = compile_in_new_process(ROOT, model, threads, cache_dir, True, "dynamo")
+            assert not cold["cached"] and warm["cached"] and not dynamo_cold["cached"] and dynamo_warm["cached"]
+            times[model]["dynamo cold"].append(dynamo_cold["seconds"])
+            times[model]["dynamo warm"].append(dynamo_warm["seconds"])
             times[model]["cold"].append(cold["seconds"])
             times[model]["warm"].append(warm["seconds"])
             times[model]["rows"] = cold["rows"]
             print(f"[compile] round {round_index + 1} {model}: before {times[model]['before'][-1:]} cold {cold['seconds']:.2f} s, "
-                  f"warm {warm['seconds']:.2f} s", file=sys.stderr, flush=True)
+                  f"warm {warm['seconds']:.2f} s; torch.compile cold {dynamo_cold['seconds']:.2f} s, warm {dynamo_warm['seconds']:.2f} s",
+                  file=sys.stderr, flush=True)
     return times
 
 
@@ -122,15 +135,21 @@ def main() -> None:
         f"`python benchmarks/compile_time.py --rounds {args.rounds} --threads {args.threads}"
         f"{' --baseline OLD' if baseline else ''}` on {cpu_name()}, {os.cpu_count()} cores. Seconds of the "
         "`kiln.compile` call in a new process (imports not counted), median of the rounds; cold: empty compile "
-        "cache; warm: a new process after the cold one filled it; before: the baseline checkout (no cache).",
+        "cache; warm: a new process after the cold one filled it; before: the baseline checkout (no cache). "
+        "torch.compile: the first call of `torch.compile(model, backend=\"kiln\")` (Dynamo's trace included), "
+        "cold and warm the same way.",
         "",
-        "| model | before (s) | cold (s) | cold ÷ before | warm (s) | warm ÷ cold | slowest rows of the cold compile (s) |",
-        "|---|---|---|---|---|---|---|",
+        "",
+        "| model | before (s) | cold (s) | cold ÷ before | warm (s) | warm ÷ cold | torch.compile cold (s) | warm (s) | warm ÷ cold |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model, t in times.items():
         before, cold, warm = median(t["before"]), median(t["cold"]), median(t["warm"])
-        slowest = ", ".join(f"{name} {seconds:.2f}" for name, seconds in t["rows"])
-        lines.append(f"| {model} | {before:.2f} | {cold:.2f} | {cold / before:.2f} | {warm:.2f} | {warm / cold:.2f} | {slowest} |")
+        dynamo_cold, dynamo_warm = median(t["dynamo cold"]), median(t["dynamo warm"])
+        lines.append(f"| {model} | {before:.2f} | {cold:.2f} | {cold / before:.2f} | {warm:.2f} | {warm / cold:.2f} | "
+                     f"{dynamo_cold:.2f} | {dynamo_warm:.2f} | {dynamo_warm / dynamo_cold:.2f} |")
+    lines += ["", "Slowest rows of the last cold `kiln.compile` (s):", ""]
+    lines += [f"- {model}: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in t["rows"]) for model, t in times.items()]
     lines += [
         "",
         f"## `torch.compile(backend=\"kiln\")` against `kiln.compile`: latency, {args.threads} threads, "
