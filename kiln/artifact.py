@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -106,7 +108,7 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
                 from kiln.signing import verify_manifest
 
                 verify_manifest(manifest_bytes, _optional_member(archive, SIGNATURE, path), trusted_keys, path)
-            with tempfile.TemporaryDirectory(prefix="kiln-artifact-") as folder:
+            with tempfile.TemporaryDirectory(prefix="kiln-artifact-", dir=_unpack_root(path)) as folder:
                 root = Path(folder).resolve()
                 total = 0
                 for name, checksum in files.items():
@@ -128,6 +130,18 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
         raise ArtifactError(f"{path}: the artifact is truncated or not a zip file ({error})") from error
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError, zlib.error) as error:
         raise ArtifactError(f"{path}: the artifact is corrupt or incomplete ({type(error).__name__}: {error})") from error
+
+
+def _unpack_root(path: Path) -> str | None:
+    """Where an artifact is unpacked: /dev/shm (memory) when it has room for twice the artifact,
+    which spares writing a BERT-sized library to disk only to map it again; else the temp folder."""
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * path.stat().st_size:
+            return str(shm)
+    except OSError:
+        pass
+    return None
 
 
 def _checked_manifest(manifest_bytes: bytes, path: Path) -> dict[str, Any]:

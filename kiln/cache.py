@@ -21,6 +21,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from kiln.module import CompiledModule
 
 SUFFIX = ".kiln"
+_PENDING: dict[str, threading.Thread] = {}  # entries this process is writing, by key
 DEFAULT_SIZE = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -127,6 +129,9 @@ class CompileCache:
         """The module stored under `key`, or None; and a note for the report (why it was rebuilt)."""
         from kiln.module import load
 
+        pending = _PENDING.get(key)
+        if pending is not None:  # this process is storing it: wait for the whole entry
+            pending.join()
         path = self._path(key)
         if not path.is_file():
             return None, ""
@@ -137,6 +142,22 @@ class CompileCache:
             return None, f"cache entry {key[:12]} was corrupt and is rebuilt ({error})"
         os.utime(path)  # least recently used goes first
         return module, ""
+
+    def store_in_background(self, key: str, module: "CompiledModule") -> None:
+        """`store`, on a thread of its own: serializing a BERT-base's program and weights takes
+        5 s, which the compile's caller need not wait for. Python waits for the thread before the
+        process exits, and a `load` of the same key in this process waits for it."""
+        thread = threading.Thread(target=self._store_reporting, args=(key, module), name=f"kiln-cache-{key[:8]}")
+        _PENDING[key] = thread
+        thread.start()
+
+    def _store_reporting(self, key: str, module: "CompiledModule") -> None:
+        try:
+            self.store(key, module)
+        except Exception as error:  # noqa: BLE001 - a failed store costs the next compile its speed, never this one its result
+            warn_unusable(f"could not store the build in the compile cache {self.root}: {type(error).__name__}: {error}")
+        finally:
+            _PENDING.pop(key, None)
 
     def store(self, key: str, module: "CompiledModule") -> None:
         path = self._path(key)
@@ -188,6 +209,12 @@ class CompileCache:
         used = sum(entry.bytes for entry in entries)
         return (f"compile cache {self.root}: {len(entries)} entries, {used / (1 << 20):.1f} MiB of "
                 f"{_size_limit() / (1 << 20):.0f} MiB (KILN_CACHE_DIR, KILN_CACHE_SIZE)")
+
+
+def wait_for_stores() -> None:
+    """Return once every entry this process is storing is written (or has failed)."""
+    for thread in list(_PENDING.values()):
+        thread.join()
 
 
 def warn_unusable(reason: str) -> None:

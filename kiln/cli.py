@@ -214,8 +214,9 @@ def info(args: argparse.Namespace) -> int:
 
 def cache_command(args: argparse.Namespace) -> int:
     """`kiln cache info` / `kiln cache clear`: the compile cache's folder, entries and size."""
-    from kiln.cache import CompileCache
+    from kiln.cache import CompileCache, wait_for_stores
 
+    wait_for_stores()
     cache = CompileCache()
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.root}")

@@ -154,9 +154,10 @@ def compile(  # noqa: A001 - the public name users expect
         executable = get_backend(resolved.backend).build(graph, context)
     signature = Signature.of(graph)
     compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
-    if key is not None:
+    # a build this machine cannot run (CUDA without a GPU) would be loaded only to be refused
+    if key is not None and (resolved.cross or executable.why_not_here() is None):
         with stage("storing the build in the compile cache"):
-            compile_cache.store(key, compiled)
+            compile_cache.store_in_background(key, compiled)
     compiled = _on_board(compiled, remote, inputs, reference, progress)
     debug.write_report(report)
     return compiled

@@ -117,7 +117,7 @@ def _compile(frame: "_Frame", options: dict[str, Any]) -> CompiledModule:
     with tracing(None), compile_context(None):
         module = kiln_compile(frame, frame.example_inputs, dynamic_shapes=frame.dynamic_shapes(), cache=False, **options)
     if key is not None:
-        cache.store(key, module)
+        cache.store_in_background(key, module)
     return module
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.cache import CompileCache
+from kiln.cache import CompileCache, wait_for_stores
 from kiln.cli import main as cli
 from kiln.models.zoo import ZOO
 from tests.conftest import assert_matches, eager
@@ -28,8 +28,27 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+def entries():
+    """The cache's entries once this process has finished writing them (stores run in the background)."""
+    wait_for_stores()
+    return CompileCache().entries()
+
+
 def rows(module) -> dict[str, object]:
     return {row.name: row for row in module.report.rows}
+
+
+def assert_second_process_loads_from_cache(script: str, tmp_path: Path) -> None:
+    """`script` (argv[1]: where to save its outputs; its last line: the report's cache notes) run
+    in two processes one after the other: the second loads from the cache, outputs bit for bit."""
+    notes = []
+    for run in range(2):
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"out{run}.pt")], capture_output=True,
+                                text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        notes.append(result.stdout.strip().splitlines()[-1])
+    assert notes[0] == "[]" and "from cache" in notes[1], notes
+    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))
 
 
 def cnn():
@@ -39,7 +58,7 @@ def cnn():
 def test_a_second_compile_loads_the_first_build_and_says_so(cache_dir):
     model, inputs = cnn()
     first = kiln.compile(model, inputs)
-    assert "cache" not in rows(first) and len(CompileCache().entries()) == 1
+    assert "cache" not in rows(first) and len(entries()) == 1
     second = kiln.compile(model, inputs)
     assert rows(second)["cache"].note.startswith("from cache")
     assert rows(second)["cache"].drift.max_abs <= 1e-4 * eager(model, *inputs).abs().max().item()
@@ -56,14 +75,7 @@ def test_a_new_process_loads_the_build_with_identical_outputs(cache_dir, tmp_pat
         "torch.save(module(*inputs), sys.argv[1])\n"
         "print([row.note for row in module.report.rows if row.name == 'cache'])\n"
     )
-    outputs = []
-    for run in range(2):
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"out{run}.pt")], capture_output=True,
-                                text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert result.returncode == 0, result.stderr[-2000:]
-        outputs.append(result.stdout.strip().splitlines()[-1])
-    assert outputs[0] == "[]" and "from cache" in outputs[1], outputs
-    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))
+    assert_second_process_loads_from_cache(script, tmp_path)
 
 
 def test_other_options_weights_or_targets_are_other_entries(cache_dir):
@@ -74,14 +86,14 @@ def test_other_options_weights_or_targets_are_other_entries(cache_dir):
     with torch.no_grad():
         model.fc1.weight.add_(1.0)
     changed = kiln.compile(model, inputs)
-    assert "cache" not in rows(changed) and len(CompileCache().entries()) == 4
+    assert "cache" not in rows(changed) and len(entries()) == 4
     assert_matches(changed(*inputs), eager(model, *inputs))
 
 
 def test_a_corrupt_entry_is_detected_and_rebuilt(cache_dir):
     model, inputs = cnn()
     kiln.compile(model, inputs)
-    (entry,) = CompileCache().entries()
+    (entry,) = entries()
     data = bytearray(entry.path.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)  # inside the library: its checksum no longer matches
@@ -99,9 +111,9 @@ def test_an_entry_stored_under_another_key_is_not_trusted(cache_dir):
     mlp, mlp_inputs = ZOO["mlp"]()
     model, inputs = cnn()
     kiln.compile(mlp, mlp_inputs)
-    (mlp_entry,) = CompileCache().entries()
+    (mlp_entry,) = entries()
     kiln.compile(model, inputs)
-    cnn_entry = next(entry for entry in CompileCache().entries() if entry.path != mlp_entry.path)
+    cnn_entry = next(entry for entry in entries() if entry.path != mlp_entry.path)
     cnn_entry.path.write_bytes(mlp_entry.path.read_bytes())  # a whole artifact, but another model's
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -126,7 +138,7 @@ def test_two_processes_filling_the_cache_at_once_both_succeed(cache_dir, tmp_pat
     model, inputs = cnn()
     for i in range(2):
         assert_matches(torch.load(tmp_path / f"out{i}.pt"), eager(model, *inputs))
-    assert len(CompileCache().entries()) == 1
+    assert len(entries()) == 1
     assert not list(cache_dir.glob("??/.*.partial"))
     assert "cache" in rows(kiln.compile(model, inputs))
 
@@ -135,10 +147,10 @@ def test_least_recently_used_entries_go_when_the_cache_is_full(cache_dir, monkey
     mlp, mlp_inputs = ZOO["mlp"]()
     model, inputs = cnn()
     kiln.compile(mlp, mlp_inputs)
-    (first,) = CompileCache().entries()
+    (first,) = entries()
     monkeypatch.setenv("KILN_CACHE_SIZE", str(first.bytes + 1))  # room for one entry
     kiln.compile(model, inputs)
-    (kept,) = CompileCache().entries()
+    (kept,) = entries()
     assert kept.path != first.path and not first.path.exists()
 
 
@@ -167,7 +179,7 @@ def test_cli_cache_info_and_clear(cache_dir, capsys):
     assert cli(["cache", "info"]) == 0
     assert "1 entries" in capsys.readouterr().out
     assert cli(["cache", "clear"]) == 0
-    assert "removed 1 entries" in capsys.readouterr().out and not CompileCache().entries()
+    assert "removed 1 entries" in capsys.readouterr().out and not entries()
 
 
 def test_torch_compile_in_a_new_process_loads_each_graph_from_the_cache(cache_dir, tmp_path):
@@ -179,11 +191,4 @@ def test_torch_compile_in_a_new_process_loads_each_graph_from_the_cache(cache_di
         "    torch.save(torch.compile(model, backend='kiln')(*inputs), sys.argv[1])\n"
         "print([row.note for graph in kiln.dynamo.graphs() for row in graph.module.report.rows if row.name == 'cache'])\n"
     )
-    notes = []
-    for run in range(2):
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"out{run}.pt")], capture_output=True,
-                                text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert result.returncode == 0, result.stderr[-2000:]
-        notes.append(result.stdout.strip().splitlines()[-1])
-    assert notes[0] == "[]" and "from cache" in notes[1], notes
-    assert torch.equal(torch.load(tmp_path / "out0.pt"), torch.load(tmp_path / "out1.pt"))
+    assert_second_process_loads_from_cache(script, tmp_path)
