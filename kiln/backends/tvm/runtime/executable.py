@@ -152,7 +152,9 @@ class TVMExecutable:
         program.write_to_file(str(folder / PROGRAM_FILE))
         if program.imports:
             (kernels,) = program.imports
-            _export(kernels, folder / KERNELS_FILE, None)
+            # one object after another: the cache stores on a thread of its own, which may still
+            # be writing while the interpreter exits, when no thread pool can start
+            _export(kernels, folder / KERNELS_FILE, None, parallel=False)
 
     def shared_library_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -204,7 +206,7 @@ class TVMExecutable:
         return executable
 
 
-def _export(root: tvm.runtime.Module, path: Path, compiler) -> None:
+def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = True) -> None:
     """`root.export_library(path)`; for a library of LLVM modules alone (kiln/backends/tvm/pipeline.py
     builds one per core) their object files are emitted in parallel threads, where TVM writes
     them one after another (LLVM's code generation again). The rest is TVM's own: the import tree
@@ -215,8 +217,13 @@ def _export(root: tvm.runtime.Module, path: Path, compiler) -> None:
         return
     with tempfile.TemporaryDirectory() as workspace:
         objects = [str(Path(workspace) / f"lib{index}.o") for index in range(len(modules))]
-        with ThreadPoolExecutor(max(1, min(len(modules), len(os.sched_getaffinity(0))))) as pool:
-            list(pool.map(lambda module_and_file: module_and_file[0].write_to_file(module_and_file[1]), zip(modules, objects)))
+        workers = max(1, min(len(modules), len(os.sched_getaffinity(0)))) if parallel else 1
+        if workers == 1:
+            for module, file in zip(modules, objects):
+                module.write_to_file(file)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda module_and_file: module_and_file[0].write_to_file(module_and_file[1]), zip(modules, objects)))
         first = modules[0]
         system_lib = first.get_function("__tvm_is_system_module")()
         prefix = first.get_function("__tvm_get_system_lib_prefix")() or ""
