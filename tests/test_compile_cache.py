@@ -192,3 +192,11 @@ def test_torch_compile_in_a_new_process_loads_each_graph_from_the_cache(cache_di
         "print([row.note for graph in kiln.dynamo.graphs() for row in graph.module.report.rows if row.name == 'cache'])\n"
     )
     assert_second_process_loads_from_cache(script, tmp_path)
+
+
+def test_a_script_that_exits_right_after_compiling_still_fills_the_cache(cache_dir):
+    script = "import kiln\nfrom kiln.models.zoo import ZOO\nmodel, inputs = ZOO['mlp']()\nkiln.compile(model, inputs)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and "could not store" not in result.stderr, result.stderr[-2000:]
+    assert len(entries()) == 1
