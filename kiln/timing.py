@@ -15,8 +15,13 @@ def interleaved_medians(
 
     Each turn makes `calls_per_turn` calls and times all but the first: runtimes keep their worker
     threads spinning for a while after a call (TVM, OpenMP, ONNX Runtime all do), and the untimed
-    call absorbs the previous contender's spinning instead of charging it to this one.
+    call absorbs the previous contender's spinning instead of charging it to this one. Compile
+    cache entries this process is still writing (a background thread, seconds for a large
+    model) are finished first: they would take a core from every contender.
     """
+    from kiln.cache import wait_for_stores
+
+    wait_for_stores()
     for _ in range(warmup):
         for run in runs.values():
             run()
