@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from kiln.errors import FrontendError, KilnError
+from kiln.errors import FrontendError, KilnError, TargetError
 from kiln.module import CompiledModule
 
 
@@ -116,6 +116,9 @@ def _compile(frame: "_Frame", options: dict[str, Any]) -> CompiledModule:
             warnings.warn(f"kiln: {note}", stacklevel=3)
     with tracing(None), compile_context(None):
         module = kiln_compile(frame, frame.example_inputs, dynamic_shapes=frame.dynamic_shapes(), cache=False, **options)
+    reason = module.executable.why_not_here() if options.get("remote") is None else None
+    if reason is not None:  # Dynamo calls the graph in this process
+        raise TargetError(f"torch.compile(backend='kiln') runs each graph in this process, and {reason}")
     if key is not None:
         cache.store_in_background(key, module)
     return module

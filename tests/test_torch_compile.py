@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -160,3 +161,12 @@ def test_the_backend_is_found_through_its_entry_point_without_importing_kiln():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_target_this_machine_cannot_run_is_refused_not_called():
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs the aarch64 cross toolchain (Debian package g++-aarch64-linux-gnu)")
+    with pytest.raises(Exception) as raised:
+        compiled_by_kiln(nn.Linear(8, 4).eval(), target="rpi4", fallback=False)(torch.randn(2, 8))
+    cause = getattr(raised.value, "inner_exception", raised.value)
+    assert isinstance(cause, kiln.TargetError) and "runs each graph in this process" in str(cause)
