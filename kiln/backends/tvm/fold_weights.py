@@ -1,4 +1,4 @@
-"""Weight layout changes (transposes, reshapes, casts of constants) computed once in numpy.
+"""Weight layout changes (transposes, reshapes, casts of constants) computed once, in torch.
 
 ConvertLayout and the linear layers' W.T leave a `permute_dims` of a constant weight per layer.
 TVM's FoldConstant evaluates each one by building and running a TIR function through LLVM: a

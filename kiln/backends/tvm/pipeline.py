@@ -52,7 +52,7 @@ def fusion_passes(target: Target) -> NamedPasses:
         # activations and weights; weight transposes fold into constants, activation ones sit at
         # the graph's edges
         ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
-        # W.T of linear layers and HWIO conv weights become constants, in numpy; TVM folds the rest
+        # W.T of linear layers and HWIO conv weights become constants, in torch; TVM folds the rest
         ("FoldWeightLayouts", fold_weight_layouts),
         ("FoldConstantWeights", relax.transform.FoldConstant),
         ("PackWeights", lambda: pack_weights(vector_unit(target), integer_dots(target) + bf16_dots(target))),

@@ -193,7 +193,7 @@ class TVMExecutable:
         if reason is not None:
             raise TargetError(reason)
         kernels = folder / KERNELS_FILE
-        if kernels.is_file() and elf_architecture(kernels.read_bytes()[:64]) != target.architecture:
+        if kernels.is_file() and elf_architecture(_elf_header(kernels)) != target.architecture:
             raise ArtifactError(f"the artifact's kernel library is not for target '{target.name}' ({target.architecture}); "
                                 "refused before loading it")
         try:
@@ -204,6 +204,11 @@ class TVMExecutable:
             raise ArtifactError(f"the artifact's program could not be loaded: {str(error).splitlines()[-1]}") from error
         executable.library = relax.VMExecutable(program)
         return executable
+
+
+def _elf_header(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(64)
 
 
 def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = True) -> None:
