@@ -178,7 +178,7 @@ def _kiln_runner(folder: Path) -> Callable[..., list[torch.Tensor]]:
     spec = importlib.util.spec_from_file_location(f"bundle_{folder.name}", folder / "run.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
-    main = runner.load_bundle(folder)[0]["main"]
+    main = runner.load_bundle(folder)[0]
 
     def run(*inputs: torch.Tensor) -> list[torch.Tensor]:
         result = main(*[tvm.runtime.from_dlpack(t) for t in inputs])

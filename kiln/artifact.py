@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Collection, Sequence, TypeVar
+
+import numpy as np
 
 from kiln.errors import ArtifactError
 
@@ -45,7 +48,27 @@ def write_artifact(path: str | Path, manifest: dict[str, Any], save_files: Calla
             if signature is not None:
                 archive.writestr(SIGNATURE, signature)
             for p in files:
-                archive.write(p, f"files/{p.relative_to(folder)}")
+                if compress:
+                    archive.write(p, f"files/{p.relative_to(folder)}")
+                else:
+                    _write_aligned(archive, p, f"files/{p.relative_to(folder)}")
+
+
+# zipalign's extra field (Android): padding that puts a stored member's data at an aligned offset
+_PADDING_FIELD_ID = 0xD935
+MEMBER_ALIGNMENT = 64  # TVM's DLPack import wants 64-byte aligned data: a mapped member is used in place
+
+
+def _write_aligned(archive: zipfile.ZipFile, source: Path, name: str) -> None:
+    """`source` stored (not compressed) with its data at a MEMBER_ALIGNMENT offset in the file."""
+    info = zipfile.ZipInfo.from_file(source, name)
+    info.compress_type = zipfile.ZIP_STORED
+    zip64_extra = 20 if info.file_size * 1.05 > zipfile.ZIP64_LIMIT else 0  # what zipfile appends to the header
+    data_start = archive.fp.tell() + 30 + len(name.encode()) + zip64_extra + 4
+    padding = -data_start % MEMBER_ALIGNMENT
+    info.extra = struct.pack("<HH", _PADDING_FIELD_ID, padding) + b"\0" * padding
+    with source.open("rb") as reader, archive.open(info, "w") as writer:
+        shutil.copyfileobj(reader, writer, 16 << 20)
 
 
 def sign_artifact(path: str | Path, key: Any) -> None:
@@ -53,7 +76,7 @@ def sign_artifact(path: str | Path, key: Any) -> None:
     from kiln.signing import sign_manifest
 
     path = Path(path)
-    read_artifact(path, lambda manifest, folder: None)  # safe and whole, before it is vouched for
+    read_artifact(path, lambda manifest, folder, mapped: None)  # safe and whole, before it is vouched for
     with zipfile.ZipFile(path) as archive:
         members = {info.filename: archive.read(info) for info in archive.infolist() if info.filename != SIGNATURE}
     signature = sign_manifest(members[MANIFEST], key)
@@ -88,14 +111,18 @@ MAX_MANIFEST_BYTES = 16 << 20
 SIGNATURE = "signature.json"
 
 
-def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path], T],
-                  trusted_keys: Sequence[Any] | None = None) -> T:
-    """Check the artifact whole, unpack it and hand the manifest and folder to `load_files`.
+def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path, dict[str, np.ndarray]], T],
+                  trusted_keys: Sequence[Any] | None = None, map_members: Collection[str] = ()) -> T:
+    """Check the artifact whole, unpack it and hand the manifest, the folder and the mapped
+    members to `load_files`.
 
     Nothing is written before every member is known to be safe: names relative and inside the
     folder, no symlinks, no duplicates, exactly the files the manifest lists, sizes under the caps.
     With `trusted_keys`, the manifest (which holds every file's SHA-256) must carry a valid
-    Ed25519 signature by one of them, checked before anything is unpacked or loaded."""
+    Ed25519 signature by one of them, checked before anything is unpacked or loaded. A file named
+    in `map_members` that the artifact stores uncompressed is not unpacked: it is mapped from the
+    artifact (copy-on-write: the artifact is never written), checked in place and handed over by
+    name as a uint8 array (the weights: hundreds of MB not copied twice); compressed, it is unpacked."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such Kiln artifact")
@@ -110,8 +137,14 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
                 verify_manifest(manifest_bytes, _optional_member(archive, SIGNATURE, path), trusted_keys, path)
             with tempfile.TemporaryDirectory(prefix="kiln-artifact-", dir=_unpack_root(path)) as folder:
                 root = Path(folder).resolve()
-                total = 0
+                total, mapped = 0, {}
                 for name, checksum in files.items():
+                    info = archive.getinfo(f"files/{name}")
+                    if name in map_members and info.compress_type == zipfile.ZIP_STORED:
+                        mapped[name] = _mapped_member(archive, info, path)
+                        if _sha256(mapped[name]) != checksum:
+                            raise ArtifactError(f"{path}: the artifact is corrupt: checksum mismatch in {name}")
+                        continue
                     data = _read_member(archive, f"files/{name}", MAX_FILE_BYTES, path)
                     total += len(data)
                     if total > MAX_TOTAL_BYTES:
@@ -123,13 +156,29 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path],
                         raise ArtifactError(f"{path}: member {name!r} would be written outside the unpack folder")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
-                return load_files(manifest, root)
+                return load_files(manifest, root, mapped)
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as error:
         raise ArtifactError(f"{path}: the artifact is truncated or not a zip file ({error})") from error
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError, zlib.error) as error:
         raise ArtifactError(f"{path}: the artifact is corrupt or incomplete ({type(error).__name__}: {error})") from error
+
+
+def _mapped_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """A stored member's bytes as a read-only-in-effect mapping of the artifact (copy-on-write, so
+    writers of the array never reach the file), located from its local header."""
+    archive.fp.seek(info.header_offset)
+    header = archive.fp.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ArtifactError(f"{path}: member {info.filename!r} has no local header where the directory says; refused")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > path.stat().st_size:
+        raise ArtifactError(f"{path}: member {info.filename!r} runs past the end of the artifact; refused")
+    if info.file_size == 0:
+        return np.zeros(0, np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=(info.file_size,))
 
 
 def _unpack_root(path: Path) -> str | None:
@@ -205,5 +254,5 @@ def _optional_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes |
     return _read_member(archive, name, MAX_MANIFEST_BYTES, path) if name in archive.namelist() else None
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -5,9 +5,12 @@ captured IR and its weights, the pass pipeline and its options, the target with 
 features, the tuning records it used, the Kiln/TVM/torch versions), under `$KILN_CACHE_DIR`
 (default ~/.cache/kiln/compiled). Each is written to a temporary file and renamed into place, so
 two processes filling the cache at once each see either no entry or a whole one; entries are
-`local` artifacts (uncompressed, program and kernels apart: `TVMExecutable.save`). An entry is
+`local` artifacts, stored uncompressed, so that their weights are mapped in place. An entry is
 loaded through `artifact.read_artifact`, which checks every file's checksum before any library is
 mapped, and must name the key it was stored under: one that fails either is deleted and rebuilt.
+A torch module's fingerprint (kiln/fingerprint.py: its classes' source, attributes, weights and
+inputs' shapes) names the entry its last capture led to, so a warm compile skips the capture;
+kiln/compiler.py checks such an entry against the eager model before it uses it.
 The cache keeps to `$KILN_CACHE_SIZE` (default 4G), dropping the least recently used entries.
 A folder that someone other than this user may write to is not used at all: its libraries
 would be code that user chose.
@@ -31,12 +34,15 @@ import torch
 
 from kiln import artifact
 from kiln.errors import KilnError
+from kiln.fingerprint import hash_tensor
 
 if TYPE_CHECKING:
     from kiln.ir.graph import Graph
     from kiln.module import CompiledModule
 
 SUFFIX = ".kiln"
+ALIASES = "models"  # model fingerprint -> entry key: the shortcut past capture (kiln/fingerprint.py)
+ENTRY_FORMAT = 2  # 2: weights apart from the program (kiln/backends/tvm/weights.py)
 _PENDING: dict[str, threading.Thread] = {}  # entries this process is writing, by key
 DEFAULT_SIZE = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -58,13 +64,6 @@ def _size_limit() -> int:
         raise KilnError(f"KILN_CACHE_SIZE={os.environ['KILN_CACHE_SIZE']!r}: give a size such as 500M or 4G") from None
 
 
-def _hash_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
-    tensor = tensor.detach().cpu().contiguous()
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    if tensor.numel():
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().data)
-
-
 def graph_key(graph: "Graph", options: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
     """The entry of a captured Kiln graph: its code, input specs and weights."""
     structure = (graph.in_spec, graph.out_spec, graph.symbol_names, graph.dim_ranges,
@@ -77,25 +76,27 @@ def cache_key(code: str, structure: str, weights: Iterable[tuple[str, torch.Tens
     """The entry's name: a captured graph's code, its inputs' structure and its weights, then
     `options` (every setting the build reads, JSON-able) and `tensors` (calibration batches),
     then the versions."""
-    import kiln
-
     digest = hashlib.sha256()
     digest.update(code.encode())
     digest.update(structure.encode())
     for name, tensor in weights:
         digest.update(name.encode())
-        _hash_tensor(digest, tensor)
-    versions = {"kiln": kiln.__version__, "torch": torch.__version__, "tvm": _tvm_version(), "python": sys.version}
-    digest.update(json.dumps({"options": options, "versions": versions}, sort_keys=True, default=repr).encode())
+        hash_tensor(digest, tensor)
+    digest.update(json.dumps({"options": options, "versions": versions()}, sort_keys=True, default=repr).encode())
     for tensor in tensors:
-        _hash_tensor(digest, tensor)
+        hash_tensor(digest, tensor)
     return digest.hexdigest()
 
 
-def _tvm_version() -> str:
+def versions() -> dict[str, Any]:
+    """What built an entry, besides its inputs: the versions of Kiln, torch, TVM, Python, and of
+    the entries' own layout."""
     import tvm
 
-    return tvm.__version__
+    import kiln
+
+    return {"kiln": kiln.__version__, "torch": torch.__version__, "tvm": tvm.__version__, "python": sys.version,
+            "entry": ENTRY_FORMAT}
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,35 @@ class CompileCache:
         os.utime(path)  # least recently used goes first
         return module, ""
 
+    def _alias(self, fingerprint: str) -> Path:
+        return self.root / ALIASES / fingerprint[:2] / fingerprint
+
+    def key_of(self, fingerprint: str) -> str | None:
+        """The entry a model fingerprint (kiln/fingerprint.py) was last compiled to, if any."""
+        try:
+            key = self._alias(fingerprint).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return key if len(key) == 64 and all(c in "0123456789abcdef" for c in key) else None
+
+    def remember(self, fingerprint: str, key: str) -> None:
+        """Record that the model with `fingerprint` compiles to entry `key` (written whole, renamed)."""
+        path = self._alias(fingerprint)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
+            with os.fdopen(handle, "w") as file:
+                file.write(key)
+            os.replace(temporary, path)
+        except OSError as error:  # the next compile captures the model: slower, not wrong
+            warn_unusable(f"could not record the model's fingerprint in the compile cache {self.root}: {error}")
+
+    def forget(self, fingerprint: str) -> None:
+        self._alias(fingerprint).unlink(missing_ok=True)
+
     def store_in_background(self, key: str, module: "CompiledModule") -> None:
-        """`store`, on a thread of its own: serializing a BERT-base's program and weights takes
-        5 s, which the compile's caller need not wait for. Python waits for the thread before the
+        """`store`, on a thread of its own: writing a BERT-base's kernels and weights takes a
+        second or two, which the compile's caller need not wait for. Python waits for the thread before the
         process exits, and a `load` of the same key in this process waits for it."""
         thread = threading.Thread(target=self._store_reporting, args=(key, module), name=f"kiln-cache-{key[:8]}")
         _PENDING[key] = thread
@@ -200,8 +227,8 @@ class CompileCache:
     def clear(self) -> int:
         removed = len(self.entries())
         self.evict(0)
-        for partial in self.root.glob("??/.*.partial"):  # left by a killed process
-            partial.unlink(missing_ok=True)
+        for leftover in [*self.root.glob("??/.*.partial"), *self.root.glob(f"{ALIASES}/??/*")]:  # partial: a killed process's
+            leftover.unlink(missing_ok=True)
         return removed
 
     def describe(self) -> str:

@@ -179,7 +179,7 @@ def verify(args: argparse.Namespace) -> int:
     from kiln.artifact import read_artifact
 
     # names, sizes, checksums and the signature, with no code loaded
-    read_artifact(args.artifact, lambda manifest, folder: None, trusted_keys=args.trusted_key)
+    read_artifact(args.artifact, lambda manifest, folder, mapped: None, trusted_keys=args.trusted_key)
     print(f"{args.artifact}: intact, and signed by a trusted key")
     return 0
 

@@ -12,8 +12,9 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
-from kiln.cache import CompileCache, graph_key, warn_unusable
-from kiln.errors import FrontendError, TargetError, stage
+from kiln.cache import CompileCache, graph_key, versions, warn_unusable
+from kiln.errors import FrontendError, KilnError, TargetError, stage
+from kiln.fingerprint import model_fingerprint
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
@@ -58,14 +59,20 @@ def capture(
         example_inputs = example_inputs or generated
     with inference_mode(model):
         graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
+    return graph, graph.flatten_inputs(example_inputs, example_kwargs), eager_outputs(model, example_inputs, example_kwargs)
+
+
+def eager_outputs(model: torch.nn.Module, example_inputs: Sequence[Any], example_kwargs: dict[str, Any] | None) -> list[torch.Tensor]:
+    """The model's outputs on the example inputs, run eagerly in inference mode: what drift is
+    measured against."""
+    with inference_mode(model):
         try:
             with torch.no_grad():
                 outputs = model(*example_inputs, **(example_kwargs or {}))
         except Exception as error:
             raise FrontendError(f"{type(model).__name__} failed when run eagerly on the example inputs: "
                                 f"{type(error).__name__}: {error}") from error
-    reference = [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
-    return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
+    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -131,17 +138,32 @@ def compile(  # noqa: A001 - the public name users expect
 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
+    compile_cache = usable_cache(cache, resolved)
+    options = {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads} if compile_cache else {}
+    calibration_tensors = pytree.tree_leaves(list(calibration or []))
+    fingerprint = None
+    if compile_cache is not None and debug_dir is None and isinstance(model, torch.nn.Module):
+        start = time.perf_counter()
+        with stage("fingerprinting the model for the compile cache"):
+            fingerprint = model_fingerprint(model, example_inputs, example_kwargs, {
+                **options, "dynamic_batch": dynamic_batch, "dynamic_shapes": repr(dynamic_shapes), "versions": versions()},
+                calibration_tensors)
+        if fingerprint is not None:
+            found = _by_fingerprint(compile_cache, fingerprint, model, example_inputs, example_kwargs, start)
+            if found is not None:
+                module, inputs, reference = found
+                return _on_board(module, remote, inputs, reference, None)
     with stage("capture"):
         graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
-    compile_cache = usable_cache(cache, resolved)
     key = None
     if compile_cache is not None:
-        options = {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads}
-        key = graph_key(graph, options, pytree.tree_leaves(list(calibration or [])))
+        key = graph_key(graph, options, calibration_tensors)
         if debug_dir is None:
             start = time.perf_counter()
             cached, note = compile_cache.load(key)
             if cached is not None:
+                if fingerprint is not None:
+                    compile_cache.remember(fingerprint, key)
                 return _from_cache(cached, key, time.perf_counter() - start, inputs, reference, remote)
             if note:
                 warn_unusable(note)
@@ -158,6 +180,8 @@ def compile(  # noqa: A001 - the public name users expect
     if key is not None and (resolved.cross or executable.why_not_here() is None):
         with stage("storing the build in the compile cache"):
             compile_cache.store_in_background(key, compiled)
+            if fingerprint is not None:
+                compile_cache.remember(fingerprint, key)
     compiled = _on_board(compiled, remote, inputs, reference, progress)
     debug.write_report(report)
     return compiled
@@ -213,12 +237,47 @@ def _from_cache(cached: CompiledModule, key: str, seconds: float, inputs, refere
     return _on_board(with_cache_row(cached, key, seconds, inputs, reference), remote, inputs, reference, None)
 
 
-def with_cache_row(cached: CompiledModule, key: str, seconds: float, inputs, reference) -> CompiledModule:
+def with_cache_row(cached: CompiledModule, key: str, seconds: float, inputs, reference, how: str = "") -> CompiledModule:
     """The cached module, its report the build's own plus a "cache" row: the drift measured now."""
     drift = Drift.between(cached.executable(inputs), reference) if cached.executable.why_not_here() is None else None
     report = cached.report
-    report.add(PassRecord(report.next_index(), "cache", "kiln", seconds, drift=drift, note=f"from cache {key[:16]}"))
+    report.add(PassRecord(report.next_index(), "cache", "kiln", seconds, drift=drift, note=f"from cache {key[:16]}{how}"))
     return cached
+
+
+# how much further from eager than at build time a module found by fingerprint may be
+_FINGERPRINT_SLACK, _FINGERPRINT_FLOOR = 10.0, 1e-4
+
+
+def _by_fingerprint(compile_cache: CompileCache, fingerprint: str, model: torch.nn.Module, example_inputs, example_kwargs,
+                    start: float) -> tuple[CompiledModule, list[torch.Tensor], list[torch.Tensor]] | None:
+    """The entry the model's fingerprint names, with the flat example inputs and eager outputs it
+    was checked on: it must run on them as close to the eager model as it did when it was built.
+    None (and the fingerprint forgotten) otherwise."""
+    key = compile_cache.key_of(fingerprint)
+    if key is None:
+        return None
+    cached, note = compile_cache.load(key)
+    if cached is None:
+        if note:
+            warn_unusable(note)
+        return None
+    if cached.executable.why_not_here() is not None:
+        return None
+    built = next((row.drift for row in reversed(cached.report.rows) if row.drift is not None), None)
+    try:
+        inputs = cached.signature.flatten(tuple(example_inputs), dict(example_kwargs or {}))
+    except KilnError:  # other inputs than the build's: this is not that model
+        compile_cache.forget(fingerprint)
+        return None
+    reference = eager_outputs(model, example_inputs, example_kwargs)
+    cached = with_cache_row(cached, key, time.perf_counter() - start, inputs, reference, " (model fingerprint)")
+    drift = cached.report.rows[-1].drift
+    allowed = max(_FINGERPRINT_SLACK * built.max_rel, _FINGERPRINT_FLOOR) if built is not None else _FINGERPRINT_FLOOR
+    if drift is None or drift.exceeds(allowed):
+        compile_cache.forget(fingerprint)
+        return None
+    return cached, inputs, reference
 
 
 def _vector_lanes(resolved) -> int:

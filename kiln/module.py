@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -80,16 +79,15 @@ class CompiledModule:
         """Write the `.kiln` artifact; `sign_with` (an Ed25519 private key or its PEM file, from
         `kiln keygen`) signs it, so a loader can ask for `trusted_keys`. `extra` adds manifest
         fields (the compile cache's key), which `load(..., expect=...)` can require. `local=True` (the
-        compile cache) writes an artifact for this machine: uncompressed, the program and kernels
-        apart (`TVMExecutable.save`); seconds faster to write and to load, not for boards."""
+        compile cache) stores the files uncompressed: seconds faster to write, and the weights are
+        mapped straight from the artifact when it is loaded."""
         manifest = {
             **(extra or {}),
             **artifact_header(self.target, self.threads),
             "signature": self.signature.to_json(),
             "report": self.report.to_json(),
         }
-        save_files = partial(self.executable.save, local=True) if local else self.executable.save
-        artifact.write_artifact(path, manifest, save_files, sign_with, compress=not local)
+        artifact.write_artifact(path, manifest, self.executable.save, sign_with, compress=not local)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.signature.inputs)
@@ -121,6 +119,9 @@ def _builder() -> dict[str, str]:
     return versions
 
 
+MAPPED_FILES = ("weights.bin",)  # mapped from an uncompressed artifact, not unpacked (kiln/backends/tvm/weights.py)
+
+
 def load(path: str | Path, trusted_keys: Sequence[Any] | None = None,
          expect: dict[str, Any] | None = None) -> "CompiledModule | CompiledCausalLM":
     """Restore a module saved with `CompiledModule.save`, in any process.
@@ -131,7 +132,7 @@ def load(path: str | Path, trusted_keys: Sequence[Any] | None = None,
     unpacked or loaded. An artifact saved by `CompiledCausalLM.save` loads as that. `expect` names
     manifest fields the artifact must have, with their values, before its library is loaded."""
 
-    def restore(manifest: dict[str, Any], folder: Path) -> CompiledModule:
+    def restore(manifest: dict[str, Any], folder: Path, mapped: dict[str, Any]) -> CompiledModule:
         for field, value in (expect or {}).items():
             if manifest.get(field) != value:
                 raise ArtifactError(f"{path}: its manifest's {field} is {manifest.get(field)!r}, not {value!r}")
@@ -141,8 +142,8 @@ def load(path: str | Path, trusted_keys: Sequence[Any] | None = None,
             return restore_causal_lm(manifest, folder)
         target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
         threads = manifest.get("threads")
-        executable = get_backend(manifest["backend"]).load(folder, target, threads)
+        executable = get_backend(manifest["backend"]).load(folder, target, threads, mapped)
         report = Report.from_json(manifest["report"])
         return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, report, threads)
 
-    return artifact.read_artifact(path, restore, trusted_keys)
+    return artifact.read_artifact(path, restore, trusted_keys, map_members=MAPPED_FILES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -48,4 +48,5 @@ class Backend(Protocol):
 
     def build(self, graph: Graph, context: BuildContext) -> Executable: ...
 
-    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> Executable: ...
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
+             mapped: dict[str, Any] | None = None) -> Executable: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -36,5 +36,6 @@ class EagerBackend:
     def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
         return EagerExecutable(graph)
 
-    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> EagerExecutable:
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
+             mapped: dict[str, Any] | None = None) -> EagerExecutable:
         return EagerExecutable(load_graph(folder / GRAPH_FILE))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ctypes.util
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -58,5 +58,6 @@ class OnnxRuntimeBackend:
         context.say("export to ONNX for ONNX Runtime")
         return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)
 
-    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> OnnxRuntimeExecutable:
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
+             mapped: dict[str, Any] | None = None) -> OnnxRuntimeExecutable:
         return OnnxRuntimeExecutable((folder / MODEL_FILE).read_bytes(), threads)

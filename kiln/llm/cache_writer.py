@@ -82,4 +82,4 @@ def build_cache_writer(target: ResolvedTarget, layers: int, batch: int, heads: i
                 kernel = builder.add_func(func, f"write_{'keys' if transposed else 'values'}_{index}")
                 written.append(builder.emit(relax.call_tir_inplace(kernel, [cache, rows, start], [0], types[transposed])))
         builder.emit_func_output(relax.Tuple(written))
-    return TVMExecutable(target, library=compile_module(builder.get(), tvm_target))
+    return TVMExecutable(target, library=compile_module(builder.get(), tvm_target)[0])

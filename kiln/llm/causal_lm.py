@@ -172,7 +172,12 @@ class CompiledCausalLM:
             path = folder / name
             refuse_unwritable(path)
             executable.write_shared_library(path)
-            manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            stem = f"{part}_weights" if executable.weights else None
+            if stem is not None:
+                for weight_file in bundle_runner.weight_files(stem):
+                    refuse_unwritable(folder / weight_file)
+                executable.write_weights(folder, stem)
+            manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "weights": stem}
         (folder / generation.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.copyfile(generation.__file__, folder / "run.py")
         shutil.copyfile(bundle_runner.__file__, folder / "bundle_runner.py")

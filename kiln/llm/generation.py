@@ -162,8 +162,7 @@ def load_generator(folder: Path) -> Generator:
     manifest = json.loads((folder / BUNDLE_MANIFEST).read_text())
     functions, device = {}, None
     for part in ("prefill", "decode", "write"):
-        vm, device = load_verified_module(folder, manifest[part], manifest)
-        functions[part] = vm["main"]
+        functions[part], device = load_verified_module(folder, manifest[part], manifest)
     return Generator(functions["prefill"], functions["decode"], functions["write"], manifest["layout"], device,
                      manifest.get("eos_token_ids", ()), manifest.get("pad_token_id"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import tvm
 
@@ -45,10 +46,12 @@ class TVMBackend:
             note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
             context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
         mod = run_passes(mod, target, schedule_passes(database, target), context)
-        executable = TVMExecutable(context.target, context.threads, library=build(mod, target, context))
+        program, weights = build(mod, target, context)
+        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights)
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable
 
-    def load(self, folder: Path, target: ResolvedTarget, threads: int | None) -> TVMExecutable:
-        return TVMExecutable.load(folder, target, threads)
+    def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
+             mapped: dict[str, Any] | None = None) -> TVMExecutable:
+        return TVMExecutable.load(folder, target, threads, mapped)

@@ -24,6 +24,7 @@ from tvm.target import Target
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
+from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
 from kiln.backends.tvm.cpu.schedules import CPU_RULES
@@ -167,8 +168,11 @@ def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return tvm.transform.Sequential(stock.dataflow_lower_passes(target) + stock.finalize_passes(target))
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
-    """`tvm.compile(mod, target)` with Kiln's lowering, its kernels compiled on every core.
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target,
+                   lift: bool = False) -> tuple[relax.VMExecutable, list[tvm.runtime.Tensor]]:
+    """`tvm.compile(mod, target)` with Kiln's lowering, its kernels compiled on every core; with
+    `lift`, `main`'s weights made its trailing parameters (kiln/backends/tvm/weights.py) and
+    returned beside the program (else that list is empty).
 
     TVM lowers and code-generates all TIR functions as one LLVM module on one thread: 4 of a
     ResNet-18's 11 s compile. The functions are independent, so they are built here as one LLVM
@@ -176,13 +180,14 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.
     the VM finds a kernel in any of them and `export_library` links all their objects into one .so."""
     with target:
         mod = lowering_pipeline(target)(mod)
+    mod, weights = lift_weights(mod) if lift else (mod, [])
     builder = relax.ExecBuilder()
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
     kernels = vm_build._filter_tir(mod)
     if kernels is not None:
         kernels = vm_build._auto_attach_system_lib_prefix(kernels, target, None)
     library = _build_kernels(kernels, target) if kernels is not None else None
-    return relax.VMExecutable(vm_build._ffi_api.VMLink(builder, target, library, [], {}))
+    return relax.VMExecutable(vm_build._ffi_api.VMLink(builder, target, library, [], {})), weights
 
 
 def _build_kernels(kernels: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Module:
@@ -211,14 +216,16 @@ def _host_triple() -> str:
     return str(tvm.get_global_func("target.llvm_get_system_triple")())
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target, context: BuildContext) -> tvm.runtime.Executable:
+def build(mod: tvm.IRModule, target: tvm.target.Target,
+          context: BuildContext) -> tuple[relax.VMExecutable, list[tvm.runtime.Tensor]]:
+    """The program, its weights apart (`compile_module(..., lift=True)`), with a report row."""
     context.say("tvm codegen (TIR lowering + LLVM)")
     start = time.perf_counter()
     try:
-        executable = compile_module(mod, target)
+        built = compile_module(mod, target, lift=True)
     except Exception as error:
         raise write_reproducer(mod, target, "codegen", None, context.debug.path, error) from error
     context.report.add(
         PassRecord(context.report.next_index(), "codegen", "tvm", time.perf_counter() - start, note=str(target.attrs.get("mcpu", "")))
     )
-    return executable
+    return built

@@ -35,13 +35,15 @@ def refuse_unwritable(path: Path) -> None:
 
 def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (LIBRARY_FILE, MANIFEST_FILE, RUNNER_FILE):
+    for name in (LIBRARY_FILE, MANIFEST_FILE, RUNNER_FILE, *bundle_runner.weight_files()):
         refuse_unwritable(folder / name)
     executable.write_shared_library(folder / LIBRARY_FILE)
+    executable.write_weights(folder)
     target = executable.target
     manifest: dict[str, Any] = {
         "library": LIBRARY_FILE,
         "library_sha256": hashlib.sha256((folder / LIBRARY_FILE).read_bytes()).hexdigest(),
+        "weights": bundle_runner.WEIGHTS_STEM if executable.weights else None,
         "target": target.name,
         "tvm_target": target.tvm_target,
         "device": target.device,

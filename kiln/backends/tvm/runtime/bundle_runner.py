@@ -11,6 +11,7 @@ import hashlib
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,13 @@ import tvm
 from tvm.runtime.vm import VirtualMachine  # not tvm.relax: the board may have only the runtime library
 
 HERE = Path(__file__).resolve().parent
+
+# the program's weights, its trailing parameters (kiln/backends/tvm/weights.py writes them):
+# STEM.bin, indexed by STEM.json
+WEIGHTS_STEM = "weights"
+WEIGHT_ALIGNMENT = 64  # bytes: TVM's DLPack import refuses less-aligned data
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+                "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1}
 
 
 def _load_cuda_runtime() -> None:
@@ -60,26 +68,80 @@ def request_amx_state() -> None:
 
 
 def load_bundle(folder: Path = HERE):
-    """(virtual machine, device, manifest) of the bundle in `folder`."""
+    """(main, device, manifest) of the bundle in `folder`; `main(*inputs)`."""
     manifest = json.loads((folder / "kiln_bundle.json").read_text())
-    vm, device = load_verified_module(folder, manifest, manifest)
-    return vm, device, manifest
+    main, device = load_verified_module(folder, manifest, manifest)
+    return main, device, manifest
 
 
 def load_verified_module(folder: Path, library: dict, manifest: dict):
-    """(virtual machine, device) of the library `library` names ("library", "library_sha256"),
-    checked first; `manifest` says the device and the CPU features the kernels use."""
+    """(main, device) of the library `library` names ("library", "library_sha256"; "weights", the
+    stem of its weights' files), checked first; `manifest` says the device and the CPU features
+    the kernels use. `main(*inputs)` runs the program with its weights."""
     path = _verified_library(folder, library)
     if manifest["device"] == "cuda":
         _load_cuda_runtime()
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
     if "amx-tile" in manifest.get("cpu_features", []):
         request_amx_state()
-    return VirtualMachine(tvm.runtime.load_module(str(path)), device), device
+    weights = read_weights(folder, device, stem=library["weights"]) if library.get("weights") else []
+    return with_weights(VirtualMachine(tvm.runtime.load_module(str(path)), device)["main"], weights), device
+
+
+def with_weights(main, weights: list):
+    """`main` as a function of the inputs alone: the weights, its trailing parameters, follow them."""
+    return (lambda *inputs: main(*inputs, *weights)) if weights else main
 
 
 class BundleError(Exception):
-    """The bundle's library is not the one it was exported with."""
+    """The bundle's library or weights are not the ones it was exported with."""
+
+
+def weight_files(stem: str = WEIGHTS_STEM) -> tuple:
+    """The weights' file and its index."""
+    return f"{stem}.bin", f"{stem}.json"
+
+
+def read_weights(folder: Path, device, data=None, stem: str = WEIGHTS_STEM) -> list:
+    """The program's weights as TVM tensors on `device` ([] for a program that has none), in
+    parameter order. The file is mapped, not read: a CPU tensor is a view of the mapping
+    (copy-on-write, so the file is never written). `data`: the file's bytes, already mapped
+    (an artifact's stored member). Every entry of the index is checked against the file, which
+    may be anyone's: known dtype, a shape its byte count matches, a range inside the file."""
+    data_name, index_name = weight_files(stem)
+    index_path = folder / index_name
+    if not index_path.is_file():
+        return []
+    try:
+        tensors = json.loads(index_path.read_text())["tensors"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"{index_path}: not a weights index ({error})") from None
+    if data is None:
+        path = folder / data_name
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{path}: the weights index names it, and it is not a plain file; refused")
+        data = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+    return [_weight(data, entry, device, position) for position, entry in enumerate(tensors)]
+
+
+def _weight(data, entry, device, position: int):
+    try:
+        dtype, shape, offset, size = entry["dtype"], entry["shape"], entry["offset"], entry["bytes"]
+        valid = (dtype in _DTYPE_BYTES and all(type(d) is int and d >= 0 for d in shape) and type(offset) is int
+                 and type(size) is int and 0 <= offset and offset + size <= len(data)
+                 and size == int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES[dtype])
+    except (KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise BundleError(f"weight {position} of the weights index does not fit the weights file ({entry!r:.200}); refused")
+    if size == 0:
+        return tvm.runtime.empty(tuple(shape), dtype, device)
+    raw = data[offset:offset + size]
+    if device.dlpack_device_type() == tvm.cpu().dlpack_device_type() and raw.ctypes.data % WEIGHT_ALIGNMENT == 0:
+        tensor = tvm.runtime.from_dlpack(raw)
+    else:  # another device's memory, or an unaligned member: one copy
+        tensor = tvm.runtime.tensor(np.ascontiguousarray(raw), device=device)
+    return tensor._create_view(tuple(shape), dtype)
 
 
 def _verified_library(folder: Path, manifest: dict) -> Path:
@@ -95,7 +157,7 @@ def _verified_library(folder: Path, manifest: dict) -> Path:
 
 
 def main(argv):
-    vm, device, manifest = load_bundle()
+    main, device, manifest = load_bundle()
     if argv:
         given = np.load(argv[0])
         arrays = [given[spec["name"]] for spec in manifest["inputs"]]
@@ -105,17 +167,21 @@ def main(argv):
             rng.standard_normal([d if isinstance(d, int) else 1 for d in spec["shape"]]).astype(spec["dtype"])
             for spec in manifest["inputs"]
         ]
-    vm.set_input("main", *[tvm.runtime.tensor(a, device=device) for a in arrays])
-    vm.invoke_stateful("main")
-    outputs = vm.get_outputs("main")
+    inputs = [tvm.runtime.tensor(a, device=device) for a in arrays]
+    outputs = main(*inputs)
     outputs = [outputs] if isinstance(outputs, tvm.runtime.Tensor) else list(outputs)
     results = {spec["name"]: out.numpy() for spec, out in zip(manifest["outputs"], outputs)}
     for name, value in results.items():
         print(f"{name}: {value.dtype}{list(value.shape)}")
     if len(argv) > 1:
         np.savez(argv[1], **results)
-    timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=10)
-    print(f"latency: {timer('main').median * 1e3:.2f} ms (median of 10) on target {manifest['target']}")
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        main(*inputs)
+        device.sync()
+        times.append(time.perf_counter() - start)
+    print(f"latency: {sorted(times)[5] * 1e3:.2f} ms (median of 10) on target {manifest['target']}")
 
 
 if __name__ == "__main__":

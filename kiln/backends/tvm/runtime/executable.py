@@ -5,12 +5,15 @@ target's cross toolchain, to be saved, exported or run on the board (`remote.py`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 import tvm
@@ -19,13 +22,18 @@ from tvm.runtime import _ffi_api as tvm_runtime_api
 from tvm.support import cc
 
 from kiln.backends.targets import ResolvedTarget
-from kiln.backends.tvm.runtime.bundle_runner import request_amx_state
+from kiln.backends.tvm.runtime.bundle_runner import (WEIGHTS_STEM, BundleError, read_weights, request_amx_state, weight_files,
+                                                     with_weights)
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, TargetError
+from kiln.backends.tvm.weights import write_weights
 from kiln.timing import median_seconds
 
+if TYPE_CHECKING:
+    import numpy as np
+
 LIBRARY_FILE = "module.so"
-PROGRAM_FILE, KERNELS_FILE = "program.bin", "kernels.so"  # a `local` artifact's two files
+_WRITING = threading.Lock()  # one library export at a time: TVM's code emission is not reentrant
 
 
 def _device(target: ResolvedTarget) -> tvm.runtime.Device:
@@ -62,11 +70,13 @@ class TVMExecutable:
         threads: int | None = None,
         library: tvm.runtime.Module | None = None,
         shared_library: bytes | None = None,
+        weights: Sequence[tvm.runtime.Tensor] = (),
     ) -> None:
         self.target = target
         self.threads = threads
         self.library = library  # built in this process, or loaded here
-        self.shared_library = shared_library  # a loaded board library this machine cannot load
+        self.shared_library = shared_library  # the library's file as loaded (a board's, which this machine cannot load)
+        self.weights = list(weights)  # main's trailing parameters (kiln/backends/tvm/weights.py), in host memory
         self._main = None
         self._thread_count = threads or pool_size()
 
@@ -92,6 +102,7 @@ class TVMExecutable:
         return None
 
     def _vm_main(self):
+        """The program's `main` as a function of the inputs alone: the weights follow them."""
         if self._main is None:
             reason = self.why_not_here()
             if reason is not None:
@@ -101,7 +112,9 @@ class TVMExecutable:
                     request_amx_state()
                 except OSError as error:
                     raise TargetError(f"target '{self.target.name}' may run AMX tile kernels: {error.strerror}") from None
-            self._main = relax.VirtualMachine(self.library, _device(self.target))["main"]
+            device = _device(self.target)
+            main = relax.VirtualMachine(self.library, device)["main"]
+            self._main = with_weights(main, [w if self.target.device == "cpu" else w.copyto(device) for w in self.weights])
         return self._main
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -120,7 +133,7 @@ class TVMExecutable:
     def module_kinds(self) -> set[str]:
         """Kinds of the built module and of every module it imports ("llvm", "cuda", ...): the CUDA
         kernels hang under the host code. Empty for a board library loaded as bytes."""
-        kinds, pending = set(), [self.library.mod] if self.library is not None else []
+        kinds, pending = set(), [self.library.mod] if self.library is not None and self.shared_library is None else []
         while pending:
             module = pending.pop()
             kinds.add(module.kind)
@@ -133,28 +146,26 @@ class TVMExecutable:
         return self
 
     def write_shared_library(self, path: Path) -> None:
-        """The module as one shared library for the target's CPU, weights included."""
-        if self.library is None:
+        """The program and its kernels as one shared library for the target's CPU (the weights
+        are `write_weights`'); a loaded one as it was loaded."""
+        if self.shared_library is not None:
             path.write_bytes(self.shared_library)
             return
         toolchain = self.target.toolchain
-        _export(self.library.mod, path, cc.cross_compiler(toolchain.require(self.target.name)) if toolchain else None)
+        with _WRITING:  # the compile cache may be storing this module on its own thread
+            _export(self.library.mod, path, cc.cross_compiler(toolchain.require(self.target.name)) if toolchain else None,
+                    parallel=threading.current_thread() is threading.main_thread())
 
-    def save(self, folder: Path, local: bool = False) -> None:
-        """module.so: one shared library with everything, for any machine of the target (and its
-        boards). `local` (the compile cache): the VM program with its weights (program.bin) and
-        the kernels' library (kernels.so) apart; written and loaded in a fraction of the time,
-        since 400 MB of weights no longer go through LLVM and the linker as one constant array."""
-        if not local or self.library is None or self.target.cross:
-            self.write_shared_library(folder / LIBRARY_FILE)
-            return
-        program = self.library.mod
-        program.write_to_file(str(folder / PROGRAM_FILE))
-        if program.imports:
-            (kernels,) = program.imports
-            # one object after another: the cache stores on a thread of its own, which may still
-            # be writing while the interpreter exits, when no thread pool can start
-            _export(kernels, folder / KERNELS_FILE, None, parallel=False)
+    def write_weights(self, folder: Path, stem: str = WEIGHTS_STEM) -> None:
+        """`stem`.bin and `stem`.json (kiln/backends/tvm/weights.py), where the program has weights."""
+        if self.weights:
+            write_weights(folder, self.weights, stem)
+
+    def save(self, folder: Path) -> None:
+        """module.so (the program and kernels: any machine of the target, and its boards) and the
+        weights beside it."""
+        self.write_shared_library(folder / LIBRARY_FILE)
+        self.write_weights(folder)
 
     def shared_library_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -163,11 +174,11 @@ class TVMExecutable:
             return path.read_bytes()
 
     @classmethod
-    def load(cls, folder: Path, target: ResolvedTarget, threads: int | None) -> "TVMExecutable":
+    def load(cls, folder: Path, target: ResolvedTarget, threads: int | None,
+             mapped: dict[str, "np.ndarray"] | None = None) -> "TVMExecutable":
         """Loaded into this process only where it can run here; otherwise kept as bytes for the board
-        (this machine could not even load it: wrong CPU, or no CUDA runtime)."""
-        if (folder / PROGRAM_FILE).is_file():
-            return cls._load_program(folder, target, threads)
+        (this machine could not even load it: wrong CPU, or no CUDA runtime). The weights are mapped
+        from their file, or from `mapped` (an artifact's stored member, by file name)."""
         path = folder / LIBRARY_FILE
         data = path.read_bytes()
         found = elf_architecture(data)
@@ -176,39 +187,43 @@ class TVMExecutable:
                 f"the artifact's library is {found or 'not an ELF shared library'}, but its manifest says it is built "
                 f"for target '{target.name}' ({target.architecture}); refused before loading it"
             )
-        executable = cls(target, threads, shared_library=data)
+        try:
+            weights = read_weights(folder, tvm.cpu(0), (mapped or {}).get(weight_files()[0]))
+        except BundleError as error:
+            raise ArtifactError(f"the artifact's weights: {error}") from None
+        executable = cls(target, threads, shared_library=data, weights=weights)
         if executable.why_not_here() is None:
             try:
-                executable.library, executable.shared_library = tvm.runtime.load_module(str(path)), None
+                with quiet_tvm_warnings():
+                    executable.library = tvm.runtime.load_module(str(path))
             except Exception as error:  # dlopen's and TVM's errors, whatever the library held
                 raise ArtifactError(f"the artifact's library could not be loaded: {str(error).splitlines()[-1]}") from error
         return executable
 
-    @classmethod
-    def _load_program(cls, folder: Path, target: ResolvedTarget, threads: int | None) -> "TVMExecutable":
-        """A `local` artifact: its kernels' library checked for this CPU, then the program loaded
-        with the library as its import."""
-        executable = cls(target, threads)
-        reason = executable.why_not_here()
-        if reason is not None:
-            raise TargetError(reason)
-        kernels = folder / KERNELS_FILE
-        if kernels.is_file() and elf_architecture(_elf_header(kernels)) != target.architecture:
-            raise ArtifactError(f"the artifact's kernel library is not for target '{target.name}' ({target.architecture}); "
-                                "refused before loading it")
+
+_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_tvm_warnings() -> Iterator[None]:
+    """TVM 0.27's VM executable logs a line ("Warning: Scope Saving:" / "Scope Loaded:") for each
+    storage scope it serializes or reads, hundreds for a CNN, on every save and load: those lines
+    are dropped, whatever else TVM writes to stderr meanwhile is passed on. One redirection at a
+    time: the compile cache saves on a thread of its own."""
+    with _STDERR, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
         try:
-            program = tvm.get_global_func("ffi.Module.load_from_file.relax.VMExecutable")(str(folder / PROGRAM_FILE))
-            if kernels.is_file():
-                program.import_module(tvm.runtime.load_module(str(kernels)))
-        except Exception as error:  # TVM's and dlopen's errors, whatever the files held
-            raise ArtifactError(f"the artifact's program could not be loaded: {str(error).splitlines()[-1]}") from error
-        executable.library = relax.VMExecutable(program)
-        return executable
-
-
-def _elf_header(path: Path) -> bytes:
-    with path.open("rb") as file:
-        return file.read(64)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if "Warning: Scope " not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
 
 
 def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = True) -> None:
@@ -218,7 +233,8 @@ def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = Tru
     packed as devc.o, everything linked into one shared library."""
     modules = root._collect_dso_modules()
     if any(module.kind != "llvm" for module in modules):
-        root.export_library(str(path), fcompile=compiler)
+        with quiet_tvm_warnings():
+            root.export_library(str(path), fcompile=compiler)
         return
     with tempfile.TemporaryDirectory() as workspace:
         objects = [str(Path(workspace) / f"lib{index}.o") for index in range(len(modules))]
@@ -234,7 +250,9 @@ def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = Tru
         prefix = first.get_function("__tvm_get_system_lib_prefix")() or ""
         if root.imports:
             packed = str(Path(workspace) / f"{prefix}devc.o")
-            tvm_runtime_api.ModulePackImportsToLLVM(root, system_lib, first.get_function("_get_target_string")(), prefix).write_to_file(packed)
+            with quiet_tvm_warnings():
+                imports = tvm_runtime_api.ModulePackImportsToLLVM(root, system_lib, first.get_function("_get_target_string")(), prefix)
+            imports.write_to_file(packed)
             objects.append(packed)
         (compiler or cc.create_shared)(str(path), objects)
 

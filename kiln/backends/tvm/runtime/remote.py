@@ -19,7 +19,7 @@ import torch
 import tvm
 from tvm import relax, rpc
 
-from kiln.backends.tvm.runtime.executable import LIBRARY_FILE, TVMExecutable
+from kiln.backends.tvm.runtime.executable import TVMExecutable
 from kiln.errors import TargetError
 
 SESSION_TIMEOUT_S = 600  # a session under emulation is slow; a stuck one still ends
@@ -99,10 +99,12 @@ class RemoteExecutable:
             ) from error
         self.device = self.session.cuda(0) if executable.target.device == "cuda" else self.session.cpu(0)
         self.vm = relax.VirtualMachine(loaded, self.device)
+        # copied to the board once; every call passes them after the inputs
+        self.weights = [tvm.runtime.tensor(weight.numpy(), device=self.device) for weight in executable.weights]
 
     def _set_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
         arrays = [tvm.runtime.tensor(t.detach().cpu().contiguous().numpy(), device=self.device) for t in inputs]
-        self.vm.set_input("main", *arrays)
+        self.vm.set_input("main", *arrays, *self.weights)
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._set_inputs(inputs)
@@ -118,4 +120,4 @@ class RemoteExecutable:
         return float(timer("main").median)
 
     def save(self, folder: Path) -> None:
-        self.built.write_shared_library(folder / LIBRARY_FILE)
+        self.built.save(folder)
