@@ -1,9 +1,12 @@
 """Save → load in a fresh process → same outputs; damaged artifacts give a clear error."""
 
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +40,43 @@ def test_load_in_a_new_process_gives_same_outputs(saved):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reloaded ok" in result.stdout
+
+
+def test_weights_are_kept_apart_from_the_program_and_mapped_in_place(saved, tmp_path):
+    """The library holds code alone: the weights are `main`'s trailing parameters, stored beside
+    it; an uncompressed (local) artifact has them at an aligned offset, so loading maps them."""
+    folder, path = saved
+    module = kiln.load(path)
+    first_weight = max(module.executable.weights, key=lambda w: w.numpy().nbytes).numpy().tobytes()[:256]
+    with zipfile.ZipFile(path) as archive:
+        assert first_weight not in archive.read("files/module.so")
+        assert first_weight in archive.read("files/weights.bin")
+    module.save(tmp_path / "local.kiln", local=True)
+    with zipfile.ZipFile(tmp_path / "local.kiln") as archive:
+        info = archive.getinfo("files/weights.bin")
+    raw = (tmp_path / "local.kiln").read_bytes()
+    name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    assert (info.header_offset + 30 + name_length + extra_length) % 64 == 0
+    io = torch.load(folder / "io.pt")
+    assert torch.equal(kiln.load(tmp_path / "local.kiln")(io["x"]), io["y"])
+
+
+def test_a_loaded_module_exports_a_bundle_that_runs(saved, tmp_path):
+    folder, path = saved
+    bundle = kiln.load(path).export(tmp_path / "bundle")
+    io = torch.load(folder / "io.pt")
+    np.savez(tmp_path / "in.npz", **{"x": io["x"].numpy()})
+    result = subprocess.run([sys.executable, str(bundle / "run.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (output,) = np.load(tmp_path / "out.npz").values()
+    assert torch.equal(torch.from_numpy(output), io["y"])
+
+
+def test_loading_prints_nothing(saved, capfd):
+    """TVM logs a line per storage scope when a VM program is read: Kiln drops them."""
+    kiln.load(saved[1])
+    assert capfd.readouterr().err == ""
 
 
 def test_eager_target_round_trip(tmp_path):

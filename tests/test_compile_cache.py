@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,57 @@ def test_a_new_process_loads_the_build_with_identical_outputs(cache_dir, tmp_pat
     assert_second_process_loads_from_cache(script, tmp_path)
 
 
+def never_capture(*args, **kwargs):
+    raise AssertionError("the model was captured: the fingerprint did not find its entry")
+
+
+def test_a_warm_compile_finds_its_entry_by_the_model_fingerprint_without_capturing(cache_dir, monkeypatch):
+    model, inputs = cnn()
+    first = kiln.compile(model, inputs)
+    wait_for_stores()
+    monkeypatch.setattr(kiln.compiler, "capture", never_capture)
+    second = kiln.compile(model, inputs)
+    assert rows(second)["cache"].note.endswith("(model fingerprint)")
+    assert rows(second)["cache"].drift.max_abs <= 1e-4 * eager(model, *inputs).abs().max().item()
+    assert torch.equal(second(*inputs), first(*inputs))
+
+
+OFFSET = 0.0  # read by Shifted.forward: a global the fingerprint cannot see
+
+
+class Shifted(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.fc(x) + OFFSET
+
+
+def test_a_model_changed_where_its_fingerprint_cannot_see_is_captured_again(cache_dir, monkeypatch):
+    """Same classes, weights and inputs, other numbers: the entry the fingerprint names disagrees
+    with the eager model, so it is not used."""
+    model, x = Shifted().eval(), torch.randn(4, 16)
+    kiln.compile(model, (x,))
+    wait_for_stores()
+    monkeypatch.setattr(sys.modules[__name__], "OFFSET", 3.0)
+    changed = kiln.compile(model, (x,))
+    assert "cache" not in rows(changed)
+    assert_matches(changed(x), eager(model, x))
+    again = kiln.compile(model, (x,))  # the fingerprint now names the new build
+    assert rows(again)["cache"].note.endswith("(model fingerprint)")
+
+
+def test_a_model_with_a_forward_hook_is_captured_not_fingerprinted(cache_dir):
+    model, inputs = cnn()
+    model.register_forward_hook(lambda module, args, output: output * 2)
+    kiln.compile(model, inputs)
+    wait_for_stores()
+    second = kiln.compile(model, inputs)
+    assert "model fingerprint" not in rows(second)["cache"].note  # found by its captured graph instead
+    assert_matches(second(*inputs), eager(model, *inputs))
+
+
 def test_other_options_weights_or_targets_are_other_entries(cache_dir):
     model, inputs = ZOO["mlp"]()
     kiln.compile(model, inputs)
@@ -90,13 +142,16 @@ def test_other_options_weights_or_targets_are_other_entries(cache_dir):
     assert_matches(changed(*inputs), eager(model, *inputs))
 
 
-def test_a_corrupt_entry_is_detected_and_rebuilt(cache_dir):
+@pytest.mark.parametrize("member", ["files/module.so", "files/weights.bin"])
+def test_a_corrupt_entry_is_detected_and_rebuilt(cache_dir, member):
     model, inputs = cnn()
     kiln.compile(model, inputs)
     (entry,) = entries()
+    with zipfile.ZipFile(entry.path) as archive:
+        info = archive.getinfo(member)
     data = bytearray(entry.path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)  # inside the library: its checksum no longer matches
+    middle = info.header_offset + 100 + info.file_size // 2  # inside the member (stored): its checksum no longer matches
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
     entry.path.write_bytes(bytes(data))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -130,10 +131,7 @@ def test_exported_bundle_runs_with_its_recorded_checksum(bundle):
 @pytest.mark.parametrize("case,message", [("changed byte", "SHA-256 is not the one"),
                                           ("library outside", "not a plain file of")])
 def test_bundle_runner_refuses_a_swapped_library_before_loading_it(bundle, tmp_path, case, message):
-    copy = tmp_path / "bundle"
-    copy.mkdir()
-    for name in ("module.so", "kiln_bundle.json", "run.py"):
-        (copy / name).write_bytes((bundle / name).read_bytes())
+    copy = copy_bundle(bundle, tmp_path / "bundle")
     if case == "changed byte":
         library = bytearray((copy / "module.so").read_bytes())
         library[len(library) // 2] ^= 1
@@ -145,6 +143,64 @@ def test_bundle_runner_refuses_a_swapped_library_before_loading_it(bundle, tmp_p
         (copy / "kiln_bundle.json").write_text(json.dumps(manifest))
     result = run_bundle(copy)
     assert result.returncode != 0 and "BundleError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+
+
+def copy_bundle(bundle: Path, copy: Path) -> Path:
+    copy.mkdir()
+    for path in bundle.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    return copy
+
+
+@pytest.mark.parametrize("case,message", [
+    ("past the end", "does not fit the weights file"), ("wrong shape", "does not fit the weights file"),
+    ("unknown dtype", "does not fit the weights file"), ("index missing", "their index is missing"),
+    ("weights a symlink", "not a plain file"),
+])
+def test_hostile_weights_are_refused_by_the_bundle_runner_and_by_load(bundle, saved, tmp_path, case, message):
+    """The weights' index may be anyone's: every entry must fit the file it points into, in a
+    bundle (run.py on the board) and in an artifact (kiln.load)."""
+    def tamper(folder: Path) -> None:
+        index_path = folder / "weights.json"
+        index = json.loads(index_path.read_text())
+        first = index["tensors"][0]
+        if case == "past the end":
+            first["offset"] = (folder / "weights.bin").stat().st_size
+        elif case == "wrong shape":
+            first["shape"] = [d * 2 for d in first["shape"]]
+        elif case == "unknown dtype":
+            first["dtype"] = "object"
+        elif case == "index missing":
+            index_path.unlink()
+            return
+        else:
+            (folder / "weights.bin").unlink()
+            os.symlink(tmp_path / "elsewhere.bin", folder / "weights.bin")
+            (tmp_path / "elsewhere.bin").write_bytes(b"\0" * 1024)
+        index_path.write_text(json.dumps(index))
+
+    copy = copy_bundle(bundle, tmp_path / "bundle")
+    tamper(copy)
+    result = run_bundle(copy)
+    assert result.returncode != 0 and "BundleError" in result.stderr and message in result.stderr, result.stderr[-2000:]
+
+    if case in ("index missing", "weights a symlink"):  # an artifact has no such files: its weights are members
+        return
+    path = saved / "model.kiln"
+    unpacked = tmp_path / "artifact"
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(unpacked)
+    tamper(unpacked / "files")
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    manifest["files"]["weights.json"] = hashlib.sha256((unpacked / "files" / "weights.json").read_bytes()).hexdigest()
+    (unpacked / "manifest.json").write_text(json.dumps(manifest))
+    tampered = tmp_path / "tampered.kiln"
+    with zipfile.ZipFile(tampered, "w") as archive:
+        for member in sorted(unpacked.rglob("*")):
+            if member.is_file():
+                archive.write(member, str(member.relative_to(unpacked)))
+    with pytest.raises(kiln.ArtifactError, match=message):
+        kiln.load(tampered)
 
 
 def test_export_refuses_to_write_through_a_symlink(sandbox, tmp_path):

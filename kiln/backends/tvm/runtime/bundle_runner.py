@@ -84,7 +84,7 @@ def load_verified_module(folder: Path, library: dict, manifest: dict):
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
     if "amx-tile" in manifest.get("cpu_features", []):
         request_amx_state()
-    weights = read_weights(folder, device, stem=library["weights"]) if library.get("weights") else []
+    weights = read_weights(folder, device, stem=library["weights"], required=True) if library.get("weights") else []
     return with_weights(VirtualMachine(tvm.runtime.load_module(str(path)), device)["main"], weights), device
 
 
@@ -102,15 +102,17 @@ def weight_files(stem: str = WEIGHTS_STEM) -> tuple:
     return f"{stem}.bin", f"{stem}.json"
 
 
-def read_weights(folder: Path, device, data=None, stem: str = WEIGHTS_STEM) -> list:
+def read_weights(folder: Path, device, data=None, stem: str = WEIGHTS_STEM, required: bool = False) -> list:
     """The program's weights as TVM tensors on `device` ([] for a program that has none), in
     parameter order. The file is mapped, not read: a CPU tensor is a view of the mapping
     (copy-on-write, so the file is never written). `data`: the file's bytes, already mapped
-    (an artifact's stored member). Every entry of the index is checked against the file, which
+    (an artifact's stored member). `required`: a missing index is an error (a manifest names it). Every entry of the index is checked against the file, which
     may be anyone's: known dtype, a shape its byte count matches, a range inside the file."""
     data_name, index_name = weight_files(stem)
     index_path = folder / index_name
     if not index_path.is_file():
+        if required:
+            raise BundleError(f"{index_path}: the manifest names these weights, and their index is missing")
         return []
     try:
         tensors = json.loads(index_path.read_text())["tensors"]
