@@ -50,7 +50,7 @@ class CompiledModule:
         return CompiledModule(remote, self.signature, self.target, self.report, self.threads, self.graph)
 
     def export(self, folder: str | Path) -> Path:
-        """A deployable folder: the shared library (weights inside), a manifest of inputs, outputs
+        """A deployable folder: the shared library, its weights beside it, a manifest of inputs, outputs
         and target, and a runner that needs only TVM's runtime on the board."""
         from kiln.backends.tvm.runtime.bundle import export_bundle
 

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln import cli, models
+from kiln.backends.tvm.runtime import bundle_runner
 from kiln.backends.tvm.runtime.remote import OpenRPCAddressWarning, warn_if_public
 from kiln.backends.tvm.tuning.database import RECORDS_FILE, WORKLOADS_FILE, TuningDatabase
 
@@ -154,8 +155,8 @@ def copy_bundle(bundle: Path, copy: Path) -> Path:
 
 @pytest.mark.parametrize("case,message", [
     ("past the end", "does not fit the weights file"), ("wrong shape", "does not fit the weights file"),
-    ("unknown dtype", "does not fit the weights file"), ("index missing", "their index is missing"),
-    ("weights a symlink", "not a plain file"),
+    ("unknown dtype", "does not fit the weights file"), ("index missing", "not a plain file"),
+    ("weights a symlink", "not a plain file"), ("changed byte", "weights' SHA-256 is not the one"),
 ])
 def test_hostile_weights_are_refused_by_the_bundle_runner_and_by_load(bundle, saved, tmp_path, case, message):
     """The weights' index may be anyone's: every entry must fit the file it points into, in a
@@ -173,6 +174,11 @@ def test_hostile_weights_are_refused_by_the_bundle_runner_and_by_load(bundle, sa
         elif case == "index missing":
             index_path.unlink()
             return
+        elif case == "changed byte":
+            data = bytearray((folder / "weights.bin").read_bytes())
+            data[len(data) // 2] ^= 1
+            (folder / "weights.bin").write_bytes(bytes(data))
+            return
         else:
             (folder / "weights.bin").unlink()
             os.symlink(tmp_path / "elsewhere.bin", folder / "weights.bin")
@@ -181,10 +187,14 @@ def test_hostile_weights_are_refused_by_the_bundle_runner_and_by_load(bundle, sa
 
     copy = copy_bundle(bundle, tmp_path / "bundle")
     tamper(copy)
+    if case not in ("index missing", "weights a symlink", "changed byte"):  # the manifest vouches for the weights it records
+        manifest = json.loads((copy / "kiln_bundle.json").read_text())
+        manifest["weights_sha256"] = bundle_runner.weights_sha256(copy)
+        (copy / "kiln_bundle.json").write_text(json.dumps(manifest))
     result = run_bundle(copy)
     assert result.returncode != 0 and "BundleError" in result.stderr and message in result.stderr, result.stderr[-2000:]
 
-    if case in ("index missing", "weights a symlink"):  # an artifact has no such files: its weights are members
+    if case in ("index missing", "weights a symlink", "changed byte"):  # an artifact's members: checked by its manifest
         return
     path = saved / "model.kiln"
     unpacked = tmp_path / "artifact"

@@ -177,7 +177,8 @@ class CompiledCausalLM:
                 for weight_file in bundle_runner.weight_files(stem):
                     refuse_unwritable(folder / weight_file)
                 executable.write_weights(folder, stem)
-            manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "weights": stem}
+            manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "weights": stem,
+                              "weights_sha256": bundle_runner.weights_sha256(folder, stem) if stem else None}
         (folder / generation.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.copyfile(generation.__file__, folder / "run.py")
         shutil.copyfile(bundle_runner.__file__, folder / "bundle_runner.py")

@@ -1,11 +1,12 @@
 """`CompiledModule.export`: a folder to copy to the board and run there with only TVM's runtime.
 
-    module.so          the model (kernels, VM bytecode and weights), linked for the target's CPU
-    kiln_bundle.json   target, device, input and output names, shapes and dtypes, the library's SHA-256
+    module.so          the model's program (kernels, VM bytecode), linked for the target's CPU
+    weights.bin        its weights, the program's trailing parameters, indexed by weights.json
+    kiln_bundle.json   target, device, input and output names, shapes and dtypes, the files' SHA-256
     run.py             a minimal runner (bundle_runner.py), numpy + tvm runtime only
 
-The runner checks the library's name and checksum before it maps it: a library corrupted on the
-way, or swapped beside the manifest, is refused, not run. The checksum is no proof of who built
+The runner checks the library's name and checksum before it maps it, and the weights' before it
+reads them: a file corrupted on the way, or swapped beside the manifest, is refused, not run. The checksum is no proof of who built
 it (whoever edits the manifest can edit it too): ship the signed `.kiln` and `kiln verify` it for that.
 """
 
@@ -44,6 +45,7 @@ def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path)
         "library": LIBRARY_FILE,
         "library_sha256": hashlib.sha256((folder / LIBRARY_FILE).read_bytes()).hexdigest(),
         "weights": bundle_runner.WEIGHTS_STEM if executable.weights else None,
+        "weights_sha256": bundle_runner.weights_sha256(folder) if executable.weights else None,
         "target": target.name,
         "tvm_target": target.tvm_target,
         "device": target.device,

@@ -84,7 +84,11 @@ def load_verified_module(folder: Path, library: dict, manifest: dict):
     device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
     if "amx-tile" in manifest.get("cpu_features", []):
         request_amx_state()
-    weights = read_weights(folder, device, stem=library["weights"], required=True) if library.get("weights") else []
+    weights = []
+    if library.get("weights"):
+        if weights_sha256(folder, library["weights"]) != library.get("weights_sha256"):
+            raise BundleError(f"{folder}: the weights' SHA-256 is not the one the bundle's manifest records; refused")
+        weights = read_weights(folder, device, stem=library["weights"], required=True)
     return with_weights(VirtualMachine(tvm.runtime.load_module(str(path)), device)["main"], weights), device
 
 
@@ -100,6 +104,19 @@ class BundleError(Exception):
 def weight_files(stem: str = WEIGHTS_STEM) -> tuple:
     """The weights' file and its index."""
     return f"{stem}.bin", f"{stem}.json"
+
+
+def weights_sha256(folder: Path, stem: str = WEIGHTS_STEM) -> str:
+    """SHA-256 of the weights' index, then their file: what a bundle's manifest records."""
+    digest = hashlib.sha256()
+    for name in reversed(weight_files(stem)):
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{path}: the bundle's manifest names it, and it is not a plain file of {folder}; refused")
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(16 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_weights(folder: Path, device, data=None, stem: str = WEIGHTS_STEM, required: bool = False) -> list:
