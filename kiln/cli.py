@@ -225,6 +225,14 @@ def cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    """`kiln report DIR`: (re)write the debug directory's report.html and print its path."""
+    from kiln.report import write_report
+
+    print(write_report(args.folder, tolerance=args.tolerance))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln deep-learning model compiler")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -291,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     run_cache = commands.add_parser("cache", help="the compile cache: its folder, entries and size (info), or empty it (clear)")
     run_cache.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
     run_cache.set_defaults(run=cache_command)
+    run_report = commands.add_parser("report", help="write a debug directory's report.html (graphs, drift, profile) and print its path")
+    run_report.add_argument("folder", help="a debug directory (kiln.compile(..., debug_dir=...) or kiln demo --debug-dir)")
+    run_report.add_argument("--tolerance", type=float, default=1e-4, help="the drift plot's tolerance line (relative)")
+    run_report.set_defaults(run=report_command)
     commands.add_parser("passes", help="list registered passes and pipelines").set_defaults(run=passes)
     commands.add_parser("targets", help="list target presets").set_defaults(run=targets)
     args = parser.parse_args(argv)

@@ -184,7 +184,24 @@ def compile(  # noqa: A001 - the public name users expect
                 compile_cache.remember(fingerprint, key)
     compiled = _on_board(compiled, remote, inputs, reference, progress)
     debug.write_report(report)
+    if debug.enabled:
+        _write_html_report(compiled, debug.path, inputs, progress)
     return compiled
+
+
+def _write_html_report(compiled: CompiledModule, folder: Path, inputs, progress) -> None:
+    """report.html in the debug directory, with the per-kernel profile where the module runs here."""
+    import json
+
+    from kiln.report import PROFILE_FILE, write_report
+
+    if progress is not None:
+        progress("HTML report (profile, graphs)")
+    if compiled.target.backend == "tvm" and getattr(compiled.executable, "why_not_here", lambda: "remote")() is None:
+        with stage("profiling the module for the debug report"):
+            (folder / PROFILE_FILE).write_text(json.dumps(compiled.executable_profile(inputs).to_json()))
+    with stage("writing the HTML report"):
+        write_report(folder)
 
 
 def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, progress) -> CompiledModule:

@@ -16,6 +16,7 @@ from kiln.signature import Signature
 
 if TYPE_CHECKING:
     from kiln.llm.causal_lm import CompiledCausalLM
+    from kiln.report.profile import Profile
 
 
 class CompiledModule:
@@ -69,6 +70,22 @@ class CompiledModule:
         example inputs from the signature when none are given."""
         inputs: Sequence[Any] = self.signature.flatten(args, kwargs) if args or kwargs else [s.example() for s in self.signature.inputs]
         return self.executable.median_seconds(inputs, repeat) * 1e3
+
+    def profile(self, *args: Any, runs: int = 10, **kwargs: Any) -> "Profile":
+        """Where the time goes, kernel by kernel (kiln/report/profile.py): each kernel's calls,
+        median time per run and share, its FLOPs and GFLOP/s, the dot-product instructions its
+        code uses, beside the module's own latency. Example inputs from the signature when none
+        are given. `print(cm.profile().table())` for the text form."""
+        inputs = self.signature.flatten(args, kwargs) if args or kwargs else [s.example() for s in self.signature.inputs]
+        return self.executable_profile(inputs, runs)
+
+    def executable_profile(self, inputs: Sequence[torch.Tensor], runs: int = 10) -> "Profile":
+        """`profile` on flat input tensors."""
+        from kiln.report.profile import profile_executable
+
+        if self.target.backend != "tvm":
+            raise TargetError(f"profile() times TVM kernels; this module's target is '{self.target.name}'")
+        return profile_executable(self.executable, inputs, runs)
 
     def _built(self, action: str):
         if self.target.backend != "tvm":

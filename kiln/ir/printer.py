@@ -9,7 +9,7 @@ import torch.fx as fx
 from kiln.ir.stats import op_name
 
 
-def _type(graph, node: fx.Node) -> str:
+def node_type(graph, node: fx.Node) -> str:
     value = node.meta.get("val")
     if value is None or not hasattr(value, "shape"):
         return "?"
@@ -31,10 +31,10 @@ def format_graph(graph) -> str:
         if node.op == "placeholder":
             continue
         if node.op == "get_attr":
-            lines.append(f"  %{node.name}: {_type(graph, node)} = weight {node.target}")
+            lines.append(f"  %{node.name}: {node_type(graph, node)} = weight {node.target}")
         elif node.op == "call_function":
             args = [_arg(a) for a in node.args] + [f"{k}={_arg(v)}" for k, v in node.kwargs.items()]
-            lines.append(f"  %{node.name}: {_type(graph, node)} = {op_name(node)}({', '.join(args)})")
+            lines.append(f"  %{node.name}: {node_type(graph, node)} = {op_name(node)}({', '.join(args)})")
         elif node.op == "output":
             lines.append(f"  return {_arg(node.args[0])}")
         else:

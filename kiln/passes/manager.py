@@ -3,6 +3,7 @@ drift against the eager model, IR dumps), so no pass carries any of it."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -119,3 +120,7 @@ class PassManager:
             note=result.note if result else "", layers=result.layers if result else {},
         ))
         self.debug.dump(record.index, name, graph.text())
+        if self.debug.enabled:  # what the HTML report draws (kiln/report/)
+            from kiln.report.graph_view import graph_data
+
+            self.debug.dump(record.index, name, json.dumps(graph_data(graph)), suffix=".graph.json")

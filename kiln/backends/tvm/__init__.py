@@ -12,7 +12,7 @@ from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.executable import TVMExecutable
 from kiln.backends.tvm.lower import to_relax
-from kiln.backends.tvm.pipeline import build, fusion_passes, run_passes, schedule_passes
+from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
@@ -47,7 +47,7 @@ class TVMBackend:
             context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
         mod = run_passes(mod, target, schedule_passes(database, target), context)
         program, weights = build(mod, target, context)
-        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights)
+        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod))
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable

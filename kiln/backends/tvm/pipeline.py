@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import tvm
 from tvm import relax
@@ -18,6 +18,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_lowering
 from tvm.relax import vm_build
 from tvm.relax.backend.cuda import pipeline as cuda_lowering
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
@@ -128,21 +129,41 @@ def schedule_passes(database: TuningDatabase | None, target: Target) -> NamedPas
 def _describe(mod: tvm.IRModule) -> str:
     prims = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     scheduled = [f for f in prims if f.attrs and f.attrs.get("tirx.is_scheduled", False)]
-    kernels = _dot_kernels(scheduled)
-    on_units = "; dot-product kernels on " + ", ".join(f"{name} {count}" for name, count in kernels.items()) if kernels else ""
+    counts: dict[str, int] = {}
+    for function in scheduled:
+        for mnemonic in _instructions(function):
+            counts[mnemonic] = counts.get(mnemonic, 0) + 1
+    on_units = "; dot-product kernels on " + ", ".join(f"{name} {count}" for name, count in counts.items()) if counts else ""
     return f"{len(prims)} TIR functions ({len(scheduled)} scheduled), {len(mod.functions) - len(prims)} Relax{on_units}"
 
 
-def _dot_kernels(functions: list[tvm.tirx.PrimFunc]) -> dict[str, int]:
-    """How many functions run on each dot-product instruction (or AMX tile), by mnemonic: what
-    the report says an int8 model ran on."""
-    counts: dict[str, int] = {}
-    for function in functions:
-        text = function.script(show_meta=False)
-        for dot in DOT_INSTRUCTIONS:
-            if f'"{dot.llvm_base_name}' in text:
-                counts[dot.mnemonic] = counts.get(dot.mnemonic, 0) + 1
-    return counts
+_SCRIPTS: dict[tvm.tirx.PrimFunc, str] = {}  # the last scheduled functions' text: the report row and kernel_info read it
+
+
+def _instructions(function: tvm.tirx.PrimFunc) -> list[str]:
+    """The dot-product instructions (or AMX tiles) a function runs on, by mnemonic: what the
+    report says an int8 model ran on."""
+    if function not in _SCRIPTS:
+        if len(_SCRIPTS) > 4096:
+            _SCRIPTS.clear()
+        _SCRIPTS[function] = function.script(show_meta=False)
+    text = _SCRIPTS[function]
+    return [dot.mnemonic for dot in DOT_INSTRUCTIONS if f'"{dot.llvm_base_name}' in text]
+
+
+def kernel_info(mod: tvm.IRModule) -> dict[str, dict[str, Any]]:
+    """Per kernel of a scheduled module: its FLOPs (TVM's estimate from the TIR, None where the
+    estimate fails, as on tensorized code) and the dot-product instructions it uses. What
+    `cm.profile()` turns into GFLOP/s."""
+    info = {}
+    for var, function in mod.functions.items():
+        if isinstance(function, tvm.tirx.PrimFunc):
+            try:
+                flops = float(estimate_tir_flops(tvm.IRModule({"main": function})))
+            except Exception:  # noqa: BLE001 - TVM's estimator refuses some intrinsics; the profile then has no rate
+                flops = None
+            info[var.name_hint] = {"flops": flops, "instructions": ", ".join(_instructions(function))}
+    return info
 
 
 def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext) -> tvm.IRModule:

@@ -6,6 +6,7 @@ target's cross toolchain, to be saved, exported or run on the board (`remote.py`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import sys
@@ -13,7 +14,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 import tvm
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 LIBRARY_FILE = "module.so"
+KERNELS_FILE = "kernels.json"  # per kernel: FLOPs and instructions, for cm.profile()
 _WRITING = threading.Lock()  # one library export at a time: TVM's code emission is not reentrant
 
 
@@ -71,12 +73,14 @@ class TVMExecutable:
         library: tvm.runtime.Module | None = None,
         shared_library: bytes | None = None,
         weights: Sequence[tvm.runtime.Tensor] = (),
+        kernels: dict[str, dict] | None = None,
     ) -> None:
         self.target = target
         self.threads = threads
         self.library = library  # built in this process, or loaded here
         self.shared_library = shared_library  # the library's file as loaded (a board's, which this machine cannot load)
         self.weights = list(weights)  # main's trailing parameters (kiln/backends/tvm/weights.py), in host memory
+        self.kernel_info = kernels or {}  # per kernel: FLOPs, instructions (pipeline.kernel_info), for cm.profile()
         self._main = None
         self._thread_count = threads or pool_size()
 
@@ -104,21 +108,35 @@ class TVMExecutable:
     def _vm_main(self):
         """The program's `main` as a function of the inputs alone: the weights follow them."""
         if self._main is None:
-            reason = self.why_not_here()
-            if reason is not None:
-                raise TargetError(reason)
-            if "amx-tile" in self.target.cpu_features:
-                try:
-                    request_amx_state()
-                except OSError as error:
-                    raise TargetError(f"target '{self.target.name}' may run AMX tile kernels: {error.strerror}") from None
-            device = _device(self.target)
-            main = relax.VirtualMachine(self.library, device)["main"]
-            self._main = with_weights(main, [w if self.target.device == "cpu" else w.copyto(device) for w in self.weights])
+            self._main = self._new_main()
         return self._main
 
+    def instrumented_vm(self, instrument) -> "Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]":
+        """Like calling this module, on a VM of its own whose every call goes through
+        `instrument` (`relax.VirtualMachine.set_instrument`): what cm.profile() times."""
+        main = self._new_main(instrument)
+        return lambda inputs: self._run(main, inputs)
+
+    def _new_main(self, instrument=None):
+        """A VM's `main` with the weights bound, `instrument` hooked into its calls where given."""
+        reason = self.why_not_here()
+        if reason is not None:
+            raise TargetError(reason)
+        if "amx-tile" in self.target.cpu_features:
+            try:
+                request_amx_state()
+            except OSError as error:
+                raise TargetError(f"target '{self.target.name}' may run AMX tile kernels: {error.strerror}") from None
+        device = _device(self.target)
+        vm = relax.VirtualMachine(self.library, device)
+        if instrument is not None:
+            vm.set_instrument(instrument)
+        return with_weights(vm["main"], [w if self.target.device == "cpu" else w.copyto(device) for w in self.weights])
+
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        main = self._vm_main()
+        return self._run(self._vm_main(), inputs)
+
+    def _run(self, main, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.target.device == "cpu":
             use_threads(self._thread_count)
         else:
@@ -162,10 +180,11 @@ class TVMExecutable:
             write_weights(folder, self.weights, stem)
 
     def save(self, folder: Path) -> None:
-        """module.so (the program and kernels: any machine of the target, and its boards) and the
-        weights beside it."""
+        """module.so (the program and kernels: any machine of the target, and its boards), the
+        weights beside it, and what the profile knows of each kernel."""
         self.write_shared_library(folder / LIBRARY_FILE)
         self.write_weights(folder)
+        (folder / KERNELS_FILE).write_text(json.dumps(self.kernel_info))
 
     def shared_library_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -191,7 +210,7 @@ class TVMExecutable:
             weights = read_weights(folder, tvm.cpu(0), (mapped or {}).get(weight_files()[0]))
         except BundleError as error:
             raise ArtifactError(f"the artifact's weights: {error}") from None
-        executable = cls(target, threads, shared_library=data, weights=weights)
+        executable = cls(target, threads, shared_library=data, weights=weights, kernels=_kernel_info(folder / KERNELS_FILE))
         if executable.why_not_here() is None:
             try:
                 with quiet_tvm_warnings():
@@ -224,6 +243,15 @@ def quiet_tvm_warnings() -> Iterator[None]:
                     if "Warning: Scope " not in line]
             if kept:
                 sys.stderr.write("".join(kept))
+
+
+def _kernel_info(path: Path) -> dict[str, dict]:
+    """The saved per-kernel facts, or none where the artifact has none (older, or not a dict)."""
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) and all(isinstance(v, dict) for v in info.values()) else {}
 
 
 def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = True) -> None:

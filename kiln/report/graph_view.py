@@ -1,0 +1,109 @@
+"""A Kiln graph as the HTML report draws it: one box per node (inputs, ops, the output), weights
+folded into the box of the op that reads them, boxes grouped by the model's top-level module.
+
+`graph_data` is what the debug directory keeps for every pass (`NNN_pass.graph.json`);
+`draw_svg` lays it out with Graphviz's `dot` (Debian's `graphviz`), which Kiln does not
+reimplement; `diff` says which boxes a pass removed, added or changed.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import subprocess
+from typing import Any
+
+import torch.fx as fx
+
+from kiln.errors import KilnError
+from kiln.ir.printer import node_type
+from kiln.ir.stats import op_name
+
+
+def graph_data(graph) -> dict[str, Any]:
+    """The nodes of `graph` (a Kiln Graph): id, op, type, the ids it reads, its weights, its module."""
+    weights = {node.name: node for node in graph.module.graph.nodes if node.op == "get_attr"}
+    nodes = []
+    for node in graph.module.graph.nodes:
+        if node.op == "get_attr":
+            continue
+        sources = [a for a in node.all_input_nodes]
+        nodes.append({
+            "id": node.name,
+            "op": {"placeholder": "input", "output": "output"}.get(node.op) or op_name(node),
+            "type": node_type(graph, node) if node.op != "output" else "",
+            "inputs": [a.name for a in sources if a.name not in weights],
+            "weights": [f"{a.target}: {node_type(graph, a)}" for a in sources if a.name in weights],
+            "module": _module(node),
+        })
+    return {"nodes": nodes}
+
+
+def _module(node: fx.Node) -> str:
+    """The top-level module a node came from ("layer1", "encoder"), or "" where torch.export kept none."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _ in reversed(list(stack.values())):
+        if path:
+            return str(path).replace("L['self'].", "").split(".")[0]
+    return ""
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:
+    """Box ids a pass removed (in `before` only), added (in `after` only) and changed (in both, with
+    another op, type, inputs or weights)."""
+    old = {node["id"]: node for node in before["nodes"]}
+    new = {node["id"]: node for node in after["nodes"]}
+    keys = ("op", "type", "inputs", "weights")
+    return {
+        "removed": [name for name in old if name not in new],
+        "added": [name for name in new if name not in old],
+        "changed": [name for name in new if name in old and any(old[name][k] != new[name][k] for k in keys)],
+    }
+
+
+DOT_TIMEOUT_S = 120
+
+
+def draw_svg(data: dict[str, Any]) -> str:
+    """The graph laid out by Graphviz as SVG: each box a `<g class="node" id="node-ID">`."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise KilnError("drawing graphs needs Graphviz's `dot`: apt-get install graphviz")
+    result = subprocess.run([dot, "-Tsvg"], input=to_dot(data), capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
+    if result.returncode != 0:
+        raise KilnError(f"Graphviz could not lay out the graph: {result.stderr.strip()[:500]}")
+    return result.stdout[result.stdout.index("<svg"):]
+
+
+def to_dot(data: dict[str, Any]) -> str:
+    lines = ['digraph kiln {', '  rankdir=TB; nodesep=0.25; ranksep=0.35;',
+             '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=10];',
+             '  edge [color="#888888", arrowsize=0.6];']
+    by_module: dict[str, list[dict[str, Any]]] = {}
+    for node in data["nodes"]:
+        by_module.setdefault(node["module"], []).append(node)
+    for index, (module, nodes) in enumerate(by_module.items()):
+        indent = "  "
+        if module:
+            lines.append(f'  subgraph cluster_{index} {{ label="{_escape(module)}"; style="rounded"; color="#cccccc"; fontname="Helvetica";')
+            indent = "    "
+        for node in nodes:
+            label = "\n".join([node["op"], node["type"], *(f"w {w}" for w in node["weights"])])
+            kind = "input" if node["op"] == "input" else "output" if node["op"] == "output" else "op"
+            lines.append(f'{indent}"{_escape(node["id"])}" [id="node-{_escape(node["id"])}", class="kiln-{kind}", '
+                         f'tooltip="{_escape(node["id"])}", label="{_escape(label)}"];')
+        if module:
+            lines.append("  }")
+    for node in data["nodes"]:
+        for source in node["inputs"]:
+            lines.append(f'  "{_escape(source)}" -> "{_escape(node["id"])}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_html(text: str) -> str:
+    return html.escape(text, quote=True)

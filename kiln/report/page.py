@@ -1,0 +1,215 @@
+"""The report as one self-contained HTML page: data as JSON, drawn by the page's own script.
+
+Nothing is fetched: the styles, the script, the graphs (SVG laid out by Graphviz) and the data
+are inlined, so the file works opened from disk and mailed around. The script builds every view
+in the browser from the data (the pass table, sortable, each row opening on its per-layer lines;
+the graph after a chosen pass, with pan, zoom and search; the before/after diff of a pass; the
+drift plot on a log scale with the tolerance line and the first pass over it; the per-kernel
+profile), which is what the browser tests check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+_STYLE = """
+body { font: 13px/1.4 -apple-system, Helvetica, Arial, sans-serif; margin: 16px 24px; color: #222; }
+h1 { font-size: 18px; } h2 { font-size: 15px; margin-top: 28px; }
+table { border-collapse: collapse; } th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }
+th { cursor: pointer; background: #f6f6f6; position: sticky; top: 0; } td.text, th.text { text-align: left; }
+tr.pass-row:hover { background: #f3f8ff; cursor: pointer; } tr.detail td { text-align: left; color: #555; background: #fafafa; }
+tr.over-tolerance td { background: #fff0f0; }
+.graph-box { border: 1px solid #ddd; height: 560px; overflow: hidden; position: relative; background: #fff; }
+.graph-box svg { width: 100%; height: 100%; cursor: grab; }
+.panes { display: flex; gap: 12px; } .panes > div { flex: 1; min-width: 0; }
+g.node.removed polygon, g.node.removed path { fill: #ffd6d6 !important; stroke: #c00 !important; }
+g.node.added polygon, g.node.added path { fill: #d8f5d8 !important; stroke: #080 !important; }
+g.node.changed polygon, g.node.changed path { fill: #fff1c7 !important; stroke: #b80 !important; }
+g.node.match polygon, g.node.match path { stroke: #06f !important; stroke-width: 3px; }
+.legend span { display: inline-block; padding: 1px 6px; margin-right: 6px; border-radius: 3px; }
+.note { color: #777; }
+"""
+
+_SCRIPT = r"""
+const data = JSON.parse(document.getElementById('kiln-data').textContent);
+const $ = (id) => document.getElementById(id);
+const fmt = (v, digits) => v === null || v === undefined ? '' : (typeof v === 'number' ? (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-2) ? v.toExponential(digits) : v.toFixed(digits)) : String(v));
+
+function passTable() {
+  const columns = [['#', r => r.index], ['pass', r => r.name, 'text'], ['stage', r => r.stage, 'text'],
+    ['time (ms)', r => r.seconds * 1e3], ['rewrites', r => r.changes], ['nodes', r => r.stats && r.stats.nodes],
+    ['params', r => r.stats && r.stats.params], ['bytes', r => r.stats && r.stats.param_bytes],
+    ['FLOPs', r => r.stats && r.stats.flops], ['max |Δ|', r => r.drift && r.drift.max_abs],
+    ['cosine', r => r.drift && r.drift.cosine], ['note', r => r.note, 'text']];
+  const table = $('passes');
+  const head = table.createTHead().insertRow();
+  let rows = data.passes.slice(), sortedBy = 0, ascending = true;
+  columns.forEach(([name, , kind], i) => {
+    const th = document.createElement('th'); th.textContent = name; if (kind) th.className = kind;
+    th.onclick = () => { ascending = sortedBy === i ? !ascending : true; sortedBy = i; fill(); };
+    head.appendChild(th);
+  });
+  const body = table.createTBody();
+  function fill() {
+    const key = columns[sortedBy][1];
+    rows.sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (ascending ? 1 : -1); });
+    body.innerHTML = '';
+    for (const r of rows) {
+      const tr = body.insertRow(); tr.className = 'pass-row' + (r.index === data.first_over ? ' over-tolerance' : '');
+      tr.dataset.index = r.index;
+      columns.forEach(([, value, kind], i) => {
+        const td = tr.insertCell(); const v = value(r);
+        td.textContent = i === 3 ? fmt(v, 1) : i >= 9 && i <= 10 ? fmt(v, i === 10 ? 6 : 2) : (v === null || v === undefined ? '' : String(v));
+        if (kind) td.className = kind;
+      });
+      tr.onclick = () => {
+        const next = tr.nextSibling;
+        if (next && next.classList.contains('detail')) { next.remove(); return; }
+        const detail = body.insertRow(tr.sectionRowIndex + 1); detail.className = 'detail';
+        const td = detail.insertCell(); td.colSpan = columns.length;
+        const layers = Object.entries(r.layers || {});
+        td.textContent = layers.length ? layers.map(([k, v]) => k + ': ' + v).join('\n') : 'no per-layer lines';
+        td.style.whiteSpace = 'pre';
+        if (data.graphs[r.index]) showGraph(r.index);
+      };
+    }
+  }
+  fill();
+}
+
+function panZoom(svg) {
+  const box = svg.viewBox.baseVal; let drag = null;
+  svg.addEventListener('wheel', e => { e.preventDefault(); const k = e.deltaY > 0 ? 1.15 : 1 / 1.15;
+    const r = svg.getBoundingClientRect(); const px = box.x + (e.clientX - r.left) / r.width * box.width, py = box.y + (e.clientY - r.top) / r.height * box.height;
+    box.x = px - (px - box.x) * k; box.y = py - (py - box.y) * k; box.width *= k; box.height *= k; });
+  svg.addEventListener('mousedown', e => { drag = [e.clientX, e.clientY]; });
+  window.addEventListener('mouseup', () => { drag = null; });
+  svg.addEventListener('mousemove', e => { if (!drag) return; const r = svg.getBoundingClientRect();
+    box.x -= (e.clientX - drag[0]) / r.width * box.width; box.y -= (e.clientY - drag[1]) / r.height * box.height; drag = [e.clientX, e.clientY]; });
+}
+
+function place(container, index) {
+  container.innerHTML = data.graphs[index] || '<p class="note">no graph kept for this pass</p>';
+  const svg = container.querySelector('svg');
+  if (svg) { svg.removeAttribute('width'); svg.removeAttribute('height'); panZoom(svg); }
+  return svg;
+}
+
+function graphChoices(select, only) {
+  for (const r of data.passes) if (data.graphs[r.index] && (!only || only(r))) {
+    const option = document.createElement('option'); option.value = r.index; option.textContent = r.index + ' ' + r.name; select.appendChild(option);
+  }
+}
+
+function showGraph(index) {
+  $('graph-pass').value = index; place($('graph-view'), index); search();
+}
+
+function search() {
+  const text = $('node-search').value.trim().toLowerCase(); let first = null;
+  for (const g of $('graph-view').querySelectorAll('g.node')) {
+    const hit = text && g.querySelector('title').textContent.toLowerCase().includes(text);
+    g.classList.toggle('match', !!hit); if (hit && !first) first = g;
+  }
+  if (first) first.scrollIntoView({block: 'center'});
+}
+
+function showDiff(index) {
+  $('diff-pass').value = index;
+  const previous = data.passes.filter(r => data.graphs[r.index] && r.index < index).map(r => r.index).pop();
+  const change = data.diffs[index] || {removed: [], added: [], changed: []};
+  const before = place($('diff-before'), previous), after = place($('diff-after'), index);
+  const mark = (svg, ids, cls) => { if (svg) for (const id of ids) { const g = svg.querySelector('[id="node-' + CSS.escape(id) + '"]'); if (g) g.classList.add(cls); } };
+  mark(before, change.removed, 'removed'); mark(before, change.changed, 'changed');
+  mark(after, change.added, 'added'); mark(after, change.changed, 'changed');
+  $('diff-summary').textContent = `${change.removed.length} removed, ${change.added.length} added, ${change.changed.length} changed`;
+}
+
+function driftPlot() {
+  const points = data.passes.filter(r => r.drift);
+  const W = 760, H = 260, L = 60, B = 60, T = 10, R = 10;
+  const ns = 'http://www.w3.org/2000/svg', svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`); svg.setAttribute('width', W); svg.setAttribute('height', H);
+  const floor = 1e-12, values = points.map(r => Math.max(r.drift.max_rel, floor)).concat([data.tolerance]);
+  const lo = Math.floor(Math.log10(Math.min(...values))), hi = Math.ceil(Math.log10(Math.max(...values))) + (values.length ? 0 : 1);
+  const x = i => L + (points.length > 1 ? i / (points.length - 1) : 0.5) * (W - L - R);
+  const y = v => T + (hi - Math.log10(Math.max(v, floor))) / Math.max(hi - lo, 1) * (H - T - B);
+  const add = (tag, attrs, text) => { const e = document.createElementNS(ns, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text) e.textContent = text; svg.appendChild(e); return e; };
+  for (let p = lo; p <= hi; p++) { add('line', {x1: L, x2: W - R, y1: y(10 ** p), y2: y(10 ** p), stroke: '#eee'}); add('text', {x: L - 6, y: y(10 ** p) + 4, 'text-anchor': 'end', 'font-size': 10}, '1e' + p); }
+  add('line', {class: 'tolerance', x1: L, x2: W - R, y1: y(data.tolerance), y2: y(data.tolerance), stroke: '#c00', 'stroke-dasharray': '4 3'});
+  add('text', {x: W - R, y: y(data.tolerance) - 4, 'text-anchor': 'end', 'font-size': 10, fill: '#c00'}, 'tolerance ' + data.tolerance);
+  add('polyline', {points: points.map((r, i) => x(i) + ',' + y(r.drift.max_rel)).join(' '), fill: 'none', stroke: '#36c'});
+  points.forEach((r, i) => {
+    const over = r.index === data.first_over;
+    const c = add('circle', {class: 'drift-point' + (over ? ' over-tolerance' : ''), 'data-pass': r.name, cx: x(i), cy: y(r.drift.max_rel), r: over ? 6 : 3.5, fill: over ? '#c00' : '#36c'});
+    c.appendChild(Object.assign(document.createElementNS(ns, 'title'), {textContent: `${r.name}: ${r.drift.max_rel.toExponential(2)} (cosine ${r.drift.cosine.toFixed(6)})`}));
+    const label = add('text', {x: x(i), y: H - B + 12, 'font-size': 9, transform: `rotate(40 ${x(i)} ${H - B + 12})`}, r.name);
+    if (over) { label.setAttribute('fill', '#c00'); add('text', {class: 'first-over', x: x(i) + 8, y: y(r.drift.max_rel) - 8, 'font-size': 11, fill: '#c00'}, 'first over: ' + r.name); }
+  });
+  $('drift-plot').appendChild(svg);
+}
+
+function profileTable() {
+  const p = data.profile;
+  if (!p) { $('profile').insertAdjacentHTML('afterend', '<p class="note">no profile: the module was not run here</p>'); return; }
+  const table = $('profile'), head = table.createTHead().insertRow();
+  for (const name of ['kernel', 'calls', 'ms', 'share', 'GFLOP/s', 'instructions']) { const th = document.createElement('th'); th.textContent = name; head.appendChild(th); }
+  const body = table.createTBody();
+  for (const k of p.kernels) {
+    const tr = body.insertRow(); tr.className = 'kernel-row';
+    [k.kernel, k.calls, k.ms.toFixed(3), (k.share * 100).toFixed(1) + '%', k.gflops === null ? '' : k.gflops.toFixed(1), k.instructions].forEach((v, i) => {
+      const td = tr.insertCell(); td.textContent = v; if (i === 0 || i === 5) td.className = 'text'; });
+  }
+  $('profile-total').textContent = `kernels ${p.kernels_ms.toFixed(3)} ms of the module's ${p.latency_ms.toFixed(3)} ms (median of ${p.runs} runs)`;
+}
+
+passTable(); driftPlot(); profileTable();
+graphChoices($('graph-pass')); graphChoices($('diff-pass'), r => data.diffs[r.index]);
+$('graph-pass').onchange = e => showGraph(+e.target.value);
+$('diff-pass').onchange = e => showDiff(+e.target.value);
+$('node-search').oninput = search;
+const wanted = new URLSearchParams(location.hash.slice(1));
+const firstGraph = Object.keys(data.graphs).map(Number).sort((a, b) => a - b);
+if (firstGraph.length) showGraph(wanted.has('graph') ? +wanted.get('graph') : firstGraph[firstGraph.length - 1]);
+const diffs = Object.keys(data.diffs).map(Number).sort((a, b) => a - b);
+if (diffs.length) showDiff(wanted.has('diff') ? +wanted.get('diff') : diffs[0]);
+document.body.dataset.rendered = 'yes';
+"""
+
+
+def render(data: dict[str, Any]) -> str:
+    """The page for `data`: {"title", "tolerance", "passes" (Report.to_json rows), "first_over",
+    "graphs" (pass index -> SVG), "diffs" (pass index -> removed/added/changed ids), "profile"}."""
+    payload = json.dumps(data, default=str).replace("</", "<\\/")  # no "</script>" inside the data
+    title = json.dumps(data.get("title", "Kiln report"))[1:-1].replace("<", "&lt;")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_STYLE}</style></head>
+<body>
+<h1>{title}</h1>
+<h2>Passes</h2>
+<p class="note">Kiln's graph passes and TVM's; click a column to sort, a row for its per-layer lines.</p>
+<table id="passes"></table>
+<h2>Drift after every pass</h2>
+<p class="note">max |Δ| relative to the output's scale, against the eager model, log scale; the dashed line is the tolerance.</p>
+<div id="drift-plot"></div>
+<h2>Graph after a pass</h2>
+<p>pass <select id="graph-pass"></select> search <input id="node-search" placeholder="node name"> <span class="note">wheel: zoom, drag: pan</span></p>
+<div class="graph-box" id="graph-view"></div>
+<h2>What a pass changed</h2>
+<p>pass <select id="diff-pass"></select> <span id="diff-summary"></span>
+<span class="legend"><span style="background:#ffd6d6">removed</span><span style="background:#d8f5d8">added</span><span style="background:#fff1c7">changed</span></span></p>
+<div class="panes"><div><b>before</b><div class="graph-box" id="diff-before"></div></div><div><b>after</b><div class="graph-box" id="diff-after"></div></div></div>
+<h2>Per-kernel profile</h2>
+<p id="profile-total"></p>
+<table id="profile"></table>
+<script type="application/json" id="kiln-data">{payload}</script>
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+
+
+def write_page(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(render(data), encoding="utf-8")
+    return path

@@ -1,0 +1,101 @@
+"""`cm.profile()`: where a compiled module's time goes, kernel by kernel.
+
+TVM 0.27's Relax VM has no profiler of its own any more, so Kiln times every call the VM makes
+through its instrument hook (before and after each Call instruction), over several runs, and
+keeps per kernel the median of its time in a run. The module's own latency is measured in the
+same process without the hook, so the rows can be checked against it: what the kernels do not
+account for is the VM's own work between calls (allocation, argument passing).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+
+from kiln.errors import TargetError
+
+_VM_BUILTIN = "vm.builtin."
+
+
+@dataclass
+class KernelTime:
+    kernel: str
+    calls: int  # per run
+    ms: float  # median over the runs of this kernel's time in one run
+    share: float  # of the kernels' total
+    flops: float | None = None  # per run, from TVM's estimate of the kernel's TIR
+    gflops: float | None = None
+    instructions: str = ""  # the dot-product / tile instructions its code uses
+
+
+@dataclass
+class Profile:
+    kernels: list[KernelTime]
+    latency_ms: float  # the module's median latency, not instrumented
+    runs: int
+
+    @property
+    def kernels_ms(self) -> float:
+        return sum(k.ms for k in self.kernels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernels": [asdict(k) for k in self.kernels], "latency_ms": self.latency_ms, "runs": self.runs,
+                "kernels_ms": self.kernels_ms}
+
+    def table(self) -> str:
+        lines = [f"{'kernel':48} {'calls':>5} {'ms':>8} {'share':>6} {'GFLOP/s':>8}  instructions"]
+        for k in self.kernels:
+            rate = f"{k.gflops:8.1f}" if k.gflops is not None else f"{'':8}"
+            lines.append(f"{k.kernel[:48]:48} {k.calls:5d} {k.ms:8.3f} {k.share:6.1%} {rate}  {k.instructions}")
+        lines.append(f"kernels {self.kernels_ms:.3f} ms of the module's {self.latency_ms:.3f} ms (median of {self.runs} runs)")
+        return "\n".join(lines)
+
+
+def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 10) -> Profile:
+    """Per-kernel times of a TVM executable that runs in this process, on `inputs`."""
+    reason = executable.why_not_here() if hasattr(executable, "why_not_here") else "not a TVM module"
+    if reason is not None:
+        raise TargetError(f"profile() runs the module here: {reason}")
+    executable(inputs)  # warm: first calls JIT and allocate
+    latency = statistics.median(_timed(lambda: executable(inputs)) for _ in range(runs))
+    per_run: list[dict[str, float]] = []
+    calls: dict[str, int] = {}
+    started: list[float] = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if symbol.startswith(_VM_BUILTIN):
+            return 0
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            seconds = time.perf_counter() - started.pop()
+            current = per_run[-1]
+            current[symbol] = current.get(symbol, 0.0) + seconds
+            if len(per_run) == 1:
+                calls[symbol] = calls.get(symbol, 0) + 1
+        return 0
+
+    vm = executable.instrumented_vm(instrument)
+    for _ in range(runs):
+        per_run.append({})
+        vm(inputs)
+    info = executable.kernel_info
+    medians = {name: statistics.median(run.get(name, 0.0) for run in per_run) * 1e3 for name in calls}
+    total = sum(medians.values()) or 1.0
+    kernels = []
+    for name, ms in sorted(medians.items(), key=lambda item: -item[1]):
+        flops = info.get(name, {}).get("flops")
+        flops = flops * calls[name] if flops is not None else None
+        kernels.append(KernelTime(name, calls[name], ms, ms / total, flops,
+                                  flops / (ms * 1e6) if flops and ms > 0 else None, info.get(name, {}).get("instructions", "")))
+    return Profile(kernels, latency * 1e3, runs)
+
+
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start

@@ -1,0 +1,169 @@
+"""The HTML debug report, rendered by a real browser (Debian's headless Chromium): every check reads
+the DOM the page's script built, not the HTML text Kiln wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+import kiln
+from kiln import models
+from kiln.cli import main as cli
+from kiln.compiler import capture
+from kiln.models.zoo import ZOO
+from tests.passes.test_manager import PIPELINE
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
+    pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz (apt-get install graphviz)"),
+]
+
+
+class Element:
+    def __init__(self, tag: str, attrs: dict[str, str], parent: "Element | None") -> None:
+        self.tag, self.attrs, self.parent, self.children, self.text = tag, attrs, parent, [], ""
+
+    @property
+    def classes(self) -> set[str]:
+        return set(self.attrs.get("class", "").split())
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def find(self, id_: str) -> "Element":
+        return next(e for e in self.walk() if e.attrs.get("id") == id_)
+
+    def all(self, tag: str | None = None, cls: str | None = None) -> list["Element"]:
+        return [e for e in self.walk() if (tag is None or e.tag == tag) and (cls is None or cls in e.classes)]
+
+    def content(self) -> str:
+        return self.text + "".join(child.content() for child in self.children)
+
+
+class DomTree(HTMLParser):
+    VOID = {"meta", "input", "br", "img", "link", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = self.current = Element("#document", {}, None)
+
+    def handle_starttag(self, tag, attrs):
+        element = Element(tag, {k: v or "" for k, v in attrs}, self.current)
+        self.current.children.append(element)
+        if tag not in self.VOID:
+            self.current = element
+
+    def handle_startendtag(self, tag, attrs):
+        self.current.children.append(Element(tag, {k: v or "" for k, v in attrs}, self.current))
+
+    def handle_endtag(self, tag):
+        element = self.current
+        while element is not None and element.tag != tag:
+            element = element.parent
+        if element is not None and element.parent is not None:
+            self.current = element.parent
+
+    def handle_data(self, data):
+        self.current.text += data
+
+
+def rendered(page: Path, fragment: str = "") -> Element:
+    """The DOM of `page` once headless Chromium has run its script."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
+         f"file://{page.resolve()}" + (f"#{fragment}" if fragment else "")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tree = DomTree()
+    tree.feed(result.stdout)
+    body = tree.root.all("body")[0]
+    assert body.attrs.get("data-rendered") == "yes", "the page's script did not finish"
+    return tree.root
+
+
+def boxes_of(graph) -> int:
+    """The IR's nodes as the report draws them: every node but the weights (folded into their op)."""
+    return sum(1 for node in graph.module.graph.nodes if node.op != "get_attr")
+
+
+@pytest.fixture(scope="module")
+def cnn_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cnn_debug")
+    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    compiled = kiln.compile(model, (x,), debug_dir=folder)
+    return folder, compiled, model, x
+
+
+def test_the_cnn_report_renders_its_passes_graphs_diff_and_profile(cnn_report):
+    folder, compiled, model, x = cnn_report
+    page = folder / "report.html"
+    rows = compiled.report.rows
+    last_kiln = [r for r in rows if r.stage == "kiln"][-1]
+    dom = rendered(page, f"graph={last_kiln.index}")
+
+    assert len(dom.find("passes").all("tr", "pass-row")) == len(rows)
+    # the graph after the last graph pass: one box per node of the IR the backend received
+    assert len(dom.find("graph-view").all("g", "node")) == boxes_of(compiled.graph)
+
+    # fold_batch_norm's diff: every batch norm of the captured graph is marked removed
+    fold = next(r for r in rows if r.name == "fold_batch_norm")
+    dom = rendered(page, f"diff={fold.index}")
+    captured, _, _ = capture(model, (x,))
+    batch_norms = {n.name for n in captured.nodes if n.op == "call_function" and "batch_norm" in str(n.target)}
+    assert batch_norms
+    removed = {g.attrs["id"].removeprefix("node-") for g in dom.find("diff-before").all("g", "removed")}
+    assert batch_norms <= removed
+    assert not dom.find("diff-after").all("g", "removed")
+
+    # the profile: every kernel the module runs, each with a time
+    profile = json.loads((folder / "profile.json").read_text())
+    kernel_rows = dom.find("profile").all("tr", "kernel-row")
+    assert [r.all("td")[0].content() for r in kernel_rows] == [k["kernel"] for k in profile["kernels"]]
+    assert all(float(r.all("td")[2].content()) > 0 for r in kernel_rows)
+    assert set(profile_names := {k["kernel"] for k in profile["kernels"]}) <= set(compiled.executable.kernel_info)
+    assert profile_names
+
+
+def test_the_transformer_encoder_report_draws_every_node(tmp_path):
+    model, inputs = ZOO["transformer_encoder"]()
+    compiled = kiln.compile(model, inputs, debug_dir=tmp_path)
+    last_kiln = [r for r in compiled.report.rows if r.stage == "kiln"][-1]
+    dom = rendered(tmp_path / "report.html", f"graph={last_kiln.index}")
+    assert len(dom.find("passes").all("tr", "pass-row")) == len(compiled.report.rows)
+    assert len(dom.find("graph-view").all("g", "node")) == boxes_of(compiled.graph)
+
+
+def test_the_drift_plot_marks_the_planted_bad_pass(tmp_path):
+    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    kiln.compile(model, (x,), target="eager", passes=PIPELINE, debug_dir=tmp_path)
+    dom = rendered(tmp_path / "report.html")
+    marked = dom.find("drift-plot").all("circle", "over-tolerance")
+    assert [c.attrs["data-pass"] for c in marked] == ["test_plant_wrong_bias"]
+    assert "first over: test_plant_wrong_bias" in dom.find("drift-plot").content()
+    assert dom.find("drift-plot").all("line", "tolerance")
+
+
+def test_kiln_report_rewrites_the_page_with_another_tolerance(cnn_report, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(cnn_report[0], folder)
+    (folder / "report.html").unlink()
+    assert cli(["report", str(folder), "--tolerance", "1e-9"]) == 0
+    assert capsys.readouterr().out.strip() == str(folder / "report.html")
+    assert "tolerance 1e-9" in rendered(folder / "report.html").find("drift-plot").content()
+
+
+def test_the_profile_adds_up_to_the_module_latency(cnn_report):
+    _, compiled, _, x = cnn_report
+    profile = compiled.profile(x, runs=20)
+    assert profile.kernels and all(k.ms > 0 and k.calls >= 1 for k in profile.kernels)
+    assert abs(profile.kernels_ms - profile.latency_ms) <= 0.10 * profile.latency_ms, profile.table()
+    assert abs(sum(k.share for k in profile.kernels) - 1) < 1e-6
