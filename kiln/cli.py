@@ -1,9 +1,10 @@
-"""The `kiln` command line: demo, compile, generate, tune, artifacts (keygen, sign, verify, info), passes, targets."""
+"""The `kiln` command line: demo, compile, generate, tune, report, artifacts (keygen, sign, verify, info), cache, passes, targets."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -33,7 +34,7 @@ def demo(args: argparse.Namespace) -> int:
     compiled = kiln.compile(model, inputs, target=args.target, opt_level=args.opt_level, debug_dir=args.debug_dir, verbose=True)
     print(compiled.report.table())
     if args.debug_dir:
-        print(f"\nIR after every pass, drift table and report: {args.debug_dir}/")
+        print(f"\nIR after every pass, drift table and report: {args.debug_dir}/ (open {Path(args.debug_dir) / 'report.html'})")
     with torch.no_grad():
         expected = model(*inputs)
     error = (compiled(*inputs) - expected).abs().max().item()

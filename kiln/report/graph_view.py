@@ -40,12 +40,18 @@ def graph_data(graph) -> dict[str, Any]:
 
 
 def _module(node: fx.Node) -> str:
-    """The top-level module a node came from ("layer1", "encoder"), or "" where torch.export kept none."""
+    """The block a node came from: its module path up to the first index of a repeated block
+    ("encoder.layer.3", "layers.1"), else the top-level module ("head"); "" where torch.export
+    kept none."""
     stack = node.meta.get("nn_module_stack") or {}
-    for path, _ in reversed(list(stack.values())):
-        if path:
-            return str(path).replace("L['self'].", "").split(".")[0]
-    return ""
+    paths = [str(path).replace("L['self'].", "") for path, _ in stack.values() if path]
+    if not paths:
+        return ""
+    parts = paths[-1].split(".")
+    for end, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:end + 1])
+    return parts[0]
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:

@@ -104,7 +104,13 @@ function graphChoices(select, only) {
 }
 
 function showGraph(index) {
-  $('graph-pass').value = index; place($('graph-view'), index); search();
+  $('graph-pass').value = index; zoomed(place($('graph-view'), index)); search();
+}
+
+function zoomed(svg) {  // #zoom=K: the top of the graph, K times closer
+  const k = +(new URLSearchParams(location.hash.slice(1)).get('zoom') || 1);
+  if (svg && k > 1) { const box = svg.viewBox.baseVal; box.width /= k; box.height /= k; box.x += box.width * (k - 1) / 2; }
+  return svg;
 }
 
 function search() {
@@ -120,7 +126,7 @@ function showDiff(index) {
   $('diff-pass').value = index;
   const previous = data.passes.filter(r => data.graphs[r.index] && r.index < index).map(r => r.index).pop();
   const change = data.diffs[index] || {removed: [], added: [], changed: []};
-  const before = place($('diff-before'), previous), after = place($('diff-after'), index);
+  const before = zoomed(place($('diff-before'), previous)), after = zoomed(place($('diff-after'), index));
   const mark = (svg, ids, cls) => { if (svg) for (const id of ids) { const g = svg.querySelector('[id="node-' + CSS.escape(id) + '"]'); if (g) g.classList.add(cls); } };
   mark(before, change.removed, 'removed'); mark(before, change.changed, 'changed');
   mark(after, change.added, 'added'); mark(after, change.changed, 'changed');
@@ -175,6 +181,9 @@ const firstGraph = Object.keys(data.graphs).map(Number).sort((a, b) => a - b);
 if (firstGraph.length) showGraph(wanted.has('graph') ? +wanted.get('graph') : firstGraph[firstGraph.length - 1]);
 const diffs = Object.keys(data.diffs).map(Number).sort((a, b) => a - b);
 if (diffs.length) showDiff(wanted.has('diff') ? +wanted.get('diff') : diffs[0]);
+if (wanted.has('focus'))  // one view alone (the README's pictures)
+  for (const section of document.querySelectorAll('section')) section.hidden = section.id !== wanted.get('focus') + '-section';
+document.body.dataset.renderMs = Math.round(performance.now());  // navigation start to every view built
 document.body.dataset.rendered = 'yes';
 """
 
@@ -188,22 +197,22 @@ def render(data: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_STYLE}</style></head>
 <body>
 <h1>{title}</h1>
-<h2>Passes</h2>
+<section id="passes-section"><h2>Passes</h2>
 <p class="note">Kiln's graph passes and TVM's; click a column to sort, a row for its per-layer lines.</p>
-<table id="passes"></table>
-<h2>Drift after every pass</h2>
+<table id="passes"></table></section>
+<section id="drift-section"><h2>Drift after every pass</h2>
 <p class="note">max |Δ| relative to the output's scale, against the eager model, log scale; the dashed line is the tolerance.</p>
-<div id="drift-plot"></div>
-<h2>Graph after a pass</h2>
+<div id="drift-plot"></div></section>
+<section id="graph-section"><h2>Graph after a pass</h2>
 <p>pass <select id="graph-pass"></select> search <input id="node-search" placeholder="node name"> <span class="note">wheel: zoom, drag: pan</span></p>
-<div class="graph-box" id="graph-view"></div>
-<h2>What a pass changed</h2>
+<div class="graph-box" id="graph-view"></div></section>
+<section id="diff-section"><h2>What a pass changed</h2>
 <p>pass <select id="diff-pass"></select> <span id="diff-summary"></span>
 <span class="legend"><span style="background:#ffd6d6">removed</span><span style="background:#d8f5d8">added</span><span style="background:#fff1c7">changed</span></span></p>
-<div class="panes"><div><b>before</b><div class="graph-box" id="diff-before"></div></div><div><b>after</b><div class="graph-box" id="diff-after"></div></div></div>
-<h2>Per-kernel profile</h2>
+<div class="panes"><div><b>before</b><div class="graph-box" id="diff-before"></div></div><div><b>after</b><div class="graph-box" id="diff-after"></div></div></div></section>
+<section id="profile-section"><h2>Per-kernel profile</h2>
 <p id="profile-total"></p>
-<table id="profile"></table>
+<table id="profile"></table></section>
 <script type="application/json" id="kiln-data">{payload}</script>
 <script>{_SCRIPT}</script>
 </body></html>
