@@ -132,6 +132,13 @@ def test_the_cnn_report_renders_its_passes_graphs_diff_and_profile(cnn_report):
     assert set(profile_names := {k["kernel"] for k in profile["kernels"]}) <= set(compiled.executable.kernel_info)
     assert profile_names
 
+    # the fused kernels drawn after the schedule row: a box for each, every profiled kernel among them
+    schedule = next(r for r in rows if r.name == "ScheduleCPU")
+    drawn = rendered(page, f"graph={schedule.index}").find("graph-view")
+    kernel_boxes = json.loads(next(folder.glob(f"{schedule.index:03d}_tvm_kernels.graph.json")).read_text())["nodes"]
+    assert len(drawn.all("g", "node")) == len(kernel_boxes)
+    assert all(name in drawn.content() for name in profile_names)
+
 
 def test_the_transformer_encoder_report_draws_every_node(tmp_path):
     model, inputs = ZOO["transformer_encoder"]()

@@ -43,6 +43,7 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
         "diffs": {},
         "profile": _json(folder / PROFILE_FILE),
     }
+    stages = {row.index: row.stage for row in report.rows}
     previous = None
     for index, graph in sorted(graphs.items()):
         try:
@@ -51,9 +52,15 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
             data["graphs"] = {}
             data["title"] += f" (no graphs: {error})"
             break
-        if previous is not None:
-            data["diffs"][index] = diff(previous, graph)
-        previous = graph
+        if previous is not None and stages.get(index) == stages.get(previous[0]) == "kiln":  # TVM's kernels are no rewrite of the graph
+            data["diffs"][index] = diff(previous[1], graph)
+        previous = (index, graph)
+    kernels = [index for index in data["graphs"] if stages.get(index) == "tvm"]
+    if kernels:  # a profile row shows its kernel's boxes in the drawing of the fused kernels
+        boxes: dict[str, list[str]] = {}
+        for node in graphs[kernels[-1]]["nodes"]:
+            boxes.setdefault(node["op"], []).append(node["id"])
+        data["kernel_graph"], data["kernel_boxes"] = kernels[-1], boxes
     return write_page(folder / HTML_FILE, data)
 
 

@@ -113,3 +113,77 @@ def _escape(text: str) -> str:
 
 def escape_html(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def kernel_graph_data(mod) -> dict[str, Any]:
+    """The fused TVM kernels of a scheduled Relax module as boxes: one per `call_tir` of `main`
+    (the kernel's name, its output), its weights (constants) folded in, the other bindings
+    (tuples, views the VM makes itself) as boxes of their own, edges by data flow."""
+    from tvm import relax
+
+    main = mod["main"]
+    ids: dict[Any, str] = {}
+
+    def identify(var) -> str:  # Relax names repeat ("lv" twice): a box id per variable
+        name, count = _name(var), 1
+        while name in ids.values():
+            count += 1
+            name = f"{_name(var)}_{count}"
+        ids[var] = name
+        return name
+
+    nodes = [{"id": identify(p), "op": "input", "type": _relax_type(p), "inputs": [], "weights": [], "module": ""}
+             for p in main.params]
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            arguments = list(value.args[1].fields) if _is_call_tir(value) else _operands(value)
+            nodes.append({
+                "op": value.args[0].name_hint if _is_call_tir(value) else _relax_op(value),
+                "type": _relax_type(binding.var),
+                "inputs": [ids[a] for a in arguments if isinstance(a, relax.Var) and a in ids],
+                "weights": [f"constant: {_relax_type(a)}" for a in arguments if not isinstance(a, relax.Var)],
+                "module": "TVM kernels" if _is_call_tir(value) else "",
+                "id": identify(binding.var),
+            })
+    nodes.append({"id": "output", "op": "output", "type": "", "module": "", "weights": [],
+                  "inputs": [ids[a] for a in _operands(main.body.body) if isinstance(a, relax.Var) and a in ids]})
+    return {"nodes": nodes}
+
+
+def _name(var) -> str:
+    return str(getattr(var, "name_hint", None) or var.name)
+
+
+def _is_call_tir(value) -> bool:
+    from tvm import relax
+
+    return isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir"
+
+
+def _operands(value) -> list:
+    from tvm import relax
+
+    if isinstance(value, relax.Tuple):
+        return list(value.fields)
+    if isinstance(value, relax.Call):
+        return list(value.args)
+    if isinstance(value, relax.TupleGetItem):
+        return [value.tuple_value]
+    return [value] if isinstance(value, relax.Var) else []
+
+
+def _relax_op(value) -> str:
+    from tvm import relax
+
+    if isinstance(value, relax.Call):
+        return getattr(value.op, "name", None) or getattr(value.op, "name_hint", "call")
+    return type(value).__name__.lower()
+
+
+def _relax_type(expr) -> str:
+    info = getattr(expr, "ty", None)
+    shape, dtype = getattr(info, "shape", None), getattr(info, "dtype", None)
+    if shape is not None and dtype is not None and hasattr(shape, "values"):
+        return f"{dtype}[{', '.join(str(d.value) if hasattr(d, 'value') else str(d) for d in shape.values)}]"
+    return str(type(info).__name__) if info is not None else ""

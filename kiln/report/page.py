@@ -165,6 +165,8 @@ function profileTable() {
   const body = table.createTBody();
   for (const k of p.kernels) {
     const tr = body.insertRow(); tr.className = 'kernel-row';
+    tr.onclick = () => { if (data.kernel_graph === undefined) return; showGraph(data.kernel_graph);
+      for (const id of (data.kernel_boxes[k.kernel] || [])) { const g = $('graph-view').querySelector('[id="node-' + CSS.escape(id) + '"]'); if (g) { g.classList.add('match'); g.scrollIntoView({block: 'center'}); } } };
     [k.kernel, k.calls, k.ms.toFixed(3), (k.share * 100).toFixed(1) + '%', k.gflops === null ? '' : k.gflops.toFixed(1), k.instructions].forEach((v, i) => {
       const td = tr.insertCell(); td.textContent = v; if (i === 0 || i === 5) td.className = 'text'; });
   }
@@ -211,6 +213,7 @@ def render(data: dict[str, Any]) -> str:
 <span class="legend"><span style="background:#ffd6d6">removed</span><span style="background:#d8f5d8">added</span><span style="background:#fff1c7">changed</span></span></p>
 <div class="panes"><div><b>before</b><div class="graph-box" id="diff-before"></div></div><div><b>after</b><div class="graph-box" id="diff-after"></div></div></div></section>
 <section id="profile-section"><h2>Per-kernel profile</h2>
+<p class="note">Click a kernel to see it among the fused kernels (the graph after the schedule row).</p>
 <p id="profile-total"></p>
 <table id="profile"></table></section>
 <script type="application/json" id="kiln-data">{payload}</script>

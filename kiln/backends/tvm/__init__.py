@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class TVMBackend:
             note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
             context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
         mod = run_passes(mod, target, schedule_passes(database, target), context)
+        if context.debug.enabled:  # the fused kernels, drawn by the HTML report beside the graph passes
+            from kiln.report.graph_view import kernel_graph_data
+
+            context.debug.dump(context.report.rows[-1].index, "tvm_kernels", json.dumps(kernel_graph_data(mod)), suffix=".graph.json")
         program, weights = build(mod, target, context)
         executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod))
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
