@@ -159,6 +159,16 @@ def test_the_drift_plot_marks_the_planted_bad_pass(tmp_path):
     assert dom.find("drift-plot").all("line", "tolerance")
 
 
+def test_a_compression_pass_row_opens_on_what_each_layer_kept(tmp_path):
+    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    compiled = kiln.compile(model, (x,), prune=kiln.Prune(ratio=0.5), calibration=[(x,)], debug_dir=tmp_path)
+    prune = next(r for r in compiled.report.rows if r.name == "prune_channels")
+    dom = rendered(tmp_path / "report.html", f"open={prune.index}")
+    (chart,) = dom.find("passes").all("svg", "kept-chart")
+    assert len(chart.all("rect", "layer-bar")) == len(prune.layers) > 0
+    assert "50% kept" in chart.content() and "drift after this pass" in chart.content()
+
+
 def test_kiln_report_rewrites_the_page_with_another_tolerance(cnn_report, tmp_path, capsys):
     folder = tmp_path / "copy"
     shutil.copytree(cnn_report[0], folder)

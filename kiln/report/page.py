@@ -72,11 +72,33 @@ function passTable() {
         const layers = Object.entries(r.layers || {});
         td.textContent = layers.length ? layers.map(([k, v]) => k + ': ' + v).join('\n') : 'no per-layer lines';
         td.style.whiteSpace = 'pre';
+        const chart = keptChart(layers, r);
+        if (chart) td.appendChild(chart);
         if (data.graphs[r.index]) showGraph(r.index);
       };
     }
   }
   fill();
+}
+
+function keptChart(layers, row) {
+  // compression passes: what each layer kept ("64 → 32 channels", "0.45× params"), and the drift it cost
+  const kept = layers.map(([name, line]) => {
+    const counts = /(\d+) → (\d+)/.exec(line), params = /([\d.]+)× params/.exec(line);
+    return [name, params ? +params[1] : counts ? counts[2] / counts[1] : null];
+  }).filter(([, k]) => k !== null && isFinite(k));
+  if (!kept.length) return null;
+  const ns = 'http://www.w3.org/2000/svg', svg = document.createElementNS(ns, 'svg'), bar = 14, W = 640, L = 260;
+  svg.setAttribute('width', W); svg.setAttribute('height', kept.length * bar + 24); svg.classList.add('kept-chart');
+  const add = (tag, attrs, text) => { const e = document.createElementNS(ns, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text) e.textContent = text; svg.appendChild(e); return e; };
+  kept.forEach(([name, k], i) => {
+    add('text', {x: L - 6, y: i * bar + 11, 'text-anchor': 'end', 'font-size': 10}, name.length > 40 ? name.slice(0, 39) + '…' : name);
+    add('rect', {class: 'layer-bar', x: L, y: i * bar + 2, width: Math.max(1, Math.min(k, 1) * (W - L - 60)), height: bar - 4, fill: '#69c'});
+    add('text', {x: L + Math.min(k, 1) * (W - L - 60) + 4, y: i * bar + 11, 'font-size': 10}, (k * 100).toFixed(0) + '% kept');
+  });
+  const cost = row.drift ? `drift after this pass: max|Δ|/scale ${row.drift.max_rel.toExponential(2)}, cosine ${row.drift.cosine.toFixed(6)}` : '';
+  add('text', {x: 0, y: kept.length * bar + 18, 'font-size': 11}, cost);
+  return svg;
 }
 
 function panZoom(svg) {
@@ -183,6 +205,7 @@ const firstGraph = Object.keys(data.graphs).map(Number).sort((a, b) => a - b);
 if (firstGraph.length) showGraph(wanted.has('graph') ? +wanted.get('graph') : firstGraph[firstGraph.length - 1]);
 const diffs = Object.keys(data.diffs).map(Number).sort((a, b) => a - b);
 if (diffs.length) showDiff(wanted.has('diff') ? +wanted.get('diff') : diffs[0]);
+if (wanted.has('open')) { const tr = document.querySelector(`tr.pass-row[data-index="${+wanted.get('open')}"]`); if (tr) tr.onclick(); }
 if (wanted.has('focus'))  // one view alone (the README's pictures)
   for (const section of document.querySelectorAll('section')) section.hidden = section.id !== wanted.get('focus') + '-section';
 document.body.dataset.renderMs = Math.round(performance.now());  // navigation start to every view built
