@@ -8,7 +8,6 @@ reimplement; `diff` says which boxes a pass removed, added or changed.
 
 from __future__ import annotations
 
-import html
 import shutil
 import subprocess
 from typing import Any
@@ -109,10 +108,6 @@ def to_dot(data: dict[str, Any]) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_html(text: str) -> str:
-    return html.escape(text, quote=True)
 
 
 def kernel_graph_data(mod) -> dict[str, Any]:
