@@ -3,8 +3,9 @@
 TVM 0.27's Relax VM has no profiler of its own any more, so Kiln times every call the VM makes
 through its instrument hook (before and after each Call instruction), over several runs, and
 keeps per kernel the median of its time in a run. The module's own latency is measured in the
-same process without the hook, so the rows can be checked against it: what the kernels do not
-account for is the VM's own work between calls (allocation, argument passing).
+same process without the hook, each plain run beside an instrumented one (a busy machine slows
+both alike), so the rows can be checked against it: what the kernels do not account for is the
+VM's own work between calls (allocation, argument passing).
 """
 
 from __future__ import annotations
@@ -60,14 +61,12 @@ def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 1
     reason = executable.why_not_here() if hasattr(executable, "why_not_here") else "not a TVM module"
     if reason is not None:
         raise TargetError(f"profile() runs the module here: {reason}")
-    executable(inputs)  # warm: first calls JIT and allocate
-    latency = statistics.median(_timed(lambda: executable(inputs)) for _ in range(runs))
     per_run: list[dict[str, float]] = []
     calls: dict[str, int] = {}
     started: list[float] = []
 
     def instrument(func, symbol, before_run, ret_value, *args):
-        if symbol.startswith(_VM_BUILTIN):
+        if symbol.startswith(_VM_BUILTIN) or not per_run:
             return 0
         if before_run:
             started.append(time.perf_counter())
@@ -80,9 +79,14 @@ def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 1
         return 0
 
     vm = executable.instrumented_vm(instrument)
-    for _ in range(runs):
+    executable(inputs)  # warm: first calls JIT and allocate
+    vm(inputs)  # not recorded: `per_run` is still empty
+    plain = []
+    for _ in range(runs):  # interleaved: a busy machine slows both alike
+        plain.append(_timed(lambda: executable(inputs)))
         per_run.append({})
         vm(inputs)
+    latency = statistics.median(plain)
     info = executable.kernel_info
     medians = {name: statistics.median(run.get(name, 0.0) for run in per_run) * 1e3 for name in calls}
     total = sum(medians.values()) or 1.0
