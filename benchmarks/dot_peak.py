@@ -3,9 +3,9 @@ dot products, so that a kernel's GMAC/s can be read as a fraction of what the co
 
     python benchmarks/dot_peak.py
 
-Each probe is a TIR loop of 12 independent accumulator chains (more than latency × pipes on the
-cores Kiln targets), built by TVM for this CPU and timed by TVM's evaluator; multiply-adds per
-second = instructions × lanes × steps per lane. Only instructions this CPU has are measured.
+Each probe is kiln/backends/tvm/cpu/peak.py's loop of independent accumulator chains, built by
+TVM for this CPU and timed by TVM's evaluator; multiply-adds per second = instructions × lanes ×
+steps per lane. Only instructions this CPU has are measured.
 """
 
 from __future__ import annotations
@@ -20,31 +20,9 @@ from tvm.script import tirx as T
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from benchmarks.run import cpu_description  # noqa: E402
 from kiln.backends.targets import host_cpu, host_features, resolve_target  # noqa: E402
+from kiln.backends.tvm.cpu.peak import instructions_per_second, vector_probe  # noqa: E402
 
-CHAINS, ITERATIONS = 12, 2_000_000
-
-
-def _probe(intrinsic: str, accumulator: str, operand: str, lanes: int):
-    """CHAINS accumulators of `lanes` updated ITERATIONS times by `intrinsic`(accumulator, a, b),
-    a and b the first two vectors of the seed read as `operand` vectors."""
-    vector = f"{accumulator}x{lanes}"
-
-    @T.prim_func(s_tir=True)
-    def probe(seed: T.Buffer((CHAINS * lanes,), accumulator), out: T.Buffer((CHAINS * lanes,), accumulator)):
-        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
-        chains = T.alloc_buffer((CHAINS * lanes,), accumulator, scope="local")
-        for c in T.unroll(CHAINS):
-            chains[T.ramp(c * lanes, 1, lanes)] = seed[T.ramp(c * lanes, 1, lanes)]
-        for _ in range(ITERATIONS):
-            for c in T.unroll(CHAINS):
-                chains[T.ramp(c * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(intrinsic), chains[T.ramp(c * lanes, 1, lanes)],
-                    T.reinterpret(seed[T.ramp(0, 1, lanes)], dtype=operand),
-                    T.reinterpret(seed[T.ramp(lanes, 1, lanes)], dtype=operand), dtype=vector)
-        for c in T.unroll(CHAINS):
-            out[T.ramp(c * lanes, 1, lanes)] = chains[T.ramp(c * lanes, 1, lanes)]
-
-    return probe
+ITERATIONS = 2_000_000
 
 
 def _tile_probe(intrinsic: str):
@@ -96,13 +74,8 @@ def main() -> None:
     for name, intrinsic, accumulator, operand, lanes, steps, needs in PROBES:
         if not needs <= features:
             continue
-        probe = _probe(intrinsic, accumulator, operand, lanes)
-        library = tvm.tirx.build(tvm.IRModule({"probe": probe}), target=target)
-        device = tvm.cpu()
-        seed = tvm.runtime.tensor(np.arange(CHAINS * lanes).astype(accumulator) % 7 + 1, device)
-        out = tvm.runtime.tensor(np.zeros(CHAINS * lanes, accumulator), device)
-        seconds = library.time_evaluator("probe", device, number=1, repeat=5)(seed, out).median
-        instructions = CHAINS * ITERATIONS / seconds
+        probe = vector_probe(intrinsic, accumulator, operand, lanes, ITERATIONS)
+        instructions = instructions_per_second(probe, target, accumulator, lanes, ITERATIONS)
         lines.append(f"| {name} | {instructions / 1e9:.2f} | {instructions * lanes * steps / 1e9:.0f} |")
         print(lines[-1], flush=True)
     for name, intrinsic, multiply_adds, needs in TILE_PROBES:

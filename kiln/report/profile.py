@@ -30,7 +30,9 @@ class KernelTime:
     share: float  # of the kernels' total
     flops: float | None = None  # per run, from TVM's estimate of the kernel's TIR
     gflops: float | None = None
+    of_peak: float | None = None  # gflops ÷ the module's fp32 FMA peak (Profile.peak_gflops)
     instructions: str = ""  # the dot-product / tile instructions its code uses
+    rule: str = ""  # the schedule strategies that scheduled it (none: a tuning record's, or DLight's)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Profile:
     kernels: list[KernelTime]
     latency_ms: float  # the module's median latency, not instrumented
     runs: int
+    peak_gflops: float | None = None  # fp32 FMA peak of the cores it ran on, measured (kiln/backends/tvm/cpu/peak.py)
 
     @property
     def kernels_ms(self) -> float:
@@ -45,14 +48,17 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         return {"kernels": [asdict(k) for k in self.kernels], "latency_ms": self.latency_ms, "runs": self.runs,
-                "kernels_ms": self.kernels_ms}
+                "kernels_ms": self.kernels_ms, "peak_gflops": self.peak_gflops}
 
     def table(self) -> str:
-        lines = [f"{'kernel':48} {'calls':>5} {'ms':>8} {'share':>6} {'GFLOP/s':>8}  instructions"]
+        lines = [f"{'kernel':48} {'calls':>5} {'ms':>8} {'share':>6} {'GFLOP/s':>8} {'of peak':>7}  schedule / instructions"]
         for k in self.kernels:
             rate = f"{k.gflops:8.1f}" if k.gflops is not None else f"{'':8}"
-            lines.append(f"{k.kernel[:48]:48} {k.calls:5d} {k.ms:8.3f} {k.share:6.1%} {rate}  {k.instructions}")
-        lines.append(f"kernels {self.kernels_ms:.3f} ms of the module's {self.latency_ms:.3f} ms (median of {self.runs} runs)")
+            peak = f"{k.of_peak:7.1%}" if k.of_peak is not None else f"{'':7}"
+            lines.append(f"{k.kernel[:48]:48} {k.calls:5d} {k.ms:8.3f} {k.share:6.1%} {rate} {peak}  "
+                         f"{' / '.join(part for part in (k.rule, k.instructions) if part)}")
+        peak = f"; fp32 FMA peak {self.peak_gflops:.0f} GFLOP/s" if self.peak_gflops else ""
+        lines.append(f"kernels {self.kernels_ms:.3f} ms of the module's {self.latency_ms:.3f} ms (median of {self.runs} runs){peak}")
         return "\n".join(lines)
 
 
@@ -88,15 +94,28 @@ def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 1
         vm(inputs)
     latency = statistics.median(plain)
     info = executable.kernel_info
+    peak = _peak(executable)
     medians = {name: statistics.median(run.get(name, 0.0) for run in per_run) * 1e3 for name in calls}
     total = sum(medians.values()) or 1.0
     kernels = []
     for name, ms in sorted(medians.items(), key=lambda item: -item[1]):
         flops = info.get(name, {}).get("flops")
         flops = flops * calls[name] if flops is not None else None
-        kernels.append(KernelTime(name, calls[name], ms, ms / total, flops,
-                                  flops / (ms * 1e6) if flops and ms > 0 else None, info.get(name, {}).get("instructions", "")))
-    return Profile(kernels, latency * 1e3, runs)
+        gflops = flops / (ms * 1e6) if flops and ms > 0 else None
+        facts = info.get(name, {})
+        kernels.append(KernelTime(name, calls[name], ms, ms / total, flops, gflops, gflops / peak if gflops is not None and peak else None,
+                                  facts.get("instructions", ""), facts.get("rule", "")))
+    return Profile(kernels, latency * 1e3, runs, peak)
+
+
+def _peak(executable) -> float | None:
+    """fp32 FMA GFLOP/s of the threads the module runs on: one core's, measured, times the threads."""
+    if executable.target.device != "cpu":
+        return None
+    from kiln.backends.tvm.cpu.peak import fp32_peak_gflops
+
+    per_core = fp32_peak_gflops()
+    return per_core * executable._thread_count if per_core is not None else None
 
 
 def _timed(call) -> float:

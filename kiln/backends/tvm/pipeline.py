@@ -8,6 +8,7 @@ fusion, constant folding, tuned schedules from the database and the rules of `sc
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
-from kiln.backends.tvm.cpu.schedules import CPU_RULES
+from kiln.backends.tvm.cpu.schedules import CPU_RULES, STRATEGY_ANNOTATION
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, bf16_dots, integer_dots
 from kiln.passes.instrument import PassRecord
@@ -153,8 +154,9 @@ def _instructions(function: tvm.tirx.PrimFunc) -> list[str]:
 
 def kernel_info(mod: tvm.IRModule) -> dict[str, dict[str, Any]]:
     """Per kernel of a scheduled module: its FLOPs (TVM's estimate from the TIR, None where the
-    estimate fails, as on tensorized code) and the dot-product instructions it uses. What
-    `cm.profile()` turns into GFLOP/s."""
+    estimate fails, as on tensorized code), the dot-product instructions it uses, and the
+    strategies of kiln/backends/tvm/cpu/schedules.py that scheduled its blocks (none: a tuning
+    record's schedule, or DLight's on a GPU). What `cm.profile()` shows per kernel."""
     info = {}
     for var, function in mod.functions.items():
         if isinstance(function, tvm.tirx.PrimFunc):
@@ -162,7 +164,9 @@ def kernel_info(mod: tvm.IRModule) -> dict[str, dict[str, Any]]:
                 flops = float(estimate_tir_flops(tvm.IRModule({"main": function})))
             except Exception:  # noqa: BLE001 - TVM's estimator refuses some intrinsics; the profile then has no rate
                 flops = None
-            info[var.name_hint] = {"flops": flops, "instructions": ", ".join(_instructions(function))}
+            _instructions(function)  # its text, cached
+            strategies = sorted(set(re.findall(rf'"{STRATEGY_ANNOTATION}": "(\w+)"', _SCRIPTS[function])))
+            info[var.name_hint] = {"flops": flops, "instructions": ", ".join(_instructions(function)), "rule": ", ".join(strategies)}
     return info
 
 

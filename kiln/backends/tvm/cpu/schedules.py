@@ -466,12 +466,25 @@ class CPUSchedule(ScheduleRule):
                 trial = sch.copy()
                 try:
                     if strategy(trial, info, unit):
-                        sch = trial
+                        sch = _named(trial, info, strategy)
                         break
                 except SCHEDULE_FAILURES:
                     continue  # e.g. the block was folded into an earlier block's epilogue
         _tensorize_marked(sch)
         return sch
+
+
+STRATEGY_ANNOTATION = "kiln.strategy"  # which strategy scheduled a block: cm.profile() names it
+
+
+def _named(sch: s_tir.Schedule, info, strategy: Strategy) -> s_tir.Schedule:
+    """`sch` with the block `strategy` scheduled annotated by the strategy's name, where the block
+    is still there to annotate (a strategy may have folded it into another)."""
+    try:
+        sch.annotate(info.block_rv, STRATEGY_ANNOTATION, strategy.__name__)
+    except SCHEDULE_FAILURES:
+        pass
+    return sch
 
 
 CPU_RULES: list[ScheduleRule] = [CPUSchedule()]
