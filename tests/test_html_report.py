@@ -149,6 +149,24 @@ def test_the_transformer_encoder_report_draws_every_node(tmp_path):
     assert len(dom.find("graph-view").all("g", "node")) == boxes_of(compiled.graph)
 
 
+def test_a_large_graph_is_also_drawn_one_box_per_block(tmp_path):
+    """A 6-layer encoder: past COLLAPSE_ABOVE boxes, each layer also folds into one box."""
+    from kiln.models.encoder import EncoderConfig, TransformerEncoder
+    from kiln.report.graph_view import COLLAPSE_ABOVE, graph_data
+
+    model = TransformerEncoder(EncoderConfig(vocab=100, hidden=32, heads=2, layers=6, intermediate=64, max_positions=16)).eval()
+    inputs = (torch.randint(0, 100, (1, 16)),)
+    compiled = kiln.compile(model, inputs, target="eager", debug_dir=tmp_path)
+    last_kiln = [r for r in compiled.report.rows if r.stage == "kiln"][-1]
+    nodes = graph_data(compiled.graph)["nodes"]
+    assert len(nodes) > COLLAPSE_ABOVE
+    blocks = {n["module"] for n in nodes if n["module"]}
+    loose = sum(1 for n in nodes if not n["module"])
+    assert any(block.split(".")[-1].isdigit() for block in blocks)  # repeated blocks, by index
+    dom = rendered(tmp_path / "report.html", f"graph={last_kiln.index}&collapse=1")
+    assert len(dom.find("graph-view").all("g", "node")) == len(blocks) + loose
+
+
 def test_the_drift_plot_marks_the_planted_bad_pass(tmp_path):
     model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
     kiln.compile(model, (x,), target="eager", passes=PIPELINE, debug_dir=tmp_path)

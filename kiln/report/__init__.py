@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.errors import KilnError
 from kiln.passes.instrument import Report
-from kiln.report.graph_view import diff, draw_svg
+from kiln.report.graph_view import COLLAPSE_ABOVE, collapse, diff, draw_svg
 from kiln.report.page import write_page
 
 HTML_FILE, PROFILE_FILE = "report.html", "profile.json"
@@ -40,6 +40,7 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
         "passes": report.to_json(),
         "first_over": getattr(report.first_drift_over(tolerance), "index", None),
         "graphs": {},
+        "collapsed": {},  # pass index -> the same graph drawn with one box per block, for large graphs
         "diffs": {},
         "profile": _json(folder / PROFILE_FILE),
     }
@@ -48,6 +49,8 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
     for index, graph in sorted(graphs.items()):
         try:
             data["graphs"][index] = draw_svg(graph)
+            if len(graph["nodes"]) > COLLAPSE_ABOVE:
+                data["collapsed"][index] = draw_svg(collapse(graph))
         except KilnError as error:
             data["graphs"] = {}
             data["title"] += f" (no graphs: {error})"

@@ -112,8 +112,9 @@ function panZoom(svg) {
     box.x -= (e.clientX - drag[0]) / r.width * box.width; box.y -= (e.clientY - drag[1]) / r.height * box.height; drag = [e.clientX, e.clientY]; });
 }
 
-function place(container, index) {
-  container.innerHTML = data.graphs[index] || '<p class="note">no graph kept for this pass</p>';
+function place(container, index, collapsed) {
+  const drawing = collapsed && data.collapsed[index] ? data.collapsed[index] : data.graphs[index];
+  container.innerHTML = drawing || '<p class="note">no graph kept for this pass</p>';
   const svg = container.querySelector('svg');
   if (svg) { svg.removeAttribute('width'); svg.removeAttribute('height'); panZoom(svg); }
   return svg;
@@ -126,7 +127,9 @@ function graphChoices(select, only) {
 }
 
 function showGraph(index) {
-  $('graph-pass').value = index; zoomed(place($('graph-view'), index)); search();
+  $('graph-pass').value = index;
+  $('collapse-label').hidden = !data.collapsed[index];
+  zoomed(place($('graph-view'), index, $('collapse').checked)); search();
 }
 
 function zoomed(svg) {  // #zoom=K: the top of the graph, K times closer
@@ -202,7 +205,9 @@ graphChoices($('graph-pass')); graphChoices($('diff-pass'), r => data.diffs[r.in
 $('graph-pass').onchange = e => showGraph(+e.target.value);
 $('diff-pass').onchange = e => showDiff(+e.target.value);
 $('node-search').oninput = search;
+$('collapse').onchange = () => showGraph(+$('graph-pass').value);
 const wanted = new URLSearchParams(location.hash.slice(1));
+if (wanted.has('collapse')) $('collapse').checked = true;
 const firstGraph = Object.keys(data.graphs).map(Number).sort((a, b) => a - b);
 if (firstGraph.length) showGraph(wanted.has('graph') ? +wanted.get('graph') : firstGraph[firstGraph.length - 1]);
 const diffs = Object.keys(data.diffs).map(Number).sort((a, b) => a - b);
@@ -231,7 +236,8 @@ def render(data: dict[str, Any]) -> str:
 <p class="note">max |Δ| relative to the output's scale, against the eager model, log scale; the dashed line is the tolerance.</p>
 <div id="drift-plot"></div></section>
 <section id="graph-section"><h2>Graph after a pass</h2>
-<p>pass <select id="graph-pass"></select> search <input id="node-search" placeholder="node name"> <span class="note">wheel: zoom, drag: pan</span></p>
+<p>pass <select id="graph-pass"></select> search <input id="node-search" placeholder="node name">
+<label id="collapse-label"><input type="checkbox" id="collapse"> one box per block</label> <span class="note">wheel: zoom, drag: pan</span></p>
 <div class="graph-box" id="graph-view"></div></section>
 <section id="diff-section"><h2>What a pass changed</h2>
 <p>pass <select id="diff-pass"></select> <span id="diff-summary"></span>
