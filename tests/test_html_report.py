@@ -187,6 +187,16 @@ def test_a_compression_pass_row_opens_on_what_each_layer_kept(tmp_path):
     assert "50% kept" in chart.content() and "drift after this pass" in chart.content()
 
 
+def test_a_compiled_modules_report_writes_its_own_page(cnn_report, tmp_path):
+    """cm.report.html(path): the table, the drift plot and the profile, without a debug directory."""
+    _, compiled, _, x = cnn_report
+    page = compiled.report.html(tmp_path / "report.html", profile=compiled.profile(x))
+    dom = rendered(page)
+    assert len(dom.find("passes").all("tr", "pass-row")) == len(compiled.report.rows)
+    assert dom.find("profile").all("tr", "kernel-row") and dom.find("drift-plot").all("circle", "drift-point")
+    assert "no graph kept" in dom.find("graph-view").content()
+
+
 def test_kiln_report_rewrites_the_page_with_another_tolerance(cnn_report, tmp_path, capsys):
     folder = tmp_path / "copy"
     shutil.copytree(cnn_report[0], folder)

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -70,6 +70,15 @@ class Report:
     def first_drift_over(self, tolerance: float) -> PassRecord | None:
         """The first pass after which outputs drift more than `tolerance` from eager."""
         return next((r for r in self.rows if r.drift is not None and r.drift.exceeds(tolerance)), None)
+
+    def html(self, path: str | Path, tolerance: float = 1e-4, profile: Any = None, title: str = "Kiln report") -> Path:
+        """This report as one self-contained page (kiln/report/): the pass table and the drift plot,
+        with `profile` (`cm.profile()`) its per-kernel table. The graphs after each pass are a
+        debug directory's: compile with `debug_dir=`, whose report.html has them all."""
+        from kiln.report import page_data
+        from kiln.report.page import write_page
+
+        return write_page(Path(path), page_data(self, title, tolerance, profile=profile.to_json() if profile is not None else None))
 
     @property
     def total_seconds(self) -> float:

@@ -32,17 +32,24 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
     except (OSError, ValueError) as error:
         raise KilnError(f"{folder}: no Kiln debug report there (report.json: {error}); "
                         "compile with debug_dir= first") from None
-    report = Report.from_json(rows)
-    graphs = _graphs(folder)
+    return write_page(folder / HTML_FILE, page_data(Report.from_json(rows), title or f"Kiln report: {folder.name}", tolerance,
+                                                    _graphs(folder), _json(folder / PROFILE_FILE)))
+
+
+def page_data(report: Report, title: str, tolerance: float = DEFAULT_TOLERANCE, graphs: dict[int, dict[str, Any]] | None = None,
+              profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the page draws: the report's rows, the graphs kept for its passes (by row index) drawn
+    and diffed, the profile."""
+    graphs = graphs or {}
     data: dict[str, Any] = {
-        "title": title or f"Kiln report: {folder.name}",
+        "title": title,
         "tolerance": tolerance,
         "passes": report.to_json(),
         "first_over": getattr(report.first_drift_over(tolerance), "index", None),
         "graphs": {},
         "collapsed": {},  # pass index -> the same graph drawn with one box per block, for large graphs
         "diffs": {},
-        "profile": _json(folder / PROFILE_FILE),
+        "profile": profile,
     }
     stages = {row.index: row.stage for row in report.rows}
     previous = None
@@ -64,7 +71,7 @@ def write_report(folder: str | Path, tolerance: float = DEFAULT_TOLERANCE, title
         for node in graphs[kernels[-1]]["nodes"]:
             boxes.setdefault(node["op"], []).append(node["id"])
         data["kernel_graph"], data["kernel_boxes"] = kernels[-1], boxes
-    return write_page(folder / HTML_FILE, data)
+    return data
 
 
 def _graphs(folder: Path) -> dict[int, dict[str, Any]]:
