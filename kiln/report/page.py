@@ -210,6 +210,7 @@ const wanted = new URLSearchParams(location.hash.slice(1));
 if (wanted.has('collapse')) $('collapse').checked = true;
 const firstGraph = Object.keys(data.graphs).map(Number).sort((a, b) => a - b);
 if (firstGraph.length) showGraph(wanted.has('graph') ? +wanted.get('graph') : firstGraph[firstGraph.length - 1]);
+else $('graph-view').innerHTML = '<p class="note">no graph kept for any pass: compile with debug_dir= for them</p>';
 const diffs = Object.keys(data.diffs).map(Number).sort((a, b) => a - b);
 if (diffs.length) showDiff(wanted.has('diff') ? +wanted.get('diff') : diffs[0]);
 if (wanted.has('open')) { const tr = document.querySelector(`tr.pass-row[data-index="${+wanted.get('open')}"]`); if (tr) tr.onclick(); }
