@@ -129,6 +129,10 @@ def test_the_cnn_report_renders_its_passes_graphs_diff_and_profile(cnn_report):
     kernel_rows = dom.find("profile").all("tr", "kernel-row")
     assert [r.all("td")[0].content() for r in kernel_rows] == [k["kernel"] for k in profile["kernels"]]
     assert all(float(r.all("td")[2].content()) > 0 for r in kernel_rows)
+    # ... and the Kiln nodes each computes: every convolution and linear layer of the graph is some kernel's
+    computed = {name for r in kernel_rows for name in r.all("td")[8].content().split(", ")}
+    layers = {n.name for n in compiled.graph.nodes if n.op == "call_function" and ("conv" in str(n.target) or "linear" in str(n.target))}
+    assert layers and layers <= computed
     assert set(profile_names := {k["kernel"] for k in profile["kernels"]}) <= set(compiled.executable.kernel_info)
     assert profile_names
 

@@ -186,14 +186,15 @@ function profileTable() {
   const p = data.profile;
   if (!p) { $('profile').insertAdjacentHTML('afterend', '<p class="note">no profile: the module was not run here</p>'); return; }
   const table = $('profile'), head = table.createTHead().insertRow();
-  for (const name of ['kernel', 'calls', 'ms', 'share', 'GFLOP/s', 'of fp32 peak', 'schedule', 'instructions']) { const th = document.createElement('th'); th.textContent = name; head.appendChild(th); }
+  for (const name of ['kernel', 'calls', 'ms', 'share', 'GFLOP/s', 'of fp32 peak', 'schedule', 'instructions', 'Kiln nodes']) { const th = document.createElement('th'); th.textContent = name; head.appendChild(th); }
   const body = table.createTBody();
   for (const k of p.kernels) {
     const tr = body.insertRow(); tr.className = 'kernel-row';
     tr.onclick = () => { if (data.kernel_graph === undefined) return; showGraph(data.kernel_graph);
       for (const id of (data.kernel_boxes[k.kernel] || [])) { const g = $('graph-view').querySelector('[id="node-' + CSS.escape(id) + '"]'); if (g) { g.classList.add('match'); g.scrollIntoView({block: 'center'}); } } };
     [k.kernel, k.calls, k.ms.toFixed(3), (k.share * 100).toFixed(1) + '%', k.gflops === null ? '' : k.gflops.toFixed(1),
-     k.of_peak === null || k.of_peak === undefined ? '' : (k.of_peak * 100).toFixed(1) + '%', k.rule || 'tuning record or TVM', k.instructions].forEach((v, i) => {
+     k.of_peak === null || k.of_peak === undefined ? '' : (k.of_peak * 100).toFixed(1) + '%', k.rule || 'tuning record or TVM', k.instructions,
+     (k.sources || []).join(', ') || '(layout or TVM\'s own)'].forEach((v, i) => {
       const td = tr.insertCell(); td.textContent = v; if (i === 0 || i >= 6) td.className = 'text'; });
   }
   $('profile-total').textContent = `kernels ${p.kernels_ms.toFixed(3)} ms of the module's ${p.latency_ms.toFixed(3)} ms (median of ${p.runs} runs)` +

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -33,6 +33,7 @@ class KernelTime:
     of_peak: float | None = None  # gflops ÷ the module's fp32 FMA peak (Profile.peak_gflops)
     instructions: str = ""  # the dot-product / tile instructions its code uses
     rule: str = ""  # the schedule strategies that scheduled it (none: a tuning record's, or DLight's)
+    sources: list[str] = field(default_factory=list)  # the Kiln graph nodes it computes (kiln/backends/tvm/provenance.py)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Profile:
             rate = f"{k.gflops:8.1f}" if k.gflops is not None else f"{'':8}"
             peak = f"{k.of_peak:7.1%}" if k.of_peak is not None else f"{'':7}"
             lines.append(f"{k.kernel[:48]:48} {k.calls:5d} {k.ms:8.3f} {k.share:6.1%} {rate} {peak}  "
-                         f"{' / '.join(part for part in (k.rule, k.instructions) if part)}")
+                         f"{' / '.join(part for part in (k.rule, k.instructions) if part)}"
+                         f"{'  <- ' + ', '.join(k.sources) if k.sources else ''}")
         peak = f"; fp32 FMA peak {self.peak_gflops:.0f} GFLOP/s" if self.peak_gflops else ""
         lines.append(f"kernels {self.kernels_ms:.3f} ms of the module's {self.latency_ms:.3f} ms (median of {self.runs} runs){peak}")
         return "\n".join(lines)
@@ -104,7 +106,7 @@ def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 1
         gflops = flops / (ms * 1e6) if flops and ms > 0 else None
         facts = info.get(name, {})
         kernels.append(KernelTime(name, calls[name], ms, ms / total, flops, gflops, gflops / peak if gflops is not None and peak else None,
-                                  facts.get("instructions", ""), facts.get("rule", "")))
+                                  facts.get("instructions", ""), facts.get("rule", ""), list(facts.get("sources", []))))
     return Profile(kernels, latency * 1e3, runs, peak)
 
 

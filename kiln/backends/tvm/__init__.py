@@ -13,6 +13,7 @@ from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.executable import TVMExecutable
 from kiln.backends.tvm.lower import to_relax
+from kiln.backends.tvm.provenance import kernel_sources
 from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.runtime.threads import size_thread_pool
@@ -22,8 +23,9 @@ from kiln.passes.instrument import Drift, PassRecord
 size_thread_pool()
 
 
-def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
-    """Kiln graph → Relax with fused, not yet scheduled TIR functions (what tuning works on)."""
+def lower_and_fuse(graph: Graph, context: BuildContext, sources: dict[str, list[str]] | None = None) -> tvm.IRModule:
+    """Kiln graph → Relax with fused, not yet scheduled TIR functions (what tuning works on);
+    `sources` is filled with the Kiln nodes each kernel computes (kiln/backends/tvm/provenance.py)."""
     target = tvm.target.Target(context.target.tvm_target)
     context.say("import into TVM Relax")
     start = time.perf_counter()
@@ -31,7 +33,11 @@ def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
     record = context.report.add(PassRecord(context.report.next_index(), "import", "tvm", time.perf_counter() - start))
     if context.debug.enabled:
         context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
-    return run_passes(mod, target, fusion_passes(target), context)
+    def observe(name: str, before: tvm.IRModule, after: tvm.IRModule) -> None:
+        if name == "FuseOps" and sources is not None:
+            sources.update(kernel_sources(before, after, (node.name for node in graph.nodes)))
+
+    return run_passes(mod, target, fusion_passes(target), context, observe)
 
 
 class TVMBackend:
@@ -41,7 +47,8 @@ class TVMBackend:
         target = tvm.target.Target(context.target.tvm_target)
         if context.target.toolchain is not None:
             context.target.toolchain.require(context.target.name)  # fail before the long part
-        mod = lower_and_fuse(graph, context)
+        sources: dict[str, list[str]] = {}
+        mod = lower_and_fuse(graph, context, sources)
         database = TuningDatabase.for_target(context.tuning_dir, target)
         if not database.exists() and database.others():
             note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
@@ -52,7 +59,7 @@ class TVMBackend:
 
             context.debug.dump(context.report.rows[-1].index, "tvm_kernels", json.dumps(kernel_graph_data(mod)), suffix=".graph.json")
         program, weights = build(mod, target, context)
-        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod))
+        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod, sources))
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable

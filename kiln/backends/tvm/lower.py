@@ -532,7 +532,7 @@ def to_relax(graph: Graph):
             return tvm.runtime.tensor(tensor.detach().cpu().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
 
         def create_convert_map(self):
-            return _NamingFailures(super().create_convert_map())
+            return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 
     try:
         program = graph.to_exported_program().run_decompositions()
@@ -545,12 +545,23 @@ def to_relax(graph: Graph):
 
 class _NamingFailures(dict):
     """The importer's converter table, each converter failing with Kiln's error naming the node,
-    its op and the model line it came from, instead of a bare TVM or Python exception."""
+    its op and the model line it came from, instead of a bare TVM or Python exception; and each
+    Relax variable a converter emits named after the Kiln node it came from (torch keeps that in
+    `from_node` through the decompositions), which is how the report and the profile say which
+    nodes a fused kernel holds."""
+
+    def __init__(self, converters: dict, importer, kiln_nodes: set[str]) -> None:
+        super().__init__(converters)
+        self.importer, self.kiln_nodes = importer, kiln_nodes
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         convert = super().__getitem__(name)
 
         def named(node: fx.Node, *importer) -> Any:
+            builder = self.importer.block_builder
+            emit = builder.emit
+            source = kiln_node_name(node, self.kiln_nodes)
+            builder.emit = lambda expr, name_hint="": emit(expr, name_hint or source)
             try:
                 return convert(node, *importer)
             except KilnError:
@@ -564,5 +575,21 @@ class _NamingFailures(dict):
                     f"the TVM importer failed on node '{node.name}' ({node.target}, inputs {shapes or 'none'}): "
                     f"{type(error).__name__}: {error}{where}", stage="import", node=node.name, op=str(node.target),
                     source=source) from error
+            finally:
+                builder.emit = emit
 
         return named
+
+
+def kiln_node_name(node: fx.Node, kiln_nodes: set[str]) -> str:
+    """The name of the Kiln graph node `node` (of the re-exported, decomposed program) came from:
+    the nearest of its `from_node` ancestors that is one (its own name where none is)."""
+    if node.name in kiln_nodes:
+        return node.name
+    sources = node.meta.get("from_node") or []
+    source = sources[-1] if sources else None
+    while source is not None:
+        if source.name in kiln_nodes:
+            return source.name
+        source = source.from_node[-1] if source.from_node else None
+    return node.name

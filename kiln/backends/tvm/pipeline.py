@@ -152,11 +152,12 @@ def _instructions(function: tvm.tirx.PrimFunc) -> list[str]:
     return [dot.mnemonic for dot in DOT_INSTRUCTIONS if f'"{dot.llvm_base_name}' in text]
 
 
-def kernel_info(mod: tvm.IRModule) -> dict[str, dict[str, Any]]:
+def kernel_info(mod: tvm.IRModule, sources: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """Per kernel of a scheduled module: its FLOPs (TVM's estimate from the TIR, None where the
     estimate fails, as on tensorized code), the dot-product instructions it uses, and the
     strategies of kiln/backends/tvm/cpu/schedules.py that scheduled its blocks (none: a tuning
-    record's schedule, or DLight's on a GPU). What `cm.profile()` shows per kernel."""
+    record's schedule, or DLight's on a GPU), and the Kiln nodes it computes (`sources`,
+    kiln/backends/tvm/provenance.py). What `cm.profile()` shows per kernel."""
     info = {}
     for var, function in mod.functions.items():
         if isinstance(function, tvm.tirx.PrimFunc):
@@ -166,15 +167,19 @@ def kernel_info(mod: tvm.IRModule) -> dict[str, dict[str, Any]]:
                 flops = None
             _instructions(function)  # its text, cached
             strategies = sorted(set(re.findall(rf'"{STRATEGY_ANNOTATION}": "(\w+)"', _SCRIPTS[function])))
-            info[var.name_hint] = {"flops": flops, "instructions": ", ".join(_instructions(function)), "rule": ", ".join(strategies)}
+            info[var.name_hint] = {"flops": flops, "instructions": ", ".join(_instructions(function)), "rule": ", ".join(strategies),
+                                   "sources": (sources or {}).get(var.name_hint, [])}
     return info
 
 
-def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext) -> tvm.IRModule:
+def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext,
+               observe: Callable[[str, tvm.IRModule, tvm.IRModule], None] | None = None) -> tvm.IRModule:
+    """Each pass in turn, a report row each; `observe(name, before, after)` sees every step."""
     with target:
         for name, make_pass in passes:
             context.say(f"tvm {name}")
             start = time.perf_counter()
+            before = mod
             try:
                 mod = make_pass()(mod)
             except Exception as error:
@@ -184,6 +189,8 @@ def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses
             )
             if context.debug.enabled:
                 context.debug.dump(record.index, f"tvm_{name}", mod.script(show_meta=False), suffix=".py")
+            if observe is not None:
+                observe(name, before, mod)
     return mod
 
 
