@@ -133,7 +133,7 @@ def test_an_importer_failure_names_the_node_op_and_model_line(monkeypatch):
 def test_an_unexpected_failure_is_a_kiln_error_naming_the_stage(monkeypatch):
     from kiln.backends import tvm as tvm_backend
 
-    def broken(graph, context):
+    def broken(graph, context, *rest):
         raise ZeroDivisionError("planted")
 
     monkeypatch.setattr(tvm_backend, "lower_and_fuse", broken)
