@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -535,7 +536,10 @@ def to_relax(graph: Graph):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 
     try:
-        program = graph.to_exported_program().run_decompositions()
+        with warnings.catch_warnings():
+            # torch 2.13's own run_decompositions copies a LeafSpec and warns about itself: not the user's to act on
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+            program = graph.to_exported_program().run_decompositions()
     except Exception as error:
         raise BackendError(f"torch's decompositions (before the TVM import) failed: {type(error).__name__}: {error}",
                            stage="decompose") from error
