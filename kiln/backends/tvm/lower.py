@@ -181,8 +181,39 @@ def _product(importer, a, b):
 
 
 def _matmul(node: fx.Node, importer) -> Any:
-    """matmul/mm/bmm in the inputs' dtype (see _product)."""
-    return _product(importer, importer.env[node.args[0]], importer.env[node.args[1]])
+    """matmul/mm/bmm in the inputs' dtype (see _product). An N-D matmul is reshaped as torch's
+    decomposition reshapes it (to one 2-D product against a matrix, or one 3-D batched product
+    when the batch dims agree), so an undecomposed program gets the decomposed one's kernels."""
+    from tvm import relax
+
+    bb = importer.block_builder
+    a, b = importer.env[node.args[0]], importer.env[node.args[1]]
+    a_shape, b_shape = list(a.ty.shape), list(b.ty.shape)
+    if len(a_shape) > 2 and len(b_shape) == 2:
+        rows = _product_of(a_shape[:-1])
+        product = _product(importer, bb.emit(relax.op.reshape(a, [rows, a_shape[-1]])), b)
+        return bb.emit(relax.op.reshape(product, a_shape[:-1] + [b_shape[-1]]))
+    if len(a_shape) > 3 and len(a_shape) == len(b_shape) and all(
+            _same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2])):
+        batch = _product_of(a_shape[:-2])
+        a3 = bb.emit(relax.op.reshape(a, [batch] + a_shape[-2:]))
+        b3 = bb.emit(relax.op.reshape(b, [batch] + b_shape[-2:]))
+        return bb.emit(relax.op.reshape(_product(importer, a3, b3), a_shape[:-1] + [b_shape[-1]]))
+    return _product(importer, a, b)
+
+
+def _product_of(dims: list) -> Any:
+    total = dims[0]
+    for dim in dims[1:]:
+        total = total * dim
+    return total
+
+
+def _same_dim(x: Any, y: Any) -> bool:
+    """Two Relax shape dims known equal (the same constant or the same symbolic expression)."""
+    import tvm_ffi
+
+    return bool(tvm_ffi.structural_equal(x, y))
 
 
 def _addmm(node: fx.Node, importer) -> Any:
@@ -199,6 +230,26 @@ def _addmm(node: fx.Node, importer) -> Any:
     if beta != 1:
         bias = importer.block_builder.emit(relax.op.multiply(bias, relax.const(beta, dtype)))
     return importer.block_builder.emit(relax.op.add(bias, product))
+
+
+def _linear(node: fx.Node, importer) -> Any:
+    """linear as its decomposition would give it, so an undecomposed program imports to the same
+    Relax (and the same kernels) as a decomposed one: leading dims flattened, x @ wᵀ + b in the
+    inputs' dtype, dims restored. The stock converter hard-codes a float32 output."""
+    from tvm import relax
+
+    bb = importer.block_builder
+    x, weight = importer.env[node.args[0]], importer.env[node.args[1]]
+    bias = importer.env[node.args[2]] if len(node.args) > 2 and node.args[2] is not None else None
+    shape = list(x.ty.shape)
+    if len(shape) > 2:
+        x = bb.emit(relax.op.reshape(x, [_product_of(shape[:-1]), shape[-1]]))
+    product = _product(importer, x, bb.emit(relax.op.permute_dims(weight, [1, 0])))
+    if bias is not None:
+        product = bb.emit(relax.op.add(bias, product))
+    if len(shape) > 2:
+        product = bb.emit(relax.op.reshape(product, shape[:-1] + [weight.ty.shape[0]]))
+    return product
 
 
 def _split_with_sizes(node: fx.Node, importer) -> Any:
@@ -475,6 +526,7 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     **QUANTIZED_CONVERTERS,
     **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
     "addmm.default": _addmm,
+    "linear.default": _linear,
     **{name: _in_float32(name) for name in (
         "softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "sum.default", "sum.dim_IntList",
         "mean.default", "mean.dim")},
@@ -511,6 +563,37 @@ def check_supported(program: torch.export.ExportedProgram) -> None:
             raise UnsupportedOpError(f"{node.target} (its indices output)", node.name, model_source(node), "the TVM backend")
 
 
+# Ops of torch.export's IR, short of core ATen, that import as they are to the Relax their
+# decomposition would give (Kiln's converters above, or the importer's with the same arguments);
+# batch_norm is not among them: the importer reads it with _native_batch_norm_legit's arguments.
+IMPORTED_UNDECOMPOSED = frozenset({
+    "linear.default", "conv1d.default", "conv2d.default", "dropout.default", "layer_norm.default", "matmul.default",
+    "softmax.int", "transpose.int", "reshape.default", "flatten.using_ints", "max_pool2d.default",
+    "adaptive_avg_pool2d.default", "arange.default",
+})
+
+
+def _imports_undecomposed(target: Any) -> bool:
+    if not isinstance(target, torch._ops.OpOverload):
+        return target is operator.getitem
+    return torch.Tag.core in target.tags or target.namespace == "kiln" or target.__name__ in IMPORTED_UNDECOMPOSED
+
+
+def _decomposed(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """`program` in ops the importer reads. torch's decompositions re-trace the whole program (1.8 s
+    of a 12-layer BERT's cold compile), so they run only where an op needs them."""
+    if all(_imports_undecomposed(node.target) for node in program.graph.nodes if node.op == "call_function"):
+        return program
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13's own run_decompositions copies a LeafSpec and warns about itself: not the user's to act on
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+            return program.run_decompositions()
+    except Exception as error:
+        raise BackendError(f"torch's decompositions (before the TVM import) failed: {type(error).__name__}: {error}",
+                           stage="decompose") from error
+
+
 def to_relax(graph: Graph):
     """The Relax module for `graph`: weights bound as constants, one `main` with flat inputs."""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
@@ -535,14 +618,7 @@ def to_relax(graph: Graph):
         def create_convert_map(self):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 
-    try:
-        with warnings.catch_warnings():
-            # torch 2.13's own run_decompositions copies a LeafSpec and warns about itself: not the user's to act on
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-            program = graph.to_exported_program().run_decompositions()
-    except Exception as error:
-        raise BackendError(f"torch's decompositions (before the TVM import) failed: {type(error).__name__}: {error}",
-                           stage="decompose") from error
+    program = _decomposed(graph.to_exported_program())
     check_supported(program)
     return Importer().from_exported_program(program, False, False, False, CUSTOM_CONVERTERS or None)
 
