@@ -170,7 +170,7 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants)
     graph.symbol_names = _symbol_names(graph, names or {})
     graph.dim_ranges = _dim_ranges(exported, graph.symbol_names)
-    return graph
+    return graph.mark_shapes_current()
 
 
 def _without_in_place_ops(graph: fx.Graph) -> bool:

@@ -40,3 +40,30 @@ def test_graph_runs_as_reference_and_survives_save_load(tmp_path):
     loaded = load_graph(tmp_path / "mlp.kilnir")
     assert loaded.inputs[0].shape == ("batch", 64)
     assert_matches(loaded.run(x[:2])[0], eager(model, x[:2]))
+
+
+def test_finalize_rederives_shapes_of_changed_nodes_and_their_users_only(monkeypatch):
+    """A pass that widens one layer: that layer and everything after it get new shapes; the
+    untouched layers before it keep theirs without being propagated again."""
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    model, x = models.MLP(), torch.randn(5, 64)
+    graph = from_torch(model, (x,), dynamic_batch=True).copy()
+    linears = [n for n in graph.nodes if n.target is torch.ops.aten.linear.default]
+    first, last = linears[0], linears[-1]
+    before_first = first.meta["val"]
+    # the last linear layer gets twice the outputs: a new weight and bias
+    weight, bias = graph.constant(last.args[1]), graph.constant(last.args[2])
+    new_weight = graph.add_constant(torch.cat([weight, weight]), "wide_weight", last)
+    new_bias = graph.add_constant(torch.cat([bias, bias]), "wide_bias", last)
+    last.args = (last.args[0], new_weight, new_bias)
+    ran: list[str] = []
+    original = FakeTensorProp.run_node
+    monkeypatch.setattr(FakeTensorProp, "run_node", lambda self, n: ran.append(n.name) or original(self, n))
+    graph.finalize()
+    out_features = 2 * weight.shape[0]
+    assert tuple(last.meta["val"].shape)[1] == out_features
+    assert graph.outputs[0].shape == ("batch", out_features)
+    assert last.name in ran and first.name not in ran and first.meta["val"] is before_first
+    assert len(ran) < len(graph.nodes) / 2, ran
+    assert_matches(graph.run(x)[0], eager(model, x).repeat(1, 2))

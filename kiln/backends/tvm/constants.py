@@ -21,6 +21,14 @@ def constant_tensor(constant: tvm.ir.expr.Constant) -> torch.Tensor:
     return torch.from_dlpack(constant.value)
 
 
+def constant_array(constant: tvm.ir.expr.Constant) -> np.ndarray:
+    """The constant's data as a numpy array sharing its memory (bfloat16, which torch cannot hand
+    to numpy, copied out as ml_dtypes' type): `.numpy()` of a BERT-base's linear weights took 0.5 s."""
+    if constant.value.dtype == "bfloat16":
+        return constant.value.numpy()
+    return constant_tensor(constant).numpy()
+
+
 def tensor_constant(tensor: torch.Tensor | np.ndarray) -> tvm.ir.expr.Constant:
     """A Relax constant holding `tensor`'s values (a numpy array's too), sharing its memory when
     it is contiguous and aligned."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import torch
 import tvm
 from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.cpu import amx, winograd
-from kiln.backends.tvm.constants import tensor_constant
+from kiln.backends.tvm.constants import constant_array, tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 
@@ -194,7 +195,8 @@ class _Packer(PyExprMutator):
         return [(dot, x, 0) if dot.subtracts_zero_point else (dot, *source)
                 for dot in self.integer_dots if dot.subtracts_zero_point or source is not None]
 
-    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str, rows: int | None, dot: DotInstruction | None = None) -> np.ndarray | None:
+    def _panels(self, weight: relax.Expr, rank: int, x_dtype: str, rows: int | None,
+                dot: DotInstruction | None = None) -> np.ndarray | torch.Tensor | None:
         """The constant weight as panels of output channels (output channels last), or None;
         `rows`: the output rows the schedule tiles (a matmul's, a convolution's output width).
 
@@ -203,14 +205,15 @@ class _Packer(PyExprMutator):
         layout its instruction reads."""
         if not isinstance(weight, tvm.ir.expr.Constant):
             return None
-        array = weight.value.numpy()
+        array = constant_array(weight)
         if array.ndim != rank or column_lanes(array.shape[-1], self.unit.lanes) is None:
             return None
         steps = int(np.prod(array.shape[:-1]))  # the reduction: all but the output channels
         if array.dtype == np.float32 and x_dtype == "float32":
             width = register_tile(array.shape[-1], rows, steps, self.unit).columns
-            split = array.reshape(*array.shape[:-1], array.shape[-1] // width, width)
-            return np.ascontiguousarray(np.moveaxis(split, -2, 0))
+            split = torch.from_numpy(array).reshape(*array.shape[:-1], array.shape[-1] // width, width)
+            # in torch: one copy into memory TVM can take as it is (numpy's is not aligned for it)
+            return split.movedim(-2, 0).contiguous()
         if dot is not None and str(array.dtype) == dot.weight and array.shape[-1] % dot.lanes == 0:
             group = dot.group
             if array.shape[-2] % group and rank == 4:  # channels not whole groups (an RGB stem): zero channels more
@@ -237,7 +240,7 @@ class _Packer(PyExprMutator):
         zero_point -= dot.activation_offset if dot is not None and not dot.subtracts_zero_point else 0
         if not zero_point:
             return None
-        array = weight.value.numpy().astype(np.int64)
+        array = constant_array(weight).astype(np.int64)
         return relax.const((zero_point * array.reshape(-1, array.shape[-1]).sum(0)).astype(np.int32))
 
     def _conv2d(self, call: relax.Call) -> relax.Expr:
@@ -267,7 +270,7 @@ class _Packer(PyExprMutator):
             self.packed += 1
             *_, channels_in, channels_out = (int(d) for d in weight.ty.shape)
             tile = register_tile(channels_out, winograd.tile_count(x.ty.shape, padding), channels_in, self.unit)
-            panels = winograd.transformed_panels(weight.value.numpy(), tile.columns)
+            panels = winograd.transformed_panels(constant_array(weight), tile.columns)
             return self.builder_.call_te(winograd.conv2d_nhwc, x, tensor_constant(panels), padding, primfunc_name_hint="winograd_conv2d")
         panels = self._panels(weight, 4, x.ty.dtype, rows)
         if panels is None:
