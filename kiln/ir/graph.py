@@ -251,7 +251,8 @@ class Graph:
             constants[str(node.target)] = self.constant(node)
             specs.append(InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(placeholder.name), str(node.target)))
         specs += [InputSpec(InputKind.USER_INPUT, TensorArgument(node.name), None) for node in user_inputs]
-        outputs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(node.name), None) for node in self.output_node.args[0]]
+        returned = next(iter(graph.find_nodes(op="output"))).args[0]
+        outputs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(node.name), None) for node in returned]
         module.recompile()
         return torch.export.ExportedProgram(
             module, graph, ExportGraphSignature(specs, outputs), {}, self._range_constraints(),
