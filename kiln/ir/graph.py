@@ -333,10 +333,24 @@ class _ChangedNodesProp(FakeTensorProp):
         derivation = _derivation(self.module, n)
         if "val" in n.meta and _same_derivation(n.meta.get(_DERIVED_FROM), derivation):
             return n.meta["val"]
+        before = n.meta.get("val")
         result = super().run_node(n)
+        if _same_metadata(before, n.meta.get("val")):
+            n.meta["val"] = before  # its users need not run again: what they read of it is unchanged
         if derivation is not None:
             n.meta[_DERIVED_FROM] = derivation
         return result
+
+
+def _same_metadata(a: Any, b: Any) -> bool:
+    """Two `meta["val"]`s (fake tensors, sizes, or tuples of them) with the same shapes, strides,
+    dtypes and devices: what every pass and the importer read of a node."""
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_metadata(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return (a.dtype, a.device, str(a.shape), str(a.stride()), a.requires_grad) == \
+            (b.dtype, b.device, str(b.shape), str(b.stride()), b.requires_grad)
+    return a is not None and type(a) is type(b) and str(a) == str(b)
 
 
 def _delete_attr(module: torch.nn.Module, path: str) -> None:
