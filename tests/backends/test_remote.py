@@ -84,3 +84,34 @@ def test_tuning_on_boards_through_a_tracker_is_used_by_a_recompile(aarch64_track
     host = kiln.compile(model, (x,), target="llvm", tuning_dir=tmp_path)
     not_applied = [row for row in host.report.rows if row.name == "ApplyTuningDatabase"]
     assert not_applied and "not used" in not_applied[0].note
+
+
+def test_a_stopped_board_leaves_no_process_behind():
+    """The RPC server runs each session in popen workers of its own: stopping the board ends
+    them too (they had outlived it, one emulated Python per board test)."""
+    import os
+
+    from kiln.backends.tvm.runtime.emulated_board import BoardUnavailable, start_server
+
+    try:
+        board = start_server()
+    except BoardUnavailable as error:
+        pytest.skip(f"no emulated aarch64 board: {error}")
+    try:
+        model, x = SmallCNN().eval(), torch.randn(1, 3, 32, 32)
+        kiln.compile(model, (x,), target="rpi4", remote=board.address)(x)
+        groups = {process.pid for process in board.processes}
+        in_groups = lambda: [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group_of(pid) in groups]
+        assert len(in_groups()) > len(groups)  # the session's worker is there while the board runs
+    finally:
+        board.stop()
+    assert in_groups() == []
+
+
+def _group_of(pid: int) -> int | None:
+    """A live (not zombie) process's group, or None."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[2])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -119,13 +120,24 @@ class Board:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def stop(self) -> None:
+        """Each server's whole process group: an RPC server runs its sessions in popen workers
+        of its own, which outlived it (one emulated Python left running per board test)."""
         for process in self.processes:
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
         for process in self.processes:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
+            _signal_group(process, signal.SIGKILL)  # workers that ignored the server's end
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """`signum` to the process group `process` leads (its servers start in sessions of their own)."""
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _server(folder: Path, port: int, tracker: str | None, key: str | None, log: Path) -> subprocess.Popen:
