@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from kiln.errors import PassError
@@ -347,8 +347,8 @@ def _same_metadata(a: Any, b: Any) -> bool:
     dtypes and devices: what every pass and the importer read of a node."""
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_metadata(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return (a.dtype, a.device, str(a.shape), str(a.stride()), a.requires_grad) == \
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):  # fake ones: a weight's own tensor is not kept
+        return isinstance(a, FakeTensor) and isinstance(b, FakeTensor) and (a.dtype, a.device, str(a.shape), str(a.stride()), a.requires_grad) == \
             (b.dtype, b.device, str(b.shape), str(b.stride()), b.requires_grad)
     return a is not None and type(a) is type(b) and str(a) == str(b)
 
