@@ -139,10 +139,7 @@ class Graph:
 
     def constant(self, node: fx.Node) -> torch.Tensor:
         """The tensor behind a `get_attr` node."""
-        target = self.module
-        for part in str(node.target).split("."):
-            target = getattr(target, part)
-        return target
+        return _attribute(self.module, str(node.target))
 
     def constants(self) -> dict[str, torch.Tensor]:
         """Every weight the graph uses, by attribute path (unused attributes are not counted)."""
@@ -303,13 +300,14 @@ def _derivation(module: fx.GraphModule, node: fx.Node) -> tuple | None:
     leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
     leaves = [leaf.meta.get("val") if isinstance(leaf, fx.Node) else leaf for leaf in leaves]
     if node.op == "get_attr":
-        leaves.append(_fetch(module, str(node.target)))
+        leaves.append(_attribute(module, str(node.target)))
     return (node.op, node.target, spec, tuple(leaves))
 
 
-def _fetch(module: torch.nn.Module, path: str) -> Any:
+def _attribute(module: torch.nn.Module, path: str) -> Any:
+    """The attribute a dotted `get_attr` target names."""
     for part in path.split("."):
-        module = getattr(module, part, None)
+        module = getattr(module, part)
     return module
 
 

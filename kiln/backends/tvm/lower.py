@@ -190,9 +190,7 @@ def _matmul(node: fx.Node, importer) -> Any:
     a, b = importer.env[node.args[0]], importer.env[node.args[1]]
     a_shape, b_shape = list(a.ty.shape), list(b.ty.shape)
     if len(a_shape) > 2 and len(b_shape) == 2:
-        rows = _product_of(a_shape[:-1])
-        product = _product(importer, bb.emit(relax.op.reshape(a, [rows, a_shape[-1]])), b)
-        return bb.emit(relax.op.reshape(product, a_shape[:-1] + [b_shape[-1]]))
+        return _rows_product(importer, a, b)
     if len(a_shape) > 3 and len(a_shape) == len(b_shape) and all(
             _same_dim(x, y) for x, y in zip(a_shape[:-2], b_shape[:-2])):
         batch = _product_of(a_shape[:-2])
@@ -200,6 +198,23 @@ def _matmul(node: fx.Node, importer) -> Any:
         b3 = bb.emit(relax.op.reshape(b, [batch] + b_shape[-2:]))
         return bb.emit(relax.op.reshape(_product(importer, a3, b3), a_shape[:-1] + [b_shape[-1]]))
     return _product(importer, a, b)
+
+
+def _rows_product(importer, a, b, bias=None) -> Any:
+    """a @ b (b a matrix) with a's leading dims flattened into rows and restored after, the bias
+    added to the 2-D product: torch's decomposition of linear and of matmul by a matrix."""
+    from tvm import relax
+
+    bb = importer.block_builder
+    shape = list(a.ty.shape)
+    if len(shape) > 2:
+        a = bb.emit(relax.op.reshape(a, [_product_of(shape[:-1]), shape[-1]]))
+    product = _product(importer, a, b)
+    if bias is not None:
+        product = bb.emit(relax.op.add(bias, product))
+    if len(shape) > 2:
+        product = bb.emit(relax.op.reshape(product, shape[:-1] + [b.ty.shape[-1]]))
+    return product
 
 
 def _product_of(dims: list) -> Any:
@@ -233,23 +248,14 @@ def _addmm(node: fx.Node, importer) -> Any:
 
 
 def _linear(node: fx.Node, importer) -> Any:
-    """linear as its decomposition would give it, so an undecomposed program imports to the same
-    Relax (and the same kernels) as a decomposed one: leading dims flattened, x @ wᵀ + b in the
-    inputs' dtype, dims restored. The stock converter hard-codes a float32 output."""
+    """linear as its decomposition would give it (x @ wᵀ + b over flattened rows, in the inputs'
+    dtype), so an undecomposed program imports to the same Relax and kernels as a decomposed one.
+    The stock converter hard-codes a float32 output."""
     from tvm import relax
 
-    bb = importer.block_builder
     x, weight = importer.env[node.args[0]], importer.env[node.args[1]]
     bias = importer.env[node.args[2]] if len(node.args) > 2 and node.args[2] is not None else None
-    shape = list(x.ty.shape)
-    if len(shape) > 2:
-        x = bb.emit(relax.op.reshape(x, [_product_of(shape[:-1]), shape[-1]]))
-    product = _product(importer, x, bb.emit(relax.op.permute_dims(weight, [1, 0])))
-    if bias is not None:
-        product = bb.emit(relax.op.add(bias, product))
-    if len(shape) > 2:
-        product = bb.emit(relax.op.reshape(product, shape[:-1] + [weight.ty.shape[0]]))
-    return product
+    return _rows_product(importer, x, importer.block_builder.emit(relax.op.permute_dims(weight, [1, 0])), bias)
 
 
 def _split_with_sizes(node: fx.Node, importer) -> Any:

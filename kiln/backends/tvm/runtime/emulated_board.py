@@ -128,8 +128,9 @@ class Board:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-            _signal_group(process, signal.SIGKILL)  # workers that ignored the server's end
+                pass
+            _signal_group(process, signal.SIGKILL)  # a server that hung, and workers that outlived it
+            process.wait()
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
