@@ -90,8 +90,9 @@ def compile_times(baseline: Path | None, rounds: int, threads: int) -> dict[str,
     return times
 
 
-def dynamo_latency(threads: int, repeats: int) -> list[tuple[str, float, float]]:
-    """(model, kiln.compile ms, torch.compile(backend="kiln") ms), interleaved in this process."""
+def dynamo_latency(threads: int, repeats: int) -> list[tuple[str, float, float, float]]:
+    """(model, kiln.compile ms, torch.compile(backend="kiln") ms, the same with PyTorch's
+    `skip_guard_on_all_nn_modules_unsafe` guard filter), interleaved in this process."""
     import torch
 
     import kiln
@@ -106,13 +107,18 @@ def dynamo_latency(threads: int, repeats: int) -> list[tuple[str, float, float]]
         model.eval()
         direct = kiln.compile(model, inputs, threads=threads, cache=False)
         torch._dynamo.reset()
-        dynamo = torch.compile(model, backend="kiln", options={"threads": threads, "cache": False})
+        options = {"threads": threads, "cache": False}
+        dynamo = torch.compile(model, backend="kiln", options=dict(options))
+        unguarded = torch.compile(model, backend="kiln",
+                                  options={**options, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         with torch.no_grad():
             dynamo(*inputs)
-            medians = interleaved_medians({"kiln": lambda: direct(*inputs), "dynamo": lambda: dynamo(*inputs)}, repeats=repeats)
-        rows.append((name, medians["kiln"] * 1e3, medians["dynamo"] * 1e3))
-        print(f"[latency] {name}: kiln.compile {rows[-1][1]:.2f} ms, torch.compile(backend='kiln') {rows[-1][2]:.2f} ms",
-              file=sys.stderr, flush=True)
+            unguarded(*inputs)
+            medians = interleaved_medians({"kiln": lambda: direct(*inputs), "dynamo": lambda: dynamo(*inputs),
+                                           "unguarded": lambda: unguarded(*inputs)}, repeats=repeats)
+        rows.append((name, medians["kiln"] * 1e3, medians["dynamo"] * 1e3, medians["unguarded"] * 1e3))
+        print(f"[latency] {name}: kiln.compile {rows[-1][1]:.2f} ms, torch.compile(backend='kiln') {rows[-1][2]:.2f} ms, "
+              f"nn-module guards skipped {rows[-1][3]:.2f} ms", file=sys.stderr, flush=True)
     return rows
 
 
@@ -155,9 +161,14 @@ def main() -> None:
         f"## `torch.compile(backend=\"kiln\")` against `kiln.compile`: latency, {args.threads} threads, "
         f"interleaved medians of {args.repeats}",
         "",
-        "| model | kiln.compile (ms) | torch.compile backend=kiln (ms) | ratio |",
-        "|---|---|---|---|",
-        *(f"| {name} | {direct:.2f} | {dynamo:.2f} | {dynamo / direct:.2f} |" for name, direct, dynamo in latency),
+        "Last two columns: the same frame compiled with PyTorch's `options={\"guard_filter_fn\": "
+        "torch.compiler.skip_guard_on_all_nn_modules_unsafe}` (Dynamo then checks no nn-module attributes on "
+        "each call; benchmarks/dynamo_overhead.py).",
+        "",
+        "| model | kiln.compile (ms) | torch.compile backend=kiln (ms) | ratio | nn-module guards skipped (ms) | ratio |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {direct:.2f} | {dynamo:.2f} | {dynamo / direct:.2f} | {unguarded:.2f} | {unguarded / direct:.2f} |"
+          for name, direct, dynamo, unguarded in latency),
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

@@ -2,11 +2,14 @@
 
     python benchmarks/dynamo_overhead.py [--model mobilenet_v2] [--threads 2] [--calls 300]
 
-One process, one model. Times, interleaved: the `kiln.compile` module called directly; the
-`torch.compile(backend="kiln")` frame, split into the time before Kiln's runner starts (Dynamo's
-guards, its bytecode fetching the lifted weights), inside the runner (the Kiln module) and after
-it; and, in a second process, the same frame with a runner that only returns stored outputs
-(Dynamo's own cost when the graph does no work). Prints medians in ms.
+One process per variant, one model. Times, interleaved with calls of the `kiln.compile` module:
+the `torch.compile(backend="kiln")` frame, split into the time before Kiln's runner starts
+(Dynamo's guards, its bytecode fetching the lifted weights), inside the runner (the Kiln module)
+and after it. Variants: as users call it; with a runner that only returns stored outputs
+(Dynamo's own cost when the graph does no work); the same with a 64 MB memory sweep in place of
+the direct module's call (no TVM in the process: does any cache-evicting work between frames
+cost Dynamo the same?); as users call it with `guard_filter_fn=skip_guard_on_all_nn_modules_unsafe`
+(PyTorch's own switch for fewer guards). Prints medians in ms.
 """
 
 from __future__ import annotations
@@ -25,13 +28,23 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.fuzz import cpu_name  # noqa: E402
 
 
-def measure(model_name: str, threads: int, calls: int, trivial: bool) -> dict[str, float]:
+VARIANTS = {  # name: (runner, between frames, guard filter)
+    "as users call it": ("kiln", "kiln module", False),
+    "runner returns stored outputs": ("stored", "kiln module", False),
+    "  ...and a memory sweep between frames, no TVM": ("stored", "memory sweep", False),
+    "as users call it, nn-module guards skipped": ("kiln", "kiln module", True),
+}
+
+
+def measure(model_name: str, threads: int, calls: int, variant: str) -> dict[str, float]:
+    import numpy as np
     import torch
 
     import kiln
     import kiln.dynamo
     from benchmarks.models import benchmark_models
 
+    runner, between, guard_filter = VARIANTS[variant]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, inputs = benchmark_models(12)[model_name]()
@@ -39,26 +52,31 @@ def measure(model_name: str, threads: int, calls: int, trivial: bool) -> dict[st
     marks: dict[str, float] = {}
     with torch.no_grad():
         stored = model(*inputs)
-        direct = kiln.compile(model, inputs, threads=threads, cache=False)
+        direct = kiln.compile(model, inputs, threads=threads, cache=False) if between == "kiln module" else None
+        sweep = np.ones((64 << 20) // 8)
 
         def backend(gm, example_inputs):
             run = kiln.dynamo.kiln_backend(gm, example_inputs, {"threads": threads, "cache": False})
 
             def timed(*arguments):
                 marks["in"] = time.perf_counter()
-                outputs = (stored,) if trivial else run(*arguments)
+                outputs = (stored,) if runner == "stored" else run(*arguments)
                 marks["out"] = time.perf_counter()
                 return outputs
 
             return timed
 
-        frame = torch.compile(model, backend=backend)
+        options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if guard_filter else None
+        frame = torch.compile(model, backend=backend, options=options)
         frame(*inputs)
-        samples: dict[str, list[float]] = {"direct": [], "frame": [], "before runner": [], "runner": [], "after runner": []}
+        samples: dict[str, list[float]] = {"between": [], "frame": [], "before runner": [], "runner": [], "after runner": []}
         for _ in range(calls):
             start = time.perf_counter()
-            direct(*inputs)
-            samples["direct"].append(time.perf_counter() - start)
+            if direct is not None:
+                direct(*inputs)
+            else:
+                sweep += 1.0
+            samples["between"].append(time.perf_counter() - start)
             start = time.perf_counter()
             frame(*inputs)
             end = time.perf_counter()
@@ -74,20 +92,19 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--trivial", action="store_true", help=argparse.SUPPRESS)  # the second process
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one process per variant
     args = parser.parse_args()
-    if args.trivial:
-        print(json.dumps(measure(args.model, args.threads, args.calls, trivial=True)))
+    if args.variant:
+        print(json.dumps(measure(args.model, args.threads, args.calls, args.variant)))
         return
-    real = measure(args.model, args.threads, args.calls, trivial=False)
-    trivial = json.loads(subprocess.run(
-        [sys.executable, __file__, "--model", args.model, "--threads", str(args.threads), "--calls", str(args.calls),
-         "--trivial"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     print(f"{args.model}, {args.threads} threads, median of {args.calls} calls, {cpu_name()}")
-    for name, ms in real.items():
-        print(f"  {name:14s} {ms:7.3f} ms")
-    print(f"  a runner that only returns stored outputs: frame {trivial['frame']:.3f} ms, "
-          f"before it {trivial['before runner']:.3f} ms")
+    print(f"  {'variant':48s} {'between':>8s} {'frame':>8s} {'before':>8s} {'runner':>8s} {'after':>8s}  (ms)")
+    for variant in VARIANTS:
+        run = subprocess.run([sys.executable, __file__, "--model", args.model, "--threads", str(args.threads),
+                              "--calls", str(args.calls), "--variant", variant], capture_output=True, text=True, check=True)
+        ms = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"  {variant:48s} " + " ".join(f"{ms[name]:8.3f}" for name in ("between", "frame", "before runner", "runner", "after runner")),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Loading needs no model class and no Python source: only Kiln, and TVM for TVM ta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any, Callable, Collection, Sequence, TypeVar
 
 import numpy as np
 
+from kiln.checksum import file_checksum, matches
 from kiln.errors import ArtifactError
 
 FORMAT = "kiln-artifact"
@@ -36,7 +36,7 @@ def write_artifact(path: str | Path, manifest: dict[str, Any], save_files: Calla
     with tempfile.TemporaryDirectory() as folder:
         save_files(Path(folder))
         files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-        checksums = {str(p.relative_to(folder)): _sha256(p.read_bytes()) for p in files}
+        checksums = {str(p.relative_to(folder)): file_checksum(p.read_bytes()) for p in files}
         manifest_bytes = json.dumps({"format": FORMAT, "version": VERSION, **manifest, "files": checksums}, indent=1).encode()
         signature = None
         if sign_with is not None:
@@ -118,7 +118,7 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path, 
 
     Nothing is written before every member is known to be safe: names relative and inside the
     folder, no symlinks, no duplicates, exactly the files the manifest lists, sizes under the caps.
-    With `trusted_keys`, the manifest (which holds every file's SHA-256) must carry a valid
+    With `trusted_keys`, the manifest (which holds every file's checksum, kiln/checksum.py) must carry a valid
     Ed25519 signature by one of them, checked before anything is unpacked or loaded. A file named
     in `map_members` that the artifact stores uncompressed is not unpacked: it is mapped from the
     artifact (copy-on-write: the artifact is never written), checked in place and handed over by
@@ -142,14 +142,14 @@ def read_artifact(path: str | Path, load_files: Callable[[dict[str, Any], Path, 
                     info = archive.getinfo(f"files/{name}")
                     if name in map_members and info.compress_type == zipfile.ZIP_STORED:
                         mapped[name] = _mapped_member(archive, info, path)
-                        if _sha256(mapped[name]) != checksum:
+                        if not matches(mapped[name], checksum):
                             raise ArtifactError(f"{path}: the artifact is corrupt: checksum mismatch in {name}")
                         continue
                     data = _read_member(archive, f"files/{name}", MAX_FILE_BYTES, path)
                     total += len(data)
                     if total > MAX_TOTAL_BYTES:
                         raise ArtifactError(f"{path}: the artifact unpacks to over {MAX_TOTAL_BYTES >> 30} GiB; refused")
-                    if _sha256(data) != checksum:
+                    if not matches(data, checksum):
                         raise ArtifactError(f"{path}: the artifact is corrupt: checksum mismatch in {name}")
                     target = (root / name).resolve()
                     if root not in target.parents:  # checked by name already; this is the last line
@@ -252,7 +252,3 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) ->
 
 def _optional_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes | None:
     return _read_member(archive, name, MAX_MANIFEST_BYTES, path) if name in archive.namelist() else None
-
-
-def _sha256(data: bytes | np.ndarray) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -34,7 +34,7 @@ import torch
 
 from kiln import artifact
 from kiln.errors import KilnError
-from kiln.fingerprint import hash_tensor
+from kiln.fingerprint import hash_tensors
 
 if TYPE_CHECKING:
     from kiln.ir.graph import Graph
@@ -79,12 +79,9 @@ def cache_key(code: str, structure: str, weights: Iterable[tuple[str, torch.Tens
     digest = hashlib.sha256()
     digest.update(code.encode())
     digest.update(structure.encode())
-    for name, tensor in weights:
-        digest.update(name.encode())
-        hash_tensor(digest, tensor)
+    hash_tensors(digest, list(weights))
     digest.update(json.dumps({"options": options, "versions": versions()}, sort_keys=True, default=repr).encode())
-    for tensor in tensors:
-        hash_tensor(digest, tensor)
+    hash_tensors(digest, [("", tensor) for tensor in tensors])
     return digest.hexdigest()
 
 

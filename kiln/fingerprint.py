@@ -14,6 +14,7 @@ captured as usual.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -24,6 +25,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.utils._pytree as pytree
+
+from kiln.checksum import chunk_digests
 
 
 class Unfingerprintable(Exception):
@@ -48,19 +51,20 @@ def model_fingerprint(model: torch.nn.Module, example_inputs: Sequence[Any], exa
         digest.update(json.dumps(options, sort_keys=True, default=repr).encode())
     except Unfingerprintable:
         return None
-    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        digest.update(name.encode())
-        hash_tensor(digest, tensor)
-    for tensor in tensors:
-        hash_tensor(digest, tensor)
+    hash_tensors(digest, [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False),
+                          *(("", tensor) for tensor in tensors)])
     return digest.hexdigest()
 
 
-def hash_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
-    tensor = tensor.detach().cpu().contiguous()
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    if tensor.numel():
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+def hash_tensors(digest: "hashlib._Hash", named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Add each tensor's name, dtype, shape and bytes to `digest`; the bytes as their chunks'
+    digests, hashed on every core (kiln/checksum.py)."""
+    tensors = [tensor.detach().cpu().contiguous() for _, tensor in named_tensors]
+    contents = chunk_digests([tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else memoryview(b"")
+                              for tensor in tensors])
+    for (name, _), tensor, chunks in zip(named_tensors, tensors, contents):
+        digest.update(f"{name}\0{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(b"".join(chunks))
 
 
 def _modules(model: torch.nn.Module) -> list[Any]:
@@ -95,6 +99,7 @@ def _source(obj: Any) -> list[str]:
     return [_FILE_HASHES[cache_key], package, _version(package)]
 
 
+@functools.cache
 def _version(package: str) -> str:
     if package in sys.stdlib_module_names or not package:
         return ""
@@ -116,7 +121,7 @@ def _value(value: Any, depth: int) -> Any:
         return str(value)
     if isinstance(value, torch.Tensor):
         digest = hashlib.sha256()
-        hash_tensor(digest, value)
+        hash_tensors(digest, [("", value)])
         return ["tensor", digest.hexdigest()]
     if depth >= _MAX_DEPTH:
         raise Unfingerprintable("nested too deep")
