@@ -75,3 +75,11 @@ def test_float64_layers_compute_in_float64(case):
     got, want = kiln.compile(model, (x,))(x), eager(model, x)
     assert got.dtype == torch.float64
     assert (got - want).abs().max() <= 1e-12 * want.abs().max()
+
+
+def test_kernel_sources_read_a_uniquified_binding_as_its_own_node_not_the_node_its_digits_spell():
+    from kiln.backends.tvm.provenance import _kiln_names
+
+    known = {"conv2d_1", "conv2d_11", "add_1"}
+    assert _kiln_names(["conv2d_1", "conv2d_11", "add_12", "lv3"], known) == ["conv2d_1", "add_1"]
+    assert _kiln_names(["conv2d_11", "add_1"], known) == ["conv2d_11", "add_1"]

@@ -25,6 +25,7 @@ from tvm.target import Target
 
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
+from kiln.backends.tvm.cuda.tensor_core import TensorCoreGemm
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit
@@ -100,10 +101,10 @@ def _calls(mod: tvm.IRModule, op_name: str) -> bool:
 
 
 def schedule_rules(target: Target) -> list[ScheduleRule]:
-    """Kiln's CPU rule on CPUs; on GPUs DLight's: thread-bound matmul, GEMV and reductions, and a
-    fallback for the rest."""
+    """Kiln's CPU rule on CPUs; on GPUs Kiln's tensor-core rule for float16 and int8 GEMMs and
+    convolutions, then DLight's: thread-bound matmul, GEMV and reductions, and a fallback for the rest."""
     if target.kind.name == "cuda":
-        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+        return [TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     return CPU_RULES
 
 

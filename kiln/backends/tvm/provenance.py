@@ -46,9 +46,14 @@ def kernel_sources(before: tvm.IRModule, after: tvm.IRModule, nodes: Iterable[st
 def _kiln_names(names: list[str], known: set[str]) -> list[str]:
     """Relax names back to Kiln node names: a name BlockBuilder made unique has digits appended
     ("conv2d1" for a second binding of node "conv2d"); a name no Kiln node has (a variable TVM
-    made, "lv3") is dropped."""
-    found = []
+    made, "lv3") is dropped. The appended digits can spell another node's name ("conv2d_1" + "1"
+    is node "conv2d_11" too): within one kernel, a name that extends one already found by digits
+    is read as the same node again (a convolution lowers to several bindings of its name; two
+    nodes so named in one kernel are rarer, and a kernel never holds two convolutions)."""
+    found: list[str] = []
     for name in names:
+        if any(name != earlier and name.startswith(earlier) and name[len(earlier):].isdigit() for earlier in found):
+            continue
         while name and name not in known and name[-1].isdigit():
             name = name[:-1]
         if name in known and name not in found:

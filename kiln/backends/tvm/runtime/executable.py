@@ -151,12 +151,19 @@ class TVMExecutable:
     def module_kinds(self) -> set[str]:
         """Kinds of the built module and of every module it imports ("llvm", "cuda", ...): the CUDA
         kernels hang under the host code. Empty for a board library loaded as bytes."""
-        kinds, pending = set(), [self.library.mod] if self.library is not None and self.shared_library is None else []
+        return {module.kind for module in self._modules()}
+
+    def device_source(self) -> str:
+        """The CUDA C of a GPU build's kernels, as generated (what nvcc compiled): the structure
+        tests read tensor-core instructions from. Empty for CPU builds and loaded ones."""
+        return "\n".join(module.inspect_source() for module in self._modules() if module.kind == "cuda")
+
+    def _modules(self) -> Iterator[tvm.runtime.Module]:
+        pending = [self.library.mod] if self.library is not None and self.shared_library is None else []
         while pending:
             module = pending.pop()
-            kinds.add(module.kind)
+            yield module
             pending.extend(module.imports)
-        return kinds
 
     @property
     def built(self) -> "TVMExecutable":

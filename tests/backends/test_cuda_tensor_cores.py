@@ -1,0 +1,92 @@
+"""CUDA builds on the tensor cores, checked without a GPU: the CUDA C that TVM generated for fp16
+builds (what nvcc compiled) has `wmma::mma_sync` in the kernel of every convolution and matmul
+that is a GEMM, and nvcc fits those kernels in the registers of sm_80 and sm_90 without spills.
+Numbers and speed on a GPU: benchmarks/gpu.py."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import kiln
+from kiln import models
+from kiln.backends.tvm.cuda.tensor_core import FRAGMENT
+from kiln.ir.stats import op_name
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="building CUDA modules needs nvcc (the CUDA toolkit)")
+
+_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^;{]*\)\s*\{')
+
+
+def _bert_like():
+    torch.manual_seed(0)
+    return models.TransformerEncoder(models.EncoderConfig(layers=1, vocab=1000)).eval(), (torch.randint(0, 1000, (1, 128)),)
+
+
+MODELS = {"resnet18": lambda: models.ZOO["resnet18"](), "mobilenet_v2": lambda: models.ZOO["mobilenet_v2"](), "bert_like": _bert_like}
+
+
+def kernel_bodies(source: str) -> dict[str, str]:
+    """Each `__global__` kernel's definition in generated CUDA C, by name."""
+    bodies = {}
+    for chunk in re.split(r'(?=extern "C" __global__)', source):
+        found = _KERNEL.match(chunk)
+        if found:
+            bodies[found.group(1)] = chunk
+    return bodies
+
+
+def _is_gemm(node) -> bool:
+    """A convolution that mixes channels (not depthwise) or a matmul with M, N, K ≥ 16: a GEMM."""
+    name = op_name(node)
+    if name == "aten.conv2d":
+        groups = node.args[6] if len(node.args) > 6 else 1
+        return groups == 1
+    if name in ("aten.linear", "aten.matmul", "aten.bmm", "aten.mm"):
+        x, w = (arg.meta["val"].shape for arg in node.args[:2])
+        rows = math.prod(x[:-1]) if name == "aten.linear" else x[-2]
+        columns = w[0] if name == "aten.linear" else w[-1]
+        return min(rows, columns, x[-1]) >= FRAGMENT
+    return False
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def fp16_cuda_build(request):
+    model, inputs = MODELS[request.param]()
+    return request.param, kiln.compile(model, inputs, target="cuda", quantize="fp16", cache=False)
+
+
+def test_every_convolution_and_matmul_kernel_runs_on_tensor_cores(fp16_cuda_build):
+    name, compiled = fp16_cuda_build
+    gemms = {node.name for node in compiled.graph.nodes if node.op == "call_function" and _is_gemm(node)}
+    bodies = kernel_bodies(compiled.executable.device_source())
+    # the kernels that hold a convolution or matmul (TVM names a fused function after its ops)
+    # and compute one of those GEMM nodes (the elementwise kernels around them name them too)
+    checked = {function: [kernel for kernel in bodies if kernel.startswith(f"{function}_kernel")]
+               for function, info in compiled.executable.kernel_info.items()
+               if re.search("conv2d|matmul", function) and gemms & set(info["sources"])}
+    assert len(checked) >= {"resnet18": 15, "mobilenet_v2": 20, "bert_like": 4}[name], sorted(checked)
+    assert all(checked.values()), [function for function, kernels in checked.items() if not kernels]
+    on_cuda_cores = [kernel for kernels in checked.values() for kernel in kernels if "wmma::mma_sync" not in bodies[kernel]]
+    assert not on_cuda_cores
+
+
+def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(fp16_cuda_build, tmp_path):
+    _, compiled = fp16_cuda_build
+    source = tmp_path / "kernels.cu"
+    source.write_text(compiled.executable.device_source())
+    tensor_core_kernels = {name for name, body in kernel_bodies(source.read_text()).items() if "wmma::mma_sync" in body}
+    for arch in ("sm_80", "sm_90"):
+        usage = subprocess.run(["nvcc", "--cubin", f"-arch={arch}", "--resource-usage", "-o", str(tmp_path / f"{arch}.cubin"),
+                                str(source)], capture_output=True, text=True, check=True).stderr
+        # ptxas: "Compiling entry function 'NAME' ...", then "... N bytes spill stores ..." and "Used R registers"
+        entries = dict(re.findall(r"Compiling entry function '(\w+)'.*?(Used \d+ registers[^\n]*)", usage, re.S))
+        spills = dict(re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores", usage, re.S))
+        for kernel in tensor_core_kernels:
+            registers = int(re.search(r"Used (\d+) registers", entries[kernel]).group(1))
+            assert registers <= 255 and int(spills[kernel]) == 0, (arch, kernel, entries[kernel])
