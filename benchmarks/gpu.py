@@ -4,8 +4,9 @@ The modules are built on this machine for the GPU's architecture and exported as
 (`cm.export`, the same path an edge board takes); the GPU machine runs them with TVM's runtime
 library alone, so it needs neither Kiln's compiler stack nor a matching PyTorch build.
 
-    python benchmarks/gpu.py build OUT_DIR --arch sm_90 CASE...   # here; CASE = model:precision (fp32, fp16)
-                                                                  # or llm_small:fp32 / :weight_int8 / :weight_int4
+    python benchmarks/gpu.py build OUT_DIR --arch sm_90 CASE...   # here; CASE = model:precision[:batch] (fp32,
+                                                                  # fp16; batch 1 unless given), or llm_small:fp32
+                                                                  # / :weight_int8 / :weight_int4
     python benchmarks/gpu.py check OUT_DIR... --json RESULT.json  # on the GPU machine
     python benchmarks/gpu.py report RESULT.json...                # here: results/gpu.md
 
@@ -53,16 +54,19 @@ def _import_models():
     return models
 
 
-def example(name: str):
+def example(name: str, batch: int = 1):
     """(model, inputs) of a case's model: the zoo's, plus a BERT-base-like encoder cut to one layer
     and a 1,000-token vocabulary so that its float32 bundle fits one transfer to the GPU machine
-    (the embedding is a gather: its size does not change the work)."""
+    (the embedding is a gather: its size does not change the work); `batch` copies of the first
+    example along the batch axis."""
     models = _import_models()
     if name == "bert_like_1l":
         torch.manual_seed(0)
         config = models.EncoderConfig(layers=1, vocab=1000)
-        return models.TransformerEncoder(config).eval(), (torch.randint(0, 1000, (1, 128)),)
-    return models.ZOO[name]()
+        model, inputs = models.TransformerEncoder(config).eval(), (torch.randint(0, 1000, (1, 128)),)
+    else:
+        model, inputs = models.ZOO[name]()
+    return model, tuple(t[:1].repeat(batch, *[1] * (t.dim() - 1)) for t in inputs) if batch != 1 else inputs
 
 
 LM_PROMPT, LM_NEW_TOKENS = 32, 32
@@ -131,11 +135,12 @@ def build(out_dir: Path, target: str | dict[str, Any], cases: list[str]) -> None
     import kiln
 
     for case in cases:
-        name, precision = case.split(":")
+        name, precision, *batch = case.split(":")
         if name == "llm_small":
             _build_lm(out_dir, target, case, precision)
             continue
-        model, inputs = example(name)
+        batch_size = int(batch[0]) if batch else 1
+        model, inputs = example(name, batch_size)
         start = time.perf_counter()
         compiled = kiln.compile(
             model, inputs, target=target, quantize=None if precision == "fp32" else precision
@@ -147,7 +152,7 @@ def build(out_dir: Path, target: str | dict[str, Any], cases: list[str]) -> None
         arrays = {f"input{i}": t.numpy() for i, t in enumerate(inputs)}
         arrays |= {f"reference{i}": t.numpy() for i, t in enumerate(reference)}
         np.savez(folder / CHECK_FILE, **arrays)
-        (folder / CASE_FILE).write_text(json.dumps({"model": name, "precision": precision, "build_s": seconds}))
+        (folder / CASE_FILE).write_text(json.dumps({"model": name, "precision": precision, "batch": batch_size, "build_s": seconds}))
         size = (folder / "module.so").stat().st_size / 1e6
         print(f"{case}: built in {seconds:.1f} s, {size:.1f} MB", flush=True)
 
@@ -219,7 +224,7 @@ def check_bundle(folder: Path, repeats: int, compile_modes: list[str]) -> dict[s
     record["tolerance"] = TOLERANCE[precision]
     record["matches"] = record["kiln_error"] <= TOLERANCE[precision]
 
-    model, _ = example(case["model"])
+    model, _ = example(case["model"], case.get("batch", 1))
     model = model.to(device)
     torch_inputs = tuple(inputs)
     if precision == "fp16":
@@ -272,7 +277,7 @@ def _merged(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept = best.get(record["bundle"])
         if kept is None or len(record.get("ms", {})) > len(kept.get("ms", {})):
             best[record["bundle"]] = record
-    return sorted(best.values(), key=lambda r: (r.get("model", r["bundle"]), r.get("precision", "")))
+    return sorted(best.values(), key=lambda r: (r.get("model", r["bundle"]), r.get("precision", ""), r.get("batch", 1)))
 
 
 def report(result_paths: list[Path]) -> None:
@@ -308,21 +313,21 @@ def report(result_paths: list[Path]) -> None:
     contenders = [c for c in ("eager", "torch.compile", "torch.compile max-autotune") if any(c in r["ms"] for r in timed)]
     lines += [
         "",
-        "## Speed: median ms per call, batch 1, interleaved in one process (in brackets: time over Kiln's)",
+        "## Speed: median ms per call, interleaved in one process (in brackets: time over Kiln's)",
         "",
         "PyTorch with its defaults (TF32 convolutions, float32 matmuls in full precision); Kiln's float32 uses no "
         "tensor cores. — : not measured (device time ran out: torch.compile's max-autotune mode tuned ResNet-18 "
         "for over 6 minutes of the 15 lent, so later runs timed eager and the default mode only).",
         "",
-        "| model | precision | Kiln | " + " | ".join(contenders) + " | Kiln build s (CPU) | torch.compile s |",
-        "|---|---|---|" + "---|" * len(contenders) + "---|---|",
+        "| model | precision | batch | Kiln | " + " | ".join(contenders) + " | Kiln build s (CPU) | torch.compile s |",
+        "|---|---|---|---|" + "---|" * len(contenders) + "---|---|",
     ]
     for r in timed:
         ms, kiln_ms = r["ms"], r["ms"]["kiln"]
         cells = [f"{ms[c]:.3f} ({ms[c] / kiln_ms:.2f}×)" if c in ms else "—" for c in contenders]
         compile_s = r["compile_s"].get("torch.compile")
         lines.append(
-            f"| {r['model']} | {r['precision']} | {kiln_ms:.3f} | " + " | ".join(cells)
+            f"| {r['model']} | {r['precision']} | {r.get('batch', 1)} | {kiln_ms:.3f} | " + " | ".join(cells)
             + f" | {r['build_s']:.0f} | {f'{compile_s:.0f}' if compile_s is not None else '—'} |"
         )
     generated = [r for r in records if r.get("kind") == "lm" and "error" not in r]

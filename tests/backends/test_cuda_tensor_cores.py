@@ -90,3 +90,17 @@ def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(fp16_cuda_build,
         for kernel in tensor_core_kernels:
             registers = int(re.search(r"Used (\d+) registers", entries[kernel]).group(1))
             assert registers <= 255 and int(spills[kernel]) == 0, (arch, kernel, entries[kernel])
+
+
+@pytest.mark.parametrize("quantize", ["fp16", "int8"])
+@pytest.mark.parametrize("target", ["cuda", "jetson-orin"])
+def test_half_and_int8_builds_succeed_for_a_gpu_and_an_orin_board(target, quantize):
+    model, inputs = models.ZOO["cnn_batch_norm"]()
+    compiled = kiln.compile(model, inputs, target=target, quantize=quantize,
+                            calibration=[inputs] if quantize == "int8" else None, cache=False)
+    assert "cuda" in compiled.executable.module_kinds()
+    bodies = kernel_bodies(compiled.executable.device_source())
+    convolutions = [body for name, body in bodies.items() if "conv2d" in name]
+    assert len(convolutions) == 2
+    if quantize == "fp16":  # both convolutions are GEMMs of 16 or more (3·3·3 and 16 channels in, 16 and 32 out)
+        assert all("wmma::mma_sync" in body for body in convolutions)
