@@ -12,10 +12,15 @@ import subprocess
 
 import pytest
 import torch
+import tvm
+from tvm import relax
 
 import kiln
+import kiln.backends.tvm as tvm_backend
 from kiln import models
+from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
 from kiln.backends.tvm.cuda.tensor_core import FRAGMENT
+from kiln.backends.tvm.quantized import is_call
 from kiln.ir.stats import op_name
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="building CUDA modules needs nvcc (the CUDA toolkit)")
@@ -101,6 +106,30 @@ def test_half_and_int8_builds_succeed_for_a_gpu_and_an_orin_board(target, quanti
     assert "cuda" in compiled.executable.module_kinds()
     bodies = kernel_bodies(compiled.executable.device_source())
     convolutions = [body for name, body in bodies.items() if "conv2d" in name]
-    assert len(convolutions) == 2
-    if quantize == "fp16":  # both convolutions are GEMMs of 16 or more (3·3·3 and 16 channels in, 16 and 32 out)
-        assert all("wmma::mma_sync" in body for body in convolutions)
+    # both are GEMMs of 16 or more (3·3·3 and 16 channels in, 16 and 32 out): on the tensor cores,
+    # int8 ones as int8 × int8 (kiln/backends/tvm/cuda/int8_operands.py)
+    assert len(convolutions) == 2 and all("wmma::mma_sync" in body for body in convolutions)
+    if quantize == "int8":
+        assert all("wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, signed char" in body for body in convolutions)
+
+
+def test_int8_layers_as_signed_int8_operands_compute_the_same_integers(monkeypatch):
+    """The rewrite that puts int8 layers on the tensor cores is exact: applied on this CPU, the
+    int8 CNN's convolutions and matmul then read int8 activations, and its outputs equal the
+    unrewritten build's."""
+    model, inputs = models.ZOO["cnn_batch_norm"]()
+    plain = kiln.compile(model, inputs, quantize="int8", calibration=[inputs], cache=False)
+    rewritten: list[tvm.IRModule] = []
+
+    def recorded():
+        rewrite = signed_int8_operands()
+        return lambda mod: rewritten.append(rewrite(mod)) or rewritten[-1]
+
+    fusion = tvm_backend.fusion_passes
+    monkeypatch.setattr(tvm_backend, "fusion_passes", lambda target: [("SignedInt8Operands", recorded)] + fusion(target))
+    shifted = kiln.compile(model, inputs, quantize="int8", calibration=[inputs], cache=False)
+    layers = []
+    relax.analysis.post_order_visit(rewritten[0]["main"].body, lambda e: layers.append(e) if is_call(e, "relax.nn.conv2d")
+                                    or is_call(e, "relax.matmul") else None)
+    assert len(layers) == 3 and all(layer.args[0].ty.dtype == "int8" for layer in layers)
+    assert torch.equal(shifted(*inputs), plain(*inputs))

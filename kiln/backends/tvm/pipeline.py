@@ -25,6 +25,7 @@ from tvm.target import Target
 
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
+from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
 from kiln.backends.tvm.cuda.tensor_core import TensorCoreGemm
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
@@ -61,9 +62,10 @@ def fusion_passes(target: Target) -> NamedPasses:
         ("FoldConstantWeights", relax.transform.FoldConstant),
         ("PackWeights", lambda: pack_weights(vector_unit(target), integer_dots(target) + bf16_dots(target))),
     ]
+    gpu_operands: NamedPasses = [("SignedInt8Operands", signed_int8_operands)]  # int8 layers on the tensor cores
     return [
         ("DecomposeOpsForInference", relax.transform.DecomposeOpsForInference),
-        *(cpu_layout if on_cpu else []),
+        *(cpu_layout if on_cpu else gpu_operands),
         # exp, erf, tanh and softmax as vectorizable polynomials (~1e-7 relative error) instead
         # of scalar libm calls
         ("FastMath", relax.transform.FastMathTransform),

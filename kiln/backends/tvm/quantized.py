@@ -4,7 +4,7 @@ and matmuls with int32 accumulation, as Relax integer ops that TVM compiles to i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch.fx as fx
 
@@ -23,6 +23,36 @@ def _less_zero_point(values, zero_point: int, importer) -> Any:
 
     bb = importer.block_builder
     return bb.emit(relax.op.subtract(bb.emit(relax.op.astype(values, "int16")), relax.const(zero_point, "int16")))
+
+
+def uint8_source(x, bound: Callable[[Any], Any], emit: Callable[[Any], Any]) -> tuple[Any, int] | None:
+    """(the uint8 tensor, its zero point) when the Relax expression x is `astype(u8, int16) −
+    zero_point` (`_less_zero_point`), else None: what kernels that read uint8 (VNNI, the GPU's
+    int8 tensor cores) start from. `bound(var)` is what a variable is bound to (None for a
+    parameter); `emit` binds the transpose a channels-last input adds."""
+    import tvm
+    from tvm import relax
+
+    value = bound(x)
+    if isinstance(value, relax.TupleGetItem) and isinstance(bound(value.tuple_value), relax.Tuple):
+        value = bound(bound(value.tuple_value).fields[value.index])  # quantize_dynamic's (values, scales)
+    if is_call(value, "relax.permute_dims"):  # channels-last at the graph's input
+        inner = uint8_source(value.args[0], bound, emit)
+        return None if inner is None else (emit(relax.op.permute_dims(inner[0], value.attrs.axes)), inner[1])
+    if not is_call(value, "relax.subtract") or not isinstance(value.args[1], tvm.ir.expr.Constant):
+        return None
+    widened = bound(value.args[0])
+    if not is_call(widened, "relax.astype") or str(widened.args[0].ty.dtype) != "uint8":
+        return None
+    return widened.args[0], int(value.args[1].value.numpy())
+
+
+def is_call(expr, op_name: str) -> bool:
+    """Whether a Relax expression is a call of the operator `op_name` ("relax.subtract")."""
+    import tvm
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
 
 
 def _clamped(x, low: float, high: float) -> Any:

@@ -22,6 +22,7 @@ from kiln.backends.tvm.cpu import amx, winograd
 from kiln.backends.tvm.constants import constant_array, tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
+from kiln.backends.tvm.quantized import uint8_source
 
 # *_DOT: panels interleaved in groups of reduction steps for a dot-product instruction (int8, bf16)
 PACKED_MATMUL, PACKED_MATMUL_DOT, PACKED_CONV2D, PACKED_CONV2D_DOT = "packed_matmul", "packed_matmul_dot", "packed_conv2d", "packed_conv2d_dot"
@@ -162,22 +163,6 @@ class _Packer(PyExprMutator):
             return self._conv2d(call)
         return call
 
-    def _uint8_source(self, x: relax.Expr) -> tuple[relax.Expr, int] | None:
-        """(the uint8 tensor, its zero point) when x is `astype(u8, int16) − zero_point`, the form
-        `quantized.py` gives integer activations; None for any other input."""
-        bound = self._bound(x)
-        if isinstance(bound, relax.TupleGetItem) and isinstance(self._bound(bound.tuple_value), relax.Tuple):
-            bound = self._bound(self._bound(bound.tuple_value).fields[bound.index])  # quantize_dynamic's (values, scales)
-        if _is_call(bound, "relax.permute_dims"):  # channels-last at the graph's input
-            inner = self._uint8_source(bound.args[0])
-            return None if inner is None else (self.builder_.emit(relax.op.permute_dims(inner[0], bound.attrs.axes)), inner[1])
-        if not _is_call(bound, "relax.subtract") or not isinstance(bound.args[1], tvm.ir.expr.Constant):
-            return None
-        widened = self._bound(bound.args[0])
-        if not _is_call(widened, "relax.astype") or str(widened.args[0].ty.dtype) != "uint8":
-            return None
-        return widened.args[0], int(bound.args[1].value.numpy())
-
     def _bound(self, expr: relax.Expr) -> relax.Expr | None:
         """What a variable is bound to (None for a function parameter); other expressions as they are."""
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
@@ -191,7 +176,7 @@ class _Packer(PyExprMutator):
             return [(dot, x, 0) for dot in self.bf16_dots]
         if str(weight.ty.dtype) != "int8" or x.ty.dtype != "int16":
             return []
-        source = None if all(dot.subtracts_zero_point for dot in self.integer_dots) else self._uint8_source(x)
+        source = None if all(dot.subtracts_zero_point for dot in self.integer_dots) else uint8_source(x, self._bound, self.builder_.emit)
         return [(dot, x, 0) if dot.subtracts_zero_point else (dot, *source)
                 for dot in self.integer_dots if dot.subtracts_zero_point or source is not None]
 
@@ -325,10 +310,6 @@ def _output_width(x: relax.Expr, weight: relax.Expr, strides: list[int], padding
     if width is None:
         return None
     return _convolved(width + padding[1] + padding[3], int(weight.ty.shape[1]), strides[1], dilation[1])
-
-
-def _is_call(expr, op_name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
 
 
 def pack_weights(unit: VectorUnit, dots: list[DotInstruction]) -> tvm.transform.Pass:

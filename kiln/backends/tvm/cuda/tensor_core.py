@@ -30,8 +30,11 @@ FRAGMENT = 16  # a tensor-core fragment's side: the smallest M, N and K worth a 
 # input dtype → (DLight's schedule, the first architecture with its instruction)
 _SCHEDULES = {
     "float16": (MatmulTensorization, 70),  # mma.sync m16n16k16 (WMMA), fp32 accumulation where the block asks for it
-    "int8": (MatmulInt8Tensorization, 75),  # s8 × s8 → s32
+    "int8": (MatmulInt8Tensorization, 75),  # s8 × s8 → s32 (int8_operands.py makes Kiln's int8 layers so)
 }
+# DLight's int8 schedule pipelines its k loop over WMMA fragments, which TVM 0.27's software
+# pipeliner refuses for every shape ("fragment_info" check): built unpipelined, it compiles
+_PIPELINE_ANNOTATIONS = ("software_pipeline_stage", "software_pipeline_order", "software_pipeline_async_stages")
 
 
 class TensorCoreGemm(GPUScheduleRule):
@@ -47,7 +50,10 @@ class TensorCoreGemm(GPUScheduleRule):
         if chosen is None:
             return None
         _import_tensor_intrinsics()
-        return chosen().apply(func, target, tunable)
+        sch = chosen().apply(func, target, tunable)
+        if sch is not None and chosen is MatmulInt8Tensorization:
+            _unpipelined(sch)
+        return sch
 
     @staticmethod
     def schedule_for(func: tirx.PrimFunc, target: Target):
@@ -70,6 +76,18 @@ class TensorCoreGemm(GPUScheduleRule):
         *_, block_traits = traits
         axes = (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K)
         return schedule if all(_at_least(block_traits, kind, FRAGMENT) for kind in axes) else None
+
+
+def _unpipelined(sch: s_tir.Schedule) -> None:
+    """Take the software-pipeline annotations off every loop of `sch`."""
+    pending = list(sch.get_child_blocks(get_root_block(sch)))
+    while pending:
+        block = pending.pop()
+        pending.extend(sch.get_child_blocks(block))
+        for loop in sch.get_loops(block):
+            for key in _PIPELINE_ANNOTATIONS:
+                if key in sch.get(loop).annotations:
+                    sch.unannotate(loop, key)
 
 
 def _at_least(traits, kind: IterKind, size: int) -> bool:
