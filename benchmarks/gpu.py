@@ -5,7 +5,7 @@ The modules are built on this machine for the GPU's architecture and exported as
 library alone, so it needs neither Kiln's compiler stack nor a matching PyTorch build.
 
     python benchmarks/gpu.py build OUT_DIR --arch sm_90 CASE...   # here; CASE = model:precision[:batch] (fp32,
-                                                                  # fp16; batch 1 unless given), or llm_small:fp32
+                                                                  # fp16, int8; batch 1 unless given), or llm_small:fp32
                                                                   # / :weight_int8 / :weight_int4
     python benchmarks/gpu.py check OUT_DIR... --json RESULT.json  # on the GPU machine
     python benchmarks/gpu.py report RESULT.json...                # here: results/gpu.md
@@ -39,7 +39,9 @@ RESULTS = REPO / "benchmarks" / "results" / "gpu.md"
 CHECK_FILE = "check.npz"
 CASE_FILE = "case.json"
 TIMED_MODELS = ("resnet18", "mobilenet_v2", "bert_like_1l")
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # max |Δ| over the output's scale, as tests/conftest.py measures it
+# max |Δ| over the output's scale, as tests/conftest.py measures it; int8 against Kiln's own int8
+# build for this CPU (the same integers), fp32 and fp16 against eager float32
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-4}
 
 
 def _import_models():
@@ -141,14 +143,15 @@ def build(out_dir: Path, target: str | dict[str, Any], cases: list[str]) -> None
             continue
         batch_size = int(batch[0]) if batch else 1
         model, inputs = example(name, batch_size)
+        options = {"quantize": None if precision == "fp32" else precision, "calibration": [inputs] if precision == "int8" else None}
         start = time.perf_counter()
-        compiled = kiln.compile(
-            model, inputs, target=target, quantize=None if precision == "fp32" else precision
-        )
+        compiled = kiln.compile(model, inputs, target=target, **options)
         seconds = time.perf_counter() - start
         folder = compiled.export(out_dir / case.replace(":", "-"))
         with torch.no_grad():
             reference = _flat_outputs(model(*inputs))
+        if precision == "int8":  # the same integer layers on this CPU: what the GPU's must equal
+            reference = _flat_outputs(kiln.compile(model, inputs, **options)(*inputs))
         arrays = {f"input{i}": t.numpy() for i, t in enumerate(inputs)}
         arrays |= {f"reference{i}": t.numpy() for i, t in enumerate(reference)}
         np.savez(folder / CHECK_FILE, **arrays)
@@ -227,7 +230,7 @@ def check_bundle(folder: Path, repeats: int, compile_modes: list[str]) -> dict[s
     model, _ = example(case["model"], case.get("batch", 1))
     model = model.to(device)
     torch_inputs = tuple(inputs)
-    if precision == "fp16":
+    if precision in ("fp16", "int8"):  # PyTorch has no int8 GPU path: int8 is timed against its fp16
         model = model.half()
         torch_inputs = tuple(t.half() if t.is_floating_point() else t for t in inputs)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -294,7 +297,8 @@ def report(result_paths: list[Path]) -> None:
         "ONNX Runtime's CUDA provider is not in these tables: the GPU machine has only ONNX Runtime's CPU build, "
         "and its GPU wheel is too large to carry there.",
         "",
-        "## Correctness: max |Δ| over the output's scale, against eager float32 computed on the CPU",
+        "## Correctness: max |Δ| over the output's scale, against eager float32 computed on the CPU "
+        "(int8: against Kiln's int8 build for the CPU, the same integer layers)",
         "",
         "| model | precision | Kiln | eager PyTorch on the GPU | tolerance | Kiln matches |",
         "|---|---|---|---|---|---|",

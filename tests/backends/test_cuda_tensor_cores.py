@@ -1,6 +1,6 @@
 """CUDA builds on the tensor cores, checked without a GPU: the CUDA C that TVM generated for fp16
-builds (what nvcc compiled) has `wmma::mma_sync` in the kernel of every convolution and matmul
-that is a GEMM, and nvcc fits those kernels in the registers of sm_80 and sm_90 without spills.
+and int8 builds (what nvcc compiled) has `wmma::mma_sync` in the kernel of every convolution and
+matmul that is a GEMM, and nvcc fits those kernels in the registers of sm_80 and sm_90 without spills.
 Numbers and speed on a GPU: benchmarks/gpu.py."""
 
 from __future__ import annotations
@@ -49,25 +49,27 @@ def kernel_bodies(source: str) -> dict[str, str]:
 def _is_gemm(node) -> bool:
     """A convolution that mixes channels (not depthwise) or a matmul with M, N, K ≥ 16: a GEMM."""
     name = op_name(node)
-    if name == "aten.conv2d":
+    if name in ("aten.conv2d", "kiln.qconv2d"):  # (x, weight | zero point, weight, stride, padding, dilation, groups)
         groups = node.args[6] if len(node.args) > 6 else 1
         return groups == 1
-    if name in ("aten.linear", "aten.matmul", "aten.bmm", "aten.mm"):
-        x, w = (arg.meta["val"].shape for arg in node.args[:2])
-        rows = math.prod(x[:-1]) if name == "aten.linear" else x[-2]
-        columns = w[0] if name == "aten.linear" else w[-1]
+    if name in ("aten.linear", "kiln.qlinear", "aten.matmul", "aten.bmm", "aten.mm"):
+        x, w = (node.args[i].meta["val"].shape for i in ((0, 2) if name == "kiln.qlinear" else (0, 1)))
+        linear = name in ("aten.linear", "kiln.qlinear")
+        rows, columns = (math.prod(x[:-1]), w[0]) if linear else (x[-2], w[-1])
         return min(rows, columns, x[-1]) >= FRAGMENT
     return False
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
-def fp16_cuda_build(request):
-    model, inputs = MODELS[request.param]()
-    return request.param, kiln.compile(model, inputs, target="cuda", quantize="fp16", cache=False)
+@pytest.fixture(scope="module", params=[(name, "fp16") for name in MODELS] + [("resnet18", "int8")], ids="-".join)
+def cuda_build(request):
+    name, quantize = request.param
+    model, inputs = MODELS[name]()
+    calibration = [inputs] if quantize == "int8" else None
+    return name, kiln.compile(model, inputs, target="cuda", quantize=quantize, calibration=calibration, cache=False)
 
 
-def test_every_convolution_and_matmul_kernel_runs_on_tensor_cores(fp16_cuda_build):
-    name, compiled = fp16_cuda_build
+def test_every_convolution_and_matmul_kernel_runs_on_tensor_cores(cuda_build):
+    name, compiled = cuda_build
     gemms = {node.name for node in compiled.graph.nodes if node.op == "call_function" and _is_gemm(node)}
     bodies = kernel_bodies(compiled.executable.device_source())
     # the kernels that hold a convolution or matmul (TVM names a fused function after its ops)
@@ -81,8 +83,8 @@ def test_every_convolution_and_matmul_kernel_runs_on_tensor_cores(fp16_cuda_buil
     assert not on_cuda_cores
 
 
-def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(fp16_cuda_build, tmp_path):
-    _, compiled = fp16_cuda_build
+def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(cuda_build, tmp_path):
+    _, compiled = cuda_build
     source = tmp_path / "kernels.cu"
     source.write_text(compiled.executable.device_source())
     tensor_core_kernels = {name for name, body in kernel_bodies(source.read_text()).items() if "wmma::mma_sync" in body}
