@@ -17,6 +17,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.constants import constant_tensor, tensor_constant
+from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 
 def _permute_dims(value: torch.Tensor, call: relax.Call) -> torch.Tensor:
@@ -75,12 +76,4 @@ def fold_weight_layouts() -> tvm.transform.Pass:
     """Relax pass: `permute_dims`/`reshape`/`astype` of constants (and chains of them) replaced
     by the constant they compute, evaluated in torch."""
 
-    @tvm.transform.module_pass(opt_level=0, name="FoldWeightLayouts")
-    def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        folder = _WeightFolder(mod)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(global_var, folder.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(folder.builder_.get())
-
-    return transform
+    return tvm.transform.Sequential([mutator_pass("FoldWeightLayouts", _WeightFolder), relax.transform.DeadCodeElimination()])

@@ -23,6 +23,7 @@ from kiln.backends.tvm.constants import constant_array, tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 from kiln.backends.tvm.quantized import uint8_source
+from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 # *_DOT: panels interleaved in groups of reduction steps for a dot-product instruction (int8, bf16)
 PACKED_MATMUL, PACKED_MATMUL_DOT, PACKED_CONV2D, PACKED_CONV2D_DOT = "packed_matmul", "packed_matmul_dot", "packed_conv2d", "packed_conv2d_dot"
@@ -316,13 +317,4 @@ def pack_weights(unit: VectorUnit, dots: list[DotInstruction]) -> tvm.transform.
     """Relax pass: matmuls by a constant (K × N) and NHWC/HWIO convolutions with constant weights
     read packed panels (output channels a multiple of 4 floats, `column_lanes`); integer layers
     and bf16 ones too, for the first of `dots` (the target's `dot_instructions.py` instructions) that applies."""
-
-    @tvm.transform.module_pass(opt_level=0, name="PackWeights")
-    def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        packer = _Packer(mod, unit, dots)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(global_var, packer.visit_expr(func))
-        return packer.builder_.get()
-
-    return transform
+    return mutator_pass("PackWeights", lambda mod: _Packer(mod, unit, dots))

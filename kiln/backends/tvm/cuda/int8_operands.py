@@ -19,6 +19,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.constants import constant_array
 from kiln.backends.tvm.quantized import is_call, uint8_source
+from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 SHIFT = 128  # uint8 − 128 is int8
 
@@ -97,13 +98,4 @@ class _SignedOperands(PyExprMutator):
 
 def signed_int8_operands() -> tvm.transform.Pass:
     """Relax pass: integer convolutions and matmuls by int8 constants with int8 activations (above)."""
-
-    @tvm.transform.module_pass(opt_level=0, name="SignedInt8Operands")
-    def transform(mod: tvm.IRModule, _context) -> tvm.IRModule:
-        rewriter = _SignedOperands(mod)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(global_var, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return transform
+    return mutator_pass("SignedInt8Operands", _SignedOperands)
