@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 import torch.utils._pytree as pytree
 
-from kiln.checksum import chunk_digests
+from kiln import checksum
 
 
 class Unfingerprintable(Exception):
@@ -57,14 +57,12 @@ def model_fingerprint(model: torch.nn.Module, example_inputs: Sequence[Any], exa
 
 
 def hash_tensors(digest: "hashlib._Hash", named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
-    """Add each tensor's name, dtype, shape and bytes to `digest`; the bytes as their chunks'
-    digests, hashed on every core (kiln/checksum.py)."""
-    tensors = [tensor.detach().cpu().contiguous() for _, tensor in named_tensors]
-    contents = chunk_digests([tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else memoryview(b"")
-                              for tensor in tensors])
-    for (name, _), tensor, chunks in zip(named_tensors, tensors, contents):
+    """Add each tensor's name, dtype, shape and the BLAKE3 digest of its bytes (kiln/checksum.py:
+    on every core) to `digest`."""
+    for name, tensor in named_tensors:
+        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(b"".join(chunks))
+        digest.update(checksum.digest(tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b""))
 
 
 def _modules(model: torch.nn.Module) -> list[Any]:

@@ -43,6 +43,23 @@ def test_threads_setting_is_kept_and_saved(tmp_path):
     assert tvm_ffi.get_global_func("runtime.NumThreads")() == int(os.environ["TVM_NUM_THREADS"])
 
 
+def test_idle_tvm_workers_spin_about_a_millisecond_unless_the_user_chose(monkeypatch):
+    """kiln/backends/tvm/runtime/threads.py: TVM's default spin starves the PyTorch run after a
+    Kiln call; the setting must be in the environment before TVM's pool reads it (on import)."""
+    import subprocess
+    import sys
+
+    from kiln.backends.tvm.runtime.threads import size_thread_pool
+
+    env = {key: value for key, value in os.environ.items() if key != "TVM_THREAD_POOL_SPIN_COUNT"}
+    script = "import os, kiln.backends.tvm; print(os.environ['TVM_THREAD_POOL_SPIN_COUNT'])"
+    assert subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "1000"
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "5000")
+    size_thread_pool()
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "5000"
+
+
 def test_input_not_64_byte_aligned_is_accepted():
     # TVM's DLPack import refuses data under 64-byte alignment; a numpy view can be anywhere
     import numpy as np
