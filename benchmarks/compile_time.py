@@ -108,8 +108,9 @@ def dynamo_latency(threads: int, repeats: int) -> list[tuple[str, float, float, 
         direct = kiln.compile(model, inputs, threads=threads, cache=False)
         torch._dynamo.reset()
         options = {"threads": threads, "cache": False}
-        dynamo = torch.compile(model, backend="kiln", options=dict(options))
-        unguarded = torch.compile(model, backend="kiln",
+        # each its own cache entries: in shared ones, the first compile's guards would serve both
+        dynamo = torch.compile(model, backend="kiln", isolate_recompiles=True, options=dict(options))
+        unguarded = torch.compile(model, backend="kiln", isolate_recompiles=True,
                                   options={**options, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
         with torch.no_grad():
             dynamo(*inputs)
