@@ -57,6 +57,21 @@ def test_report_rows_carry_statistics_and_drift(cnn):
     assert "fold_batch_norm" in report.table()
 
 
+def test_a_pass_that_changes_nothing_is_not_run_again_and_keeps_the_drift(cnn, monkeypatch):
+    """The registry hands back the very graph a pass got when it changed nothing: its outputs are
+    the previous pass's, so the manager does not run it again for the drift column."""
+    model, inputs = cnn
+    runs = []
+    original = Graph.run
+    monkeypatch.setattr(Graph, "run", lambda self, *args: runs.append(self) or original(self, *args))
+    report = kiln.compile(model, inputs, target="eager", passes=["fold_batch_norm", "cse", "fold_batch_norm"]).report
+    fold, cse, again = report.rows[1:4]
+    assert (fold.name, cse.name, again.name) == ("fold_batch_norm", "cse", "fold_batch_norm")
+    assert fold.changes == 2 and cse.changes == 0 and again.changes == 0
+    assert len(runs) == 2  # the captured graph, then the one fold_batch_norm made
+    assert cse.drift == again.drift == fold.drift
+
+
 def test_planted_bad_pass_shows_in_drift_and_bisection_names_it(cnn):
     model, inputs = cnn
     report = kiln.compile(model, inputs, target="eager", passes=PIPELINE).report
