@@ -9,7 +9,10 @@ and after it. Variants: as users call it; with a runner that only returns stored
 (Dynamo's own cost when the graph does no work); the same with a 64 MB memory sweep in place of
 the direct module's call (no TVM in the process: does any cache-evicting work between frames
 cost Dynamo the same?); as users call it with `guard_filter_fn=skip_guard_on_all_nn_modules_unsafe`
-(PyTorch's own switch for fewer guards). Prints medians in ms.
+(PyTorch's own switch for fewer guards); as users call it with Dynamo's
+`use_recursive_dict_tags_for_guards` (an nn-module subtree whose dicts kept their version tags
+skips its guards; off by default in PyTorch: before Python 3.12 it reads the tags through raw
+pointers to dicts that may have been freed). Prints medians in ms.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.fuzz import cpu_name  # noqa: E402
 
 
-VARIANTS = {  # name: (runner, between frames, guard filter)
-    "as users call it": ("kiln", "kiln module", False),
-    "runner returns stored outputs": ("stored", "kiln module", False),
-    "  ...and a memory sweep between frames, no TVM": ("stored", "memory sweep", False),
-    "as users call it, nn-module guards skipped": ("kiln", "kiln module", True),
+VARIANTS = {  # name: (runner, between frames, guard filter, recursive dict tags)
+    "as users call it": ("kiln", "kiln module", False, False),
+    "runner returns stored outputs": ("stored", "kiln module", False, False),
+    "  ...and a memory sweep between frames, no TVM": ("stored", "memory sweep", False, False),
+    "as users call it, nn-module guards skipped": ("kiln", "kiln module", True, False),
+    "as users call it, recursive dict tags": ("kiln", "kiln module", False, True),
 }
 
 
@@ -44,7 +48,8 @@ def measure(model_name: str, threads: int, calls: int, variant: str) -> dict[str
     import kiln.dynamo
     from benchmarks.models import benchmark_models
 
-    runner, between, guard_filter = VARIANTS[variant]
+    runner, between, guard_filter, dict_tags = VARIANTS[variant]
+    torch._dynamo.config.use_recursive_dict_tags_for_guards = dict_tags
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, inputs = benchmark_models(12)[model_name]()

@@ -60,6 +60,18 @@ def test_winograd_conv2d(name, tmp_path):
     scheduled = _check(model, torch.randn(batch, cin, h, w), tmp_path=tmp_path)
     assert 'T.sblock("winograd_matmul' in scheduled and 'T.sblock("winograd_output' in scheduled
     assert "T.unroll(" in scheduled and "T.vectorized(" in scheduled
+    # both transforms tiled (a batch of one, whose loop TVM drops, included), their first halves
+    # computed per tile in registers; 3 channels fill no vector, so that input stays on the fallback
+    transformed = ["winograd_output"] + (["winograd_input"] if cin % 4 == 0 else [])
+    assert all(_strategy(scheduled, block) == "winograd_transform" for block in transformed)
+    assert all(f'{half}_local = T.sblock_alloc_buffer' in scheduled and 'scope="local"' in scheduled.split(f"{half}_local")[1].split("\n")[0]
+               for half in ["winograd_output_columns"] + (["winograd_input_rows"] if cin % 4 == 0 else []))
+
+
+def _strategy(scheduled: str, block: str) -> str:
+    """The `kiln.strategy` annotation of `block` in a scheduled TIR script."""
+    body = scheduled.split(f'T.sblock("{block}")')[1].split("T.sblock(")[0]
+    return body.split('"kiln.strategy": "')[1].split('"')[0]
 
 
 def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):

@@ -29,7 +29,7 @@ from kiln.backends.tvm.cpu import amx
 from kiln.backends.tvm.cpu.dot_instructions import AMX_TILES, DOT_ANNOTATION, INSTRUCTIONS, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.pack_weights import PACKED_CONV2D_DOT, PACKED_MATMUL_DOT, packed_panel_width, static_extent, weight_buffer
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile, vector_unit
-from kiln.backends.tvm.cpu.winograd import INPUT_TRANSFORM, OUTPUT_TRANSFORM, TILE
+from kiln.backends.tvm.cpu.winograd import INPUT_ROWS, INPUT_TRANSFORM, OUTPUT_COLUMNS, OUTPUT_TRANSFORM, TILE
 
 # A primitive that does not apply raises ScheduleError; some raise TVM's internal errors instead.
 SCHEDULE_FAILURES = (s_tir.ScheduleError, InternalError, ValueError)
@@ -328,10 +328,13 @@ def _reduces_innermost_axis(block) -> bool:
 def winograd_transform(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) -> bool:
     """`winograd.py`'s input and output transforms: tiles in parallel, the positions within a tile
     unrolled (so each position's select of coefficients folds to its few additions), channels
-    vectorized."""
+    vectorized; the first half of each transform (`INPUT_ROWS`, `OUTPUT_COLUMNS`) computed per
+    tile and vector of channels, in registers, right before the second half reads it."""
     name = sch.get(info.block_rv).name_hint
     if name not in (INPUT_TRANSFORM, OUTPUT_TRANSFORM):
         return False
+    if name == OUTPUT_TRANSFORM:  # with its epilogue (bias, activation), which makes new loops
+        _inline_epilogues(sch, info.block_rv)
     loops = sch.get_loops(info.block_rv)
     channels = static_extent(sch.get(loops[-1]).extent)
     lanes = column_lanes(channels, unit.lanes)
@@ -343,16 +346,22 @@ def winograd_transform(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit) 
         sch.reorder(tile, channel_outer, position, channel_inner)
         sch.parallel(tile)
         sch.unroll(position)
-    else:  # (n, h, w, channel): h and w in pairs, one output tile, with the epilogue (bias, activation)
-        _inline_epilogues(sch, info.block_rv)
-        batch, height, width = loops[:3]
+    else:  # ([n,] h, w, channel; TVM drops a batch of 1): h and w in pairs, one output tile
+        *batch, height, width = loops[:-1]
         tile_h, row = sch.split(height, [None, TILE])
         tile_w, column = sch.split(width, [None, TILE])
-        sch.reorder(batch, tile_h, tile_w, channel_outer, row, column, channel_inner)
-        sch.parallel(sch.fuse(batch, tile_h))
+        sch.reorder(*batch, tile_h, tile_w, channel_outer, row, column, channel_inner)
+        sch.parallel(sch.fuse(*batch, tile_h, tile_w))
         sch.unroll(row)
         sch.unroll(column)
     sch.vectorize(channel_inner)
+    first_half = next(p for p in sch.get_producers(info.block_rv) if sch.get(p).name_hint in (INPUT_ROWS, OUTPUT_COLUMNS))
+    sch.compute_at(first_half, channel_outer)
+    sch.set_scope(first_half, 0, "local")
+    *coefficients, vector = sch.get_loops(first_half)[-3:]
+    for loop in coefficients:
+        sch.unroll(loop)
+    sch.vectorize(vector)
     return True
 
 
@@ -402,6 +411,8 @@ BLOCK_STRATEGIES: list[Strategy] = [amx_tile_reduction, integer_dot_reduction, r
 
 
 SHORT_REDUCTION = 64
+WINOGRAD_BLOCKS = (INPUT_ROWS, INPUT_TRANSFORM, OUTPUT_COLUMNS, OUTPUT_TRANSFORM)
+PLACED_BY_CONSUMER = (WIDENED_WEIGHT, INPUT_ROWS, OUTPUT_COLUMNS)
 
 
 def _reduction_steps(block) -> int:
@@ -423,7 +434,7 @@ def _inline_elementwise(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> None:
             _reduction_steps(sch.get(consumer)) > SHORT_REDUCTION or sch.get(consumer).name_hint in DOT_BLOCKS
             for consumer in sch.get_consumers(info.block_rv)
         )
-        transform = sch.get(info.block_rv).name_hint in (INPUT_TRANSFORM, OUTPUT_TRANSFORM)  # scheduled whole, epilogue inside
+        transform = sch.get(info.block_rv).name_hint in WINOGRAD_BLOCKS  # scheduled whole, epilogue inside
         if not info.is_reduction() and not feeds_long_reduction and not transform and sch.get_consumers(info.block_rv):
             try:
                 sch.compute_inline(info.block_rv)
@@ -456,8 +467,9 @@ class CPUSchedule(ScheduleRule):
         _inline_elementwise(sch, infos)
         infos = normalize_prim_func(sch) or []
         unit = vector_unit(target)
-        # weight-only panels last: their matmul's strategy places them inside its column loop
-        infos.sort(key=lambda info: sch.get(info.block_rv).name_hint == WIDENED_WEIGHT)
+        # blocks their consumer's strategy places inside its own loops last (weight-only panels, the
+        # first halves of Winograd's transforms)
+        infos.sort(key=lambda info: sch.get(info.block_rv).name_hint in PLACED_BY_CONSUMER)
         for info in infos:
             if _placed_by_consumer(sch, info):
                 continue
