@@ -1,6 +1,7 @@
 """CUDA builds on the tensor cores, checked without a GPU: the CUDA C that TVM generated for fp16
 and int8 builds (what nvcc compiled) has `wmma::mma_sync` in the kernel of every convolution and
-matmul that is a GEMM, and nvcc fits those kernels in the registers of sm_80 and sm_90 without spills.
+matmul that is a GEMM, nvcc fits those kernels in the registers of sm_80 and sm_90 without spills,
+and fp16 kernels of small layers run in tiles smaller than DLight's.
 Numbers and speed on a GPU: benchmarks/gpu.py."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import kiln
 import kiln.backends.tvm as tvm_backend
 from kiln import models
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
+from kiln.backends.tvm.cuda.gemm_tile import CANDIDATES, DLIGHT_TILE
 from kiln.backends.tvm.cuda.tensor_core import FRAGMENT
 from kiln.backends.tvm.quantized import is_call
 from kiln.ir.stats import op_name
@@ -97,6 +99,18 @@ def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(cuda_build, tmp_
         for kernel in tensor_core_kernels:
             registers = int(re.search(r"Used (\d+) registers", entries[kernel]).group(1))
             assert registers <= 255 and int(spills[kernel]) == 0, (arch, kernel, entries[kernel])
+
+
+def test_half_kernels_use_tiles_sized_to_their_layers(cuda_build, request):
+    # gemm_tile.py: batch-1 layers smaller than DLight's 128 × 128 (512 threads) get smaller tiles;
+    # every tensor-core kernel has 32 threads per warp of a candidate tile
+    name, quantize = request.node.callspec.params["cuda_build"]
+    if quantize != "fp16":
+        pytest.skip("int8 GEMMs keep DLight's schedule")
+    source = cuda_build[1].executable.device_source()
+    threads = {int(re.search(r"__launch_bounds__\((\d+)\)", body).group(1))
+               for body in kernel_bodies(source).values() if "wmma::mma_sync" in body}
+    assert threads <= {32 * tile.warps for tile in CANDIDATES} and min(threads) < 32 * DLIGHT_TILE.warps, (name, threads)
 
 
 @pytest.mark.parametrize("quantize", ["fp16", "int8"])

@@ -9,7 +9,9 @@ input windows are gathered straight into shared memory (implicit GEMM, no im2col
 every axis to their tiles and fuse the epilogue (bias, folded batch norm, residual, activation)
 into the store. This rule sends them every GEMM whose axes are each at least one 16-wide
 fragment; depthwise convolutions (no output-channel axis in the input) and batch-1 linear
-layers (a GEMV: M = 1) are not GEMMs and keep their memory-bound rules.
+layers (a GEMV: M = 1) are not GEMMs and keep their memory-bound rules. float16 GEMMs take
+Kiln's copy of DLight's schedule with a thread-block tile sized to the layer (wmma_gemm.py,
+gemm_tile.py), int8 ones DLight's own.
 """
 
 from __future__ import annotations
@@ -22,24 +24,39 @@ import threading
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import (IterKind, MatmulInt8Tensorization, MatmulTensorization, check_sm_version,
-                                         detect_iter_traits, get_in_out_dtypes, get_reduction_blocks)
+from tvm.s_tir.dlight.gpu.matmul import (IterKind, MatmulInt8Tensorization, check_sm_version, detect_iter_traits,
+                                         get_in_out_dtypes, get_reduction_blocks)
 from tvm.target import Target
 
-FRAGMENT = 16  # a tensor-core fragment's side: the smallest M, N and K worth a tile
-# input dtype → (DLight's schedule, the first architecture with its instruction)
-_SCHEDULES = {
-    "float16": (MatmulTensorization, 70),  # mma.sync m16n16k16 (WMMA), fp32 accumulation where the block asks for it
-    "int8": (MatmulInt8Tensorization, 75),  # s8 × s8 → s32 (int8_operands.py makes Kiln's int8 layers so)
-}
+from kiln.backends.tvm.cuda.gemm_tile import FRAGMENT, choose_tile
+from kiln.backends.tvm.cuda.wmma_gemm import schedule_wmma_gemm
+
 # DLight's int8 schedule pipelines its k loop over WMMA fragments, which TVM 0.27's software
 # pipeliner refuses for every shape ("fragment_info" check): built unpipelined, it compiles
 _PIPELINE_ANNOTATIONS = ("software_pipeline_stage", "software_pipeline_order", "software_pipeline_async_stages")
 
 
+def _float16_gemm(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+    """WMMA m16n16k16, float32 accumulation where the block asks for it, in a tile sized to the layer."""
+    return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", ""))))
+
+
+def _int8_gemm(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+    """DLight's s8 × s8 → s32 WMMA schedule (int8_operands.py makes Kiln's int8 layers so), unpipelined."""
+    sch = MatmulInt8Tensorization().apply(func, target, tunable)
+    if sch is not None:
+        _unpipelined(sch)
+    return sch
+
+
+# input dtype → (its tensor-core schedule, the first architecture with its instruction)
+_SCHEDULES = {"float16": (_float16_gemm, 70), "int8": (_int8_gemm, 75)}
+
+
 class TensorCoreGemm(GPUScheduleRule):
     """Every float16 or int8 GEMM-like kernel (matmul, dense, convolution in any layout) with
-    M, N, K ≥ 16 on the tensor cores, through DLight's tensor-core schedules."""
+    M, N, K ≥ 16 on the tensor cores: float16 through Kiln's WMMA schedule (wmma_gemm.py), int8
+    through DLight's."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -50,15 +67,12 @@ class TensorCoreGemm(GPUScheduleRule):
         if chosen is None:
             return None
         _import_tensor_intrinsics()
-        sch = chosen().apply(func, target, tunable)
-        if sch is not None and chosen is MatmulInt8Tensorization:
-            _unpipelined(sch)
-        return sch
+        return chosen(func, target, tunable)
 
     @staticmethod
     def schedule_for(func: tirx.PrimFunc, target: Target):
-        """The tensor-core schedule class for `func` on `target`, or None when it is not a GEMM
-        of at least one fragment per axis, or its dtype has no tensor-core instruction there."""
+        """The tensor-core schedule for `func` on `target`, or None when it is not a GEMM of at
+        least one fragment per axis, or its dtype has no tensor-core instruction there."""
         sch = s_tir.Schedule(func)
         reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
         if reductions is None or len(reductions) != 1:
@@ -93,13 +107,28 @@ def _unpipelined(sch: s_tir.Schedule) -> None:
 def _at_least(traits, kind: IterKind, size: int) -> bool:
     """Whether the axes of `kind` fuse to `size` or more (a dynamic extent counts as enough: the
     schedule pads it)."""
+    extent = _extent(traits, kind)
+    return extent is None or extent >= size
+
+
+def _extent(traits, kind: IterKind) -> int | None:
+    """The fused extent of the axes of `kind`; None when one of them is dynamic."""
     extent = 1
     for trait in traits:
         if trait.kind == kind:
             if not isinstance(trait.extent, tirx.IntImm):
-                return True
+                return None
             extent *= int(trait.extent)
-    return extent >= size
+    return extent
+
+
+def gemm_size(func: tirx.PrimFunc) -> tuple[int | None, int | None, int | None]:
+    """M, N and K of `func`'s GEMM block (a convolution's M: its output pixels; N: its output
+    channels; K: its window times its input channels), None where dynamic."""
+    sch = s_tir.Schedule(func)
+    block = sch.get(get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))[0])
+    *_, traits = detect_iter_traits(block)
+    return tuple(_extent(traits, kind) for kind in (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K))
 
 
 @functools.cache
