@@ -101,13 +101,11 @@ def test_tensor_core_kernels_fit_the_registers_of_sm80_and_sm90(cuda_build, tmp_
             assert registers <= 255 and int(spills[kernel]) == 0, (arch, kernel, entries[kernel])
 
 
-def test_half_kernels_use_tiles_sized_to_their_layers(cuda_build, request):
+def test_kernels_use_tiles_sized_to_their_layers(cuda_build):
     # gemm_tile.py: batch-1 layers smaller than DLight's 128 × 128 (512 threads) get smaller tiles;
     # every tensor-core kernel has 32 threads per warp of a candidate tile
-    name, quantize = request.node.callspec.params["cuda_build"]
-    if quantize != "fp16":
-        pytest.skip("int8 GEMMs keep DLight's schedule")
-    source = cuda_build[1].executable.device_source()
+    name, compiled = cuda_build
+    source = compiled.executable.device_source()
     threads = {int(re.search(r"__launch_bounds__\((\d+)\)", body).group(1))
                for body in kernel_bodies(source).values() if "wmma::mma_sync" in body}
     assert threads <= {32 * tile.warps for tile in CANDIDATES} and min(threads) < 32 * DLIGHT_TILE.warps, (name, threads)

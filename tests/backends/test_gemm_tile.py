@@ -46,6 +46,10 @@ def test_the_k_step_divides_k_where_it_can(depth, steps):
     assert choose_tile(49, 512, depth, "sm_90").k_fragments == steps
 
 
+def test_int8_steps_one_fragment_of_k():
+    assert choose_tile(49, 512, 4608, "sm_90", "int8").k_fragments == 1
+
+
 def test_every_candidate_is_whole_fragments_in_whole_warps():
     for tile in CANDIDATES:
         assert tile.rows % FRAGMENT == 0 and tile.columns % FRAGMENT == 0 and 1 <= tile.warps <= 32

@@ -76,21 +76,24 @@ def launch_cost(tile: GemmTile, rows: int, columns: int, sms: int) -> float:
     return math.ceil(blocks / sms) * tile.rows * tile.columns / tile.reuse()
 
 
-def choose_tile(rows: int | None, columns: int | None, depth: int | None, arch: str) -> GemmTile:
+def choose_tile(rows: int | None, columns: int | None, depth: int | None, arch: str, operands: str = "float16") -> GemmTile:
     """The cheapest candidate tile for an M × N output by `launch_cost` (ties: the larger tile);
     DLight's 128 × 128 when M or N is dynamic; its K step from K = `depth` (`k_fragments`)."""
     tile = DLIGHT_TILE
     if rows is not None and columns is not None:
         sms = multiprocessors(arch)
         tile = min(CANDIDATES, key=lambda tile: (launch_cost(tile, rows, columns, sms), -tile.rows * tile.columns))
-    return replace(tile, k_fragments=k_fragments(depth))
+    return replace(tile, k_fragments=k_fragments(depth, operands))
 
 
-def k_fragments(depth: int | None) -> int:
-    """Fragments of K per step of a block's K loop: DLight's 4 where they divide K = `depth`, else
-    2, which pads K less (MobileNetV2's 1 × 1 convolutions of 96 channels padded to 128 wasted a
-    quarter of their work; 144 pads to 160, not 192). Odd steps do not build: TVM's software
-    pipeline loses track of the WMMA fragments ("fragment_info" check)."""
+def k_fragments(depth: int | None, operands: str = "float16") -> int:
+    """Fragments of K per step of a block's K loop. float16: DLight's 4 where they divide K =
+    `depth`, else 2, which pads K less (MobileNetV2's 1 × 1 convolutions of 96 channels padded to
+    128 wasted a quarter of their work; 144 pads to 160, not 192); odd steps do not build (TVM's
+    software pipeline loses track of the WMMA fragments: "fragment_info" check). int8: 1, as
+    DLight's int8 schedule (with 4 or 2, ptxas spilled registers of ResNet-18's int8 32 × 32 tiles)."""
+    if operands == "int8":
+        return 1
     if depth is None:
         return DLIGHT_TILE.k_fragments
     return 4 if depth % (4 * FRAGMENT) == 0 else 2

@@ -9,9 +9,8 @@ input windows are gathered straight into shared memory (implicit GEMM, no im2col
 every axis to their tiles and fuse the epilogue (bias, folded batch norm, residual, activation)
 into the store. This rule sends them every GEMM whose axes are each at least one 16-wide
 fragment; depthwise convolutions (no output-channel axis in the input) and batch-1 linear
-layers (a GEMV: M = 1) are not GEMMs and keep their memory-bound rules. float16 GEMMs take
-Kiln's copy of DLight's schedule with a thread-block tile sized to the layer (wmma_gemm.py,
-gemm_tile.py), int8 ones DLight's own.
+layers (a GEMV: M = 1) are not GEMMs and keep their memory-bound rules. The schedule is Kiln's
+copy of DLight's with a thread-block tile sized to the layer (wmma_gemm.py, gemm_tile.py).
 """
 
 from __future__ import annotations
@@ -24,84 +23,49 @@ import threading
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import (IterKind, MatmulInt8Tensorization, check_sm_version, detect_iter_traits,
-                                         get_in_out_dtypes, get_reduction_blocks)
+from tvm.s_tir.dlight.gpu.matmul import IterKind, check_sm_version, detect_iter_traits, get_in_out_dtypes, get_reduction_blocks
 from tvm.target import Target
 
 from kiln.backends.tvm.cuda.gemm_tile import FRAGMENT, choose_tile
 from kiln.backends.tvm.cuda.wmma_gemm import schedule_wmma_gemm
 
-# DLight's int8 schedule pipelines its k loop over WMMA fragments, which TVM 0.27's software
-# pipeliner refuses for every shape ("fragment_info" check): built unpipelined, it compiles
-_PIPELINE_ANNOTATIONS = ("software_pipeline_stage", "software_pipeline_order", "software_pipeline_async_stages")
-
-
-def _float16_gemm(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-    """WMMA m16n16k16, float32 accumulation where the block asks for it, in a tile sized to the layer."""
-    return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", ""))))
-
-
-def _int8_gemm(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-    """DLight's s8 × s8 → s32 WMMA schedule (int8_operands.py makes Kiln's int8 layers so), unpipelined."""
-    sch = MatmulInt8Tensorization().apply(func, target, tunable)
-    if sch is not None:
-        _unpipelined(sch)
-    return sch
-
-
-# input dtype → (its tensor-core schedule, the first architecture with its instruction)
-_SCHEDULES = {"float16": (_float16_gemm, 70), "int8": (_int8_gemm, 75)}
+# input dtype → the first architecture with its tensor-core instruction: WMMA m16n16k16 in float16
+# (float32 accumulation where the block asks for it), s8 × s8 → s32 (int8_operands.py makes Kiln's
+# int8 layers so)
+_FIRST_ARCH = {"float16": 70, "int8": 75}
 
 
 class TensorCoreGemm(GPUScheduleRule):
     """Every float16 or int8 GEMM-like kernel (matmul, dense, convolution in any layout) with
-    M, N, K ≥ 16 on the tensor cores: float16 through Kiln's WMMA schedule (wmma_gemm.py), int8
-    through DLight's."""
+    M, N, K ≥ 16 on the tensor cores, through Kiln's WMMA schedule (wmma_gemm.py) in a tile sized
+    to the layer (gemm_tile.py)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         if func.attrs is not None and "dlight.do_not_tensorize" in func.attrs:
             return None
-        chosen = self.schedule_for(func, target)
-        if chosen is None:
+        if not self.takes(func, target):
             return None
         _import_tensor_intrinsics()
-        return chosen(func, target, tunable)
+        operands, _ = get_in_out_dtypes(_gemm_block(func))
+        return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", "")), operands))
 
     @staticmethod
-    def schedule_for(func: tirx.PrimFunc, target: Target):
-        """The tensor-core schedule for `func` on `target`, or None when it is not a GEMM of at
-        least one fragment per axis, or its dtype has no tensor-core instruction there."""
-        sch = s_tir.Schedule(func)
-        reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
-        if reductions is None or len(reductions) != 1:
-            return None
-        block = sch.get(reductions[0])
+    def takes(func: tirx.PrimFunc, target: Target) -> bool:
+        """Whether `func` is a GEMM of at least one fragment per axis whose dtype has a
+        tensor-core instruction on `target`."""
+        block = _gemm_block(func)
+        if block is None:
+            return False
         traits = detect_iter_traits(block)
-        if traits is None:
-            return None
         in_dtype, out_dtype = get_in_out_dtypes(block)
-        schedule, first_arch = _SCHEDULES.get(in_dtype, (None, None))
-        if schedule is None or check_sm_version(str(target.attrs.get("arch", ""))) < first_arch:
-            return None
+        if traits is None or in_dtype not in _FIRST_ARCH or check_sm_version(str(target.attrs.get("arch", ""))) < _FIRST_ARCH[in_dtype]:
+            return False
         if in_dtype == "int8" and out_dtype != "int32" or in_dtype == "float16" and out_dtype not in ("float16", "float32"):
-            return None
+            return False
         *_, block_traits = traits
-        axes = (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K)
-        return schedule if all(_at_least(block_traits, kind, FRAGMENT) for kind in axes) else None
-
-
-def _unpipelined(sch: s_tir.Schedule) -> None:
-    """Take the software-pipeline annotations off every loop of `sch`."""
-    pending = list(sch.get_child_blocks(get_root_block(sch)))
-    while pending:
-        block = pending.pop()
-        pending.extend(sch.get_child_blocks(block))
-        for loop in sch.get_loops(block):
-            for key in _PIPELINE_ANNOTATIONS:
-                if key in sch.get(loop).annotations:
-                    sch.unannotate(loop, key)
+        return all(_at_least(block_traits, kind, FRAGMENT) for kind in (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K))
 
 
 def _at_least(traits, kind: IterKind, size: int) -> bool:
@@ -122,12 +86,17 @@ def _extent(traits, kind: IterKind) -> int | None:
     return extent
 
 
+def _gemm_block(func: tirx.PrimFunc) -> s_tir.SBlock | None:
+    """`func`'s one reduction block (None when it has none, or several)."""
+    sch = s_tir.Schedule(func)
+    reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+    return sch.get(reductions[0]) if reductions is not None and len(reductions) == 1 else None
+
+
 def gemm_size(func: tirx.PrimFunc) -> tuple[int | None, int | None, int | None]:
     """M, N and K of `func`'s GEMM block (a convolution's M: its output pixels; N: its output
     channels; K: its window times its input channels), None where dynamic."""
-    sch = s_tir.Schedule(func)
-    block = sch.get(get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))[0])
-    *_, traits = detect_iter_traits(block)
+    *_, traits = detect_iter_traits(_gemm_block(func))
     return tuple(_extent(traits, kind) for kind in (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K))
 
 

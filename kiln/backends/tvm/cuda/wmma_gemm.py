@@ -1,11 +1,13 @@
-"""A float16 GEMM on the tensor cores (WMMA m16n16k16) with the thread-block tile as a parameter.
+"""A float16 or int8 GEMM on the tensor cores (WMMA m16n16k16) with the thread-block tile as a parameter.
 
-This is DLight's `MatmulTensorization` (tvm/s_tir/dlight/gpu/matmul.py) with its one fixed
-128 × 128 tile replaced by a `GemmTile` (gemm_tile.py chooses it per layer): the GEMM-like block
-(a matmul, or a convolution's implicit GEMM) is normalized to C[S, I, J] += A[S, I, K] · B[S, J, K]
-by reindexing, padded to whole tiles, its operands staged through shared memory (double
-buffered, software-pipelined over K), multiplied in 16 × 16 fragments by WMMA, accumulated in
-float32 where the block asks for it, and stored through shared memory with the epilogue fused.
+This is DLight's `MatmulTensorization` and `MatmulInt8Tensorization` (tvm/s_tir/dlight/gpu/matmul.py,
+two copies of one schedule that differ in dtypes, shared-memory alignment and K step) as one
+schedule, with their fixed 128 × 128 tile replaced by a `GemmTile` (gemm_tile.py chooses it per
+layer): the GEMM-like block (a matmul, or a convolution's implicit GEMM) is normalized to
+C[S, I, J] += A[S, I, K] · B[S, J, K] by reindexing, padded to whole tiles, its operands staged
+through shared memory (double buffered; float16 software-pipelined over K), multiplied in 16 × 16
+fragments by WMMA, accumulated in float32 where a float16 block asks for it (int32 for int8), and
+stored through shared memory with the epilogue fused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ VECTOR = 4  # float16 elements per thread per shared-memory copy
 _K_PIPELINE = {"software_pipeline_order": [0, 3, 1, 4, 5, 2, 6], "software_pipeline_stage": [0, 0, 0, 0, 0, 1, 1]}
 _FRAGMENT_PIPELINE = {"software_pipeline_order": [0, 1, 2], "software_pipeline_stage": [0, 0, 1]}
 STATIC_SHARED_BYTES = 48 * 1024  # what a block may declare statically on every architecture
+# operand dtype → shared-memory row padding (factor, offset) that keeps WMMA loads off bank conflicts (DLight's)
+_OPERAND_ALIGNMENT = {"float16": (16, 8), "int8": (32, 16)}
 
 
 def _accumulator_staging(tile: GemmTile, accumulate: str) -> str:
@@ -31,13 +35,13 @@ def _accumulator_staging(tile: GemmTile, accumulate: str) -> str:
     float16 and a float32 accumulator in it, smaller tiles failed in code generation ("tvm_access_ptr
     element type must match the source buffer"); DLight's 128 × 128 float32 tile (64 KB) needs the
     dynamic kind, and builds with it."""
-    size = tile.rows * tile.columns * (4 if accumulate == "float32" else 2)
+    size = tile.rows * tile.columns * (2 if accumulate == "float16" else 4)
     return "shared" if size <= STATIC_SHARED_BYTES else "shared.dyn"
 
 
 def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | None:
-    """`func`'s one GEMM block on the tensor cores in tiles of `tile`; None where it has no GEMM
-    block or no index map to one (the caller then tries the next rule)."""
+    """`func`'s one GEMM block (float16 or int8 operands) on the tensor cores in tiles of `tile`;
+    None where it has no GEMM block or no index map to one (the caller then tries the next rule)."""
     from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
     sch = s_tir.Schedule(func)
@@ -45,7 +49,9 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
     if reductions is None:
         return None
     block = reductions[0]
-    _, accumulate = get_in_out_dtypes(sch.get(block))  # float32 accumulation where the block asks for it
+    operands, accumulate = get_in_out_dtypes(sch.get(block))  # float32 accumulation where the block asks for it
+    # TVM 0.27's software pipeliner refuses int8 WMMA fragments for every shape ("fragment_info" check)
+    pipelined = operands == "float16"
     # 1. normalize to C[S, I, J] += A[S, I, K] · B[S, J, K]
     reindexed = (sch.reindex(block, ("read", 0)), sch.reindex(block, ("read", 1)), sch.reindex(block, ("write", 0)))
     index_maps = get_index_map(sch.get(block))
@@ -68,7 +74,7 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
     i0, i1, i2, i3 = sch.split(i, [None, 1, tile.warps_m, tile.fragments_m])
     j0, j1, j2, j3 = sch.split(j, [1, None, tile.warps_n, tile.fragments_n])
     k0, k1 = sch.split(k, [None, tile.k_fragments])
-    for loop, annotations in ((k0, _K_PIPELINE), (k1, _FRAGMENT_PIPELINE)):
+    for loop, annotations in ((k0, _K_PIPELINE), (k1, _FRAGMENT_PIPELINE)) if pipelined else ():
         for key, value in annotations.items():
             sch.annotate(loop, key, value)
     # the fragment loop unrolled, so its double-buffered fragments are indexed by constants: a
@@ -81,6 +87,8 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
     warp = sch.fuse(j2, i2)
     sch.bind(warp, "threadIdx.y")
 
+    alignment = _OPERAND_ALIGNMENT[operands]
+
     def stage_in_shared(operand: int):
         copy = sch.cache_read(block_outer, operand, "shared.dyn")
         sch.compute_at(copy, k0)
@@ -89,7 +97,7 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
         sch.bind(lanes, "threadIdx.x")
         sch.bind(warps, "threadIdx.y")
         sch.vectorize(vector)
-        sch.storage_align(copy, 0, axis=-2, factor=16, offset=8)  # rows 8 halves apart: no bank conflicts
+        sch.storage_align(copy, 0, axis=-2, factor=alignment[0], offset=alignment[1])  # rows apart: no bank conflicts
         sch.annotate(copy, "tirx.manifest_shared_memory_local_stage", 1)
         sch.annotate(copy, "double_buffer_scope", 0)
         auto_inline_producers(sch, copy)  # the convolution's input windows gathered straight into shared memory
@@ -122,7 +130,7 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
         sch.unroll(rows_outer)
         sch.unroll(columns_outer)
         loads.append(rows_inner)
-    intrinsics = get_wmma_intrin_group(load_scope="shared.dyn", store_scope=staging, in_dtype="float16",
+    intrinsics = get_wmma_intrin_group(load_scope="shared.dyn", store_scope=staging, in_dtype=operands,
                                        out_dtype=accumulate, trans_b=True)
     sch.tensorize(loads[0], intrinsics["load_a"])
     sch.tensorize(loads[1], intrinsics["load_b"])
