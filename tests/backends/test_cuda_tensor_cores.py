@@ -113,16 +113,20 @@ def test_kernels_use_tiles_sized_to_their_layers(cuda_build):
 
 @pytest.mark.parametrize("quantize", ["fp16", "int8"])
 @pytest.mark.parametrize("target", ["cuda", "jetson-orin"])
-def test_half_and_int8_builds_succeed_for_a_gpu_and_an_orin_board(target, quantize):
+def test_half_and_int8_builds_succeed_for_a_gpu_and_an_orin_board(target, quantize, tmp_path):
     model, inputs = models.ZOO["cnn_batch_norm"]()
     compiled = kiln.compile(model, inputs, target=target, quantize=quantize,
-                            calibration=[inputs] if quantize == "int8" else None, cache=False)
+                            calibration=[inputs] if quantize == "int8" else None, debug_dir=tmp_path)
     assert "cuda" in compiled.executable.module_kinds()
     bodies = kernel_bodies(compiled.executable.device_source())
     convolutions = [body for name, body in bodies.items() if "conv2d" in name]
     # both are GEMMs of 16 or more (3·3·3 and 16 channels in, 16 and 32 out): on the tensor cores,
     # int8 ones as int8 × int8 (kiln/backends/tvm/cuda/int8_operands.py)
     assert len(convolutions) == 2 and all("wmma::mma_sync" in body for body in convolutions)
+    # each named by its tile in the scheduled IR (and so in `cm.profile()`)
+    scheduled = next(tmp_path.glob("*_tvm_ScheduleGPU.py")).read_text()
+    tiles = re.findall(r'"kiln.strategy": "(wmma_gemm_\d+x\d+)"', scheduled)
+    assert len(tiles) == 2 and set(tiles) <= {f"wmma_gemm_{tile.describe()}" for tile in CANDIDATES}, tiles
     if quantize == "int8":
         assert all("wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, signed char" in body for body in convolutions)
 

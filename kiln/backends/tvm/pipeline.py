@@ -158,8 +158,9 @@ def _instructions(function: tvm.tirx.PrimFunc) -> list[str]:
 def kernel_info(mod: tvm.IRModule, sources: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """Per kernel of a scheduled module: its FLOPs (TVM's estimate from the TIR, None where the
     estimate fails, as on tensorized code), the dot-product instructions it uses, and the
-    strategies of kiln/backends/tvm/cpu/schedules.py that scheduled its blocks (none: a tuning
-    record's schedule, or DLight's on a GPU), and the Kiln nodes it computes (`sources`,
+    strategies of kiln/backends/tvm/cpu/schedules.py that scheduled its blocks (on a GPU, a
+    tensor-core GEMM's tile: "wmma_gemm_32x64"; none: a tuning record's schedule, or DLight's),
+    and the Kiln nodes it computes (`sources`,
     kiln/backends/tvm/provenance.py). What `cm.profile()` shows per kernel."""
     info = {}
     for var, function in mod.functions.items():

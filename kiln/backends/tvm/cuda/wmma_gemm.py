@@ -17,6 +17,7 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers, get_in_out_dtypes, get_index_map,
                                          get_reduction_blocks)
 
+from kiln.backends.tvm.cpu.schedules import STRATEGY_ANNOTATION
 from kiln.backends.tvm.cuda.gemm_tile import FRAGMENT, GemmTile
 
 WARP = 32
@@ -137,6 +138,8 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
     sch.tensorize(sch.get_loops(init)[-2], intrinsics["init"])
     sch.tensorize(stored, intrinsics["store"])
     sch.tensorize(sch.get_loops(block_inner)[-3], intrinsics["compute"])
+    # what `cm.profile()` and the IR dumps name the kernel's schedule by
+    sch.annotate(block_outer, STRATEGY_ANNOTATION, f"wmma_gemm_{tile.describe()}")
     auto_inline_consumer_chain(sch, to_global)  # the epilogue: bias, batch norm, residual, activation
     fused = sch.fuse(*sch.get_loops(to_global)[-2:])
     _, lanes, vector = sch.split(fused, [None, WARP, VECTOR])
