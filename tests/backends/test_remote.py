@@ -91,7 +91,7 @@ def test_a_stopped_board_leaves_no_process_behind():
     them too (they had outlived it, one emulated Python per board test)."""
     import os
 
-    from kiln.backends.tvm.runtime.emulated_board import BoardUnavailable, start_server
+    from kiln.backends.tvm.runtime.emulated_board import BoardUnavailable, live_process_group, start_server
 
     try:
         board = start_server()
@@ -101,17 +101,10 @@ def test_a_stopped_board_leaves_no_process_behind():
         model, x = SmallCNN().eval(), torch.randn(1, 3, 32, 32)
         kiln.compile(model, (x,), target="rpi4", remote=board.address)(x)
         groups = {process.pid for process in board.processes}
-        in_groups = lambda: [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _group_of(pid) in groups]
+        in_groups = lambda: [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if live_process_group(pid) in groups]
         assert len(in_groups()) > len(groups)  # the session's worker is there while the board runs
     finally:
         board.stop()
     assert in_groups() == []
 
 
-def _group_of(pid: int) -> int | None:
-    """A live (not zombie) process's group, or None."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[2])

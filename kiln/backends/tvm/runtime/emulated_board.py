@@ -131,6 +131,29 @@ class Board:
                 pass
             _signal_group(process, signal.SIGKILL)  # a server that hung, and workers that outlived it
             process.wait()
+            _wait_for_group(process.pid)
+
+
+GROUP_EXIT_SECONDS = 5.0
+
+
+def _wait_for_group(group: int) -> None:
+    """Until no live process is left in process group `group` (at most GROUP_EXIT_SECONDS): a
+    signal is delivered asynchronously, so a worker could still be running when its leader had
+    been reaped and `stop` returned (a test found one there, once in three full runs)."""
+    deadline = time.monotonic() + GROUP_EXIT_SECONDS
+    while time.monotonic() < deadline and any(live_process_group(int(pid)) == group for pid in os.listdir("/proc") if pid.isdigit()):
+        time.sleep(0.02)
+
+
+def live_process_group(pid: int) -> int | None:
+    """The process group of `pid` while it runs; None once it is gone or a zombie (a zombie
+    reparented to a PID 1 that does not reap stays listed in /proc)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # state, parent, group, ...
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
