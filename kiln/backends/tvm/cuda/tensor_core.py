@@ -26,6 +26,7 @@ from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import IterKind, check_sm_version, detect_iter_traits, get_in_out_dtypes, get_reduction_blocks
 from tvm.target import Target
 
+from kiln.backends.tvm.cpu.schedules import SCHEDULE_FAILURES
 from kiln.backends.tvm.cuda.gemm_tile import FRAGMENT, choose_tile
 from kiln.backends.tvm.cuda.wmma_gemm import schedule_wmma_gemm
 
@@ -49,7 +50,10 @@ class TensorCoreGemm(GPUScheduleRule):
             return None
         _import_tensor_intrinsics()
         operands, _ = get_in_out_dtypes(_gemm_block(func))
-        return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", "")), operands))
+        try:
+            return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", "")), operands))
+        except SCHEDULE_FAILURES:
+            return None  # a GEMM the schedule cannot take: DLight's rules after this one schedule it
 
     @staticmethod
     def takes(func: tirx.PrimFunc, target: Target) -> bool:

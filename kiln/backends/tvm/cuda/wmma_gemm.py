@@ -116,7 +116,7 @@ def schedule_wmma_gemm(func: tirx.PrimFunc, tile: GemmTile) -> s_tir.Schedule | 
     sch.reverse_compute_at(to_global, warp)
     init = sch.get_child_blocks(sch.decompose_reduction(block_outer, k0))[0]
 
-    def fragment_loops(stage) -> object:
+    def fragment_loops(stage) -> tuple:
         """The last two loops of `stage` as 16 × 16 fragments: the loop over one fragment's rows."""
         rows, columns = sch.get_loops(stage)[-2:]
         rows_outer, rows_inner = sch.split(rows, [None, FRAGMENT])
