@@ -49,9 +49,10 @@ class TensorCoreGemm(GPUScheduleRule):
         if not self.takes(func, target):
             return None
         _import_tensor_intrinsics()
-        operands, _ = get_in_out_dtypes(_gemm_block(func))
+        block = _gemm_block(func)
+        operands, _ = get_in_out_dtypes(block)
         try:
-            return schedule_wmma_gemm(func, choose_tile(*gemm_size(func), str(target.attrs.get("arch", "")), operands))
+            return schedule_wmma_gemm(func, choose_tile(*gemm_size(block), str(target.attrs.get("arch", "")), operands))
         except SCHEDULE_FAILURES:
             return None  # a GEMM the schedule cannot take: DLight's rules after this one schedule it
 
@@ -97,10 +98,10 @@ def _gemm_block(func: tirx.PrimFunc) -> s_tir.SBlock | None:
     return sch.get(reductions[0]) if reductions is not None and len(reductions) == 1 else None
 
 
-def gemm_size(func: tirx.PrimFunc) -> tuple[int | None, int | None, int | None]:
-    """M, N and K of `func`'s GEMM block (a convolution's M: its output pixels; N: its output
-    channels; K: its window times its input channels), None where dynamic."""
-    *_, traits = detect_iter_traits(_gemm_block(func))
+def gemm_size(block: s_tir.SBlock) -> tuple[int | None, int | None, int | None]:
+    """M, N and K of a GEMM block (a convolution's M: its output pixels; N: its output channels;
+    K: its window times its input channels), None where dynamic."""
+    *_, traits = detect_iter_traits(block)
     return tuple(_extent(traits, kind) for kind in (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K))
 
 
