@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 SUFFIX = ".kiln"
 ALIASES = "models"  # model fingerprint -> entry key: the shortcut past capture (kiln/fingerprint.py)
-ENTRY_FORMAT = 2  # 2: weights apart from the program (kiln/backends/tvm/weights.py)
+ENTRY_FORMAT = 3  # 2: weights apart from the program (kiln/backends/tvm/weights.py); 3: keys hold every constant and the calling convention
 _PENDING: dict[str, threading.Thread] = {}  # entries this process is writing, by key
 DEFAULT_SIZE = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -65,10 +65,36 @@ def _size_limit() -> int:
 
 
 def graph_key(graph: "Graph", options: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
-    """The entry of a captured Kiln graph: its code, input specs and weights."""
-    structure = (graph.in_spec, graph.out_spec, graph.symbol_names, graph.dim_ranges,
-                 [(c.position, repr(c.value)) for c in graph.constant_inputs])
-    return cache_key(graph.module.code, repr(structure), graph.module.state_dict(keep_vars=True).items(), options, tensors)
+    """The entry of a captured Kiln graph: everything its compiled code depends on. Its code; its
+    calling convention (each input's shape, dtype, strides and device, the dynamic dims and their
+    ranges, the Python values baked in as inputs or returned as outputs, the inputs it writes);
+    and every tensor the program reads, whatever torch.export made of it (parameter, buffer, or
+    a plain tensor attribute lifted as a constant)."""
+    from kiln.signature import Signature
+
+    placeholders = [node.meta["val"] for node in graph.module.graph.find_nodes(op="placeholder")]
+    layout = [(str(value.stride()), str(value.device)) for value in placeholders]
+    structure = json.dumps([Signature.of(graph).to_json(), graph.symbol_names, layout], sort_keys=True, default=repr)
+    return cache_key(graph.module.code, structure, program_tensors(graph.module), options, tensors)
+
+
+def program_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor an fx program reads (its `get_attr` targets, in the nested programs of
+    control flow too), by name; a nested program stands for its code."""
+    found: list[tuple[str, torch.Tensor]] = []
+    for name, submodule in module.named_modules():
+        graph = getattr(submodule, "graph", None)
+        if graph is None:
+            continue
+        for node in graph.find_nodes(op="get_attr"):
+            value = submodule
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            if isinstance(value, torch.Tensor):
+                found.append((f"{name}.{node.target}", value))
+            elif hasattr(value, "code"):
+                found.append((f"{name}.{node.target}", torch.frombuffer(bytearray(value.code.encode()), dtype=torch.uint8)))
+    return found
 
 
 def cache_key(code: str, structure: str, weights: Iterable[tuple[str, torch.Tensor]], options: dict[str, Any],
@@ -141,27 +167,40 @@ class CompileCache:
         os.utime(path)  # least recently used goes first
         return module, ""
 
+    def drop(self, key: str) -> None:
+        """Remove the entry under `key` (one that was loaded and found wrong)."""
+        self._path(key).unlink(missing_ok=True)
+
     def _alias(self, fingerprint: str) -> Path:
         return self.root / ALIASES / fingerprint[:2] / fingerprint
 
-    def key_of(self, fingerprint: str) -> str | None:
-        """The entry a model fingerprint (kiln/fingerprint.py) was last compiled to, if any."""
+    def key_of(self, fingerprint: str) -> tuple[str, dict[str, str]] | None:
+        """The entry a model fingerprint (kiln/fingerprint.py) was last compiled to, and the
+        source files (path -> SHA-256) its forward ran then; None if there is none."""
         try:
-            key = self._alias(fingerprint).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
+            record = json.loads(self._alias(fingerprint).read_text(encoding="utf-8"))
+            key, sources = record["key"], record["sources"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return key if len(key) == 64 and all(c in "0123456789abcdef" for c in key) else None
+        if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+                and isinstance(sources, dict)):
+            return None
+        return key, sources
 
-    def remember(self, fingerprint: str, key: str) -> None:
-        """Record that the model with `fingerprint` compiles to entry `key` (written whole, renamed)."""
+    def remember(self, fingerprint: str, key: str, sources: dict[str, str] | None) -> None:
+        """Record that the model with `fingerprint`, whose forward ran code from `sources`,
+        compiles to entry `key` (written whole, renamed). Without `sources` (code from no file)
+        nothing is recorded: the next compile captures the model."""
+        if sources is None:
+            return
         path = self._alias(fingerprint)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
             with os.fdopen(handle, "w") as file:
-                file.write(key)
+                json.dump({"key": key, "sources": sources}, file)
             os.replace(temporary, path)
-        except OSError as error:  # the next compile captures the model: slower, not wrong
+        except Exception as error:  # noqa: BLE001 - the next compile captures the model: slower, not wrong
             warn_unusable(f"could not record the model's fingerprint in the compile cache {self.root}: {error}")
 
     def forget(self, fingerprint: str) -> None:

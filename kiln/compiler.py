@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import torch
 import torch.utils._pytree as pytree
 
 from kiln.backends import BuildContext, get_backend, resolve_target
 from kiln.cache import CompileCache, graph_key, versions, warn_unusable
-from kiln.errors import FrontendError, KilnError, TargetError, stage
-from kiln.fingerprint import model_fingerprint
+from kiln.errors import FrontendError, KilnError, NumericsError, TargetError, stage
+from kiln.fingerprint import model_fingerprint, recording_sources, source_hashes
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
-from kiln.passes.instrument import PassRecord
+from kiln.passes.instrument import PassRecord, Report
+from kiln.numerics import FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, lossy_passes, require_agreement
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.low_rank import LowRank, low_rank_passes
 from kiln.passes.pruning import Prune, pruning_passes
@@ -48,6 +50,7 @@ def capture(
     dynamic_batch: bool = False,
     input_shapes: dict[str, Sequence[int]] | None = None,
     dynamic_shapes: Any = None,
+    sources: set[str] | None = None,
 ) -> tuple[Graph, list[torch.Tensor], list[torch.Tensor]]:
     """The model's graph, its flat example inputs, and the eager outputs every drift is measured
     against. An ONNX model (path or ModelProto) becomes a torch module first (kiln/ir/onnx/frontend.py);
@@ -59,20 +62,35 @@ def capture(
         example_inputs = example_inputs or generated
     with inference_mode(model):
         graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
-    return graph, graph.flatten_inputs(example_inputs, example_kwargs), eager_outputs(model, example_inputs, example_kwargs)
+    reference = eager_outputs(model, example_inputs, example_kwargs, graph.flatten_inputs, graph.mutated_inputs, sources=sources)
+    return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
 
 
-def eager_outputs(model: torch.nn.Module, example_inputs: Sequence[Any], example_kwargs: dict[str, Any] | None) -> list[torch.Tensor]:
-    """The model's outputs on the example inputs, run eagerly in inference mode: what drift is
-    measured against."""
+def eager_outputs(model: torch.nn.Module, example_inputs: Sequence[Any], example_kwargs: dict[str, Any] | None,
+                  flatten: Callable[[Sequence[Any], dict[str, Any] | None], list[Any]] | None = None,
+                  written: Sequence[int] = (), returns: list | None = None, sources: set[str] | None = None) -> list[torch.Tensor]:
+    """The model's tensor outputs on the example inputs, run eagerly in inference mode, then the
+    new values of the flat inputs at `written` (those it writes in place; `flatten` gives the
+    flat inputs): what drift is measured against. The model runs on copies of the inputs, so the
+    caller's stay as they were. `returns`, where given, receives the outputs' structure and their
+    leaves that are not tensors, by position; `sources` the files the forward ran code from."""
+    args, kwargs = pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x,
+                                   (tuple(example_inputs), dict(example_kwargs or {})))
     with inference_mode(model):
         try:
-            with torch.no_grad():
-                outputs = model(*example_inputs, **(example_kwargs or {}))
+            with torch.no_grad(), recording_sources(sources) if sources is not None else contextlib.nullcontext():
+                outputs = model(*args, **kwargs)
         except Exception as error:
             raise FrontendError(f"{type(model).__name__} failed when run eagerly on the example inputs: "
                                 f"{type(error).__name__}: {error}") from error
-    return [leaf for leaf in pytree.tree_leaves(outputs) if isinstance(leaf, torch.Tensor)]
+    leaves, structure = pytree.tree_flatten(outputs)
+    if returns is not None:
+        returns.extend([structure, [(position, leaf) for position, leaf in enumerate(leaves) if not isinstance(leaf, torch.Tensor)]])
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if written:
+        flat = flatten(args, kwargs)
+        tensors += [flat[position] for position in written]
+    return tensors
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -97,6 +115,8 @@ def compile(  # noqa: A001 - the public name users expect
     prune: Prune | None = None,
     low_rank: LowRank | None = None,
     cache: bool = True,
+    tolerance: float | None = None,
+    verify: bool = True,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -126,6 +146,12 @@ def compile(  # noqa: A001 - the public name users expect
     ~/.cache/kiln/compiled): compiling the same captured model with the same options and target
     again, in any process, loads it (the report's "cache" row says so) instead of building.
     `cache=False`, or `debug_dir` (which wants every pass's IR), builds anew.
+    `tolerance` bounds how far the compiled module's outputs may be from the eager model's on the
+    example inputs, relative to their scale (default: 1e-4, looser where the graph computes in
+    half precision or int8: kiln/numerics.py). A build further away is not returned: a
+    NumericsError names the pass or kernel where the numbers broke. With compression or
+    quantization the module is held to Kiln's own compressed graph instead (the report shows what
+    the compression cost). `verify=False` returns the build unchecked.
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -135,58 +161,88 @@ def compile(  # noqa: A001 - the public name users expect
     pipeline = compression + pipeline + quantization_passes(quantize, calibration)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
-
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise TargetError(f"threads={threads!r}: give a positive number of CPU threads, or None for every core")
-    compile_cache = usable_cache(cache, resolved)
-    options = {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads} if compile_cache else {}
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0):
+        raise KilnError(f"tolerance={tolerance!r}: give a positive share of the outputs' scale (1e-3), or None for the default")
     calibration_tensors = pytree.tree_leaves(list(calibration or []))
+
+    compile_cache = usable_cache(cache, resolved) if debug_dir is None else None
+    options = _cached(lambda: {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads},
+                      "reading the build's identity") if compile_cache else None
+    compile_cache = compile_cache if options is not None else None
     fingerprint = None
-    if compile_cache is not None and debug_dir is None and isinstance(model, torch.nn.Module):
+    if compile_cache is not None and isinstance(model, torch.nn.Module):
         start = time.perf_counter()
-        with stage("fingerprinting the model for the compile cache"):
-            fingerprint = model_fingerprint(model, example_inputs, example_kwargs, {
-                **options, "dynamic_batch": dynamic_batch, "dynamic_shapes": repr(dynamic_shapes), "versions": versions()},
-                calibration_tensors)
+        fingerprint = _cached(lambda: model_fingerprint(model, example_inputs, example_kwargs, {
+            **options, "dynamic_batch": dynamic_batch, "dynamic_shapes": repr(dynamic_shapes), "versions": versions()},
+            calibration_tensors), "fingerprinting the model")
         if fingerprint is not None:
-            found = _by_fingerprint(compile_cache, fingerprint, model, example_inputs, example_kwargs, start)
+            found = _by_fingerprint(compile_cache, fingerprint, model, example_inputs, example_kwargs, start, tolerance)
             if found is not None:
                 module, inputs, reference = found
-                return _on_board(module, remote, inputs, reference, None)
+                module.defer_graph(lambda: _graph_of_unchanged(model, fingerprint, example_inputs, example_kwargs, options,
+                                                               calibration_tensors, dynamic_batch, input_shapes, dynamic_shapes,
+                                                               pipeline))
+                return _on_board(module, remote, inputs, reference, None, tolerance, verify)
+    sources: set[str] = set()
     with stage("capture"):
-        graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
-    key = None
-    if compile_cache is not None:
-        key = graph_key(graph, options, calibration_tensors)
-        if debug_dir is None:
-            start = time.perf_counter()
-            cached, note = compile_cache.load(key)
-            if cached is not None:
-                if fingerprint is not None:
-                    compile_cache.remember(fingerprint, key)
-                return _from_cache(cached, key, time.perf_counter() - start, inputs, reference, remote)
-            if note:
-                warn_unusable(note)
+        graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes,
+                                           sources if fingerprint is not None else None)
+    tolerance = tolerance if tolerance is not None else default_tolerance(graph)
+    key = _cached(lambda: graph_key(graph, options, calibration_tensors), "naming the build") if compile_cache else None
+    dropped = ""
+    if key is not None:
+        start = time.perf_counter()
+        cached, dropped = load_checked(compile_cache, key, inputs, reference, tolerance, start)
+        if cached is not None:
+            if fingerprint is not None:
+                compile_cache.remember(fingerprint, key, source_hashes(sources))
+            cached.defer_graph(lambda: PassManager(pipeline).run(graph)[0])
+            return _on_board(cached, remote, inputs, reference, None, tolerance, verify)
     with stage("the graph passes"):
-        manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress)
+        manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress, verify=verify,
+                              tolerance=PASS_SHARE * tolerance)
         graph, report = manager.run(graph)
+    if dropped:
+        report.rows[-1].note = f"{report.rows[-1].note}; {dropped}".strip("; ")
 
+    backend = get_backend(resolved.backend)
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
     with stage(f"the {resolved.backend} backend"):
-        executable = get_backend(resolved.backend).build(graph, context)
-    signature = Signature.of(graph)
-    compiled = CompiledModule(executable, signature, resolved, report, threads, graph)
+        executable = backend.build(graph, context)
+    if verify and _runs_here(executable):
+        with stage("checking the build against eager"):
+            require_agreement(executable(inputs), reference, manager.last_outputs, report, tolerance,
+                              lambda: backend.locate_disagreement(executable, graph, inputs, tolerance))
+    compiled = CompiledModule(executable, Signature.of(graph), resolved, report, threads, graph)
     # a build this machine cannot run (CUDA without a GPU) would be loaded only to be refused
-    if key is not None and (resolved.cross or executable.why_not_here() is None):
-        with stage("storing the build in the compile cache"):
-            compile_cache.store_in_background(key, compiled)
-            if fingerprint is not None:
-                compile_cache.remember(fingerprint, key)
-    compiled = _on_board(compiled, remote, inputs, reference, progress)
+    if key is not None and (resolved.cross or _runs_here(executable)):
+        _cached(lambda: compile_cache.store_in_background(key, compiled), "storing the build")
+        if fingerprint is not None:
+            compile_cache.remember(fingerprint, key, source_hashes(sources))
+    compiled = _on_board(compiled, remote, inputs, reference, progress, tolerance, verify)
     debug.write_report(report)
     if debug.enabled:
         _write_html_report(compiled, debug.path, inputs, progress)
     return compiled
+
+
+def _runs_here(executable) -> bool:
+    return getattr(executable, "why_not_here", lambda: None)() is None
+
+
+T = TypeVar("T")
+
+
+def _cached(step: Callable[[], T], what: str) -> T | None:
+    """A step of the compile cache, whose failure costs this compile the cache, never its result:
+    any exception is a warning, and the compile goes on without the cache."""
+    try:
+        return step()
+    except Exception as error:  # noqa: BLE001 - the cache is a shortcut; Kiln builds without it
+        warn_unusable(f"{what} for the compile cache failed ({type(error).__name__}: {error}); building without the cache")
+        return None
 
 
 def _write_html_report(compiled: CompiledModule, folder: Path, inputs, progress) -> None:
@@ -204,8 +260,10 @@ def _write_html_report(compiled: CompiledModule, folder: Path, inputs, progress)
         write_report(folder)
 
 
-def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, progress) -> CompiledModule:
-    """With `remote`, the module uploaded to the board and its drift measured there (a row)."""
+def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, progress, tolerance: float | None,
+              verify: bool) -> CompiledModule:
+    """With `remote`, the module uploaded to the board and its drift measured there (a row); a
+    board that computes other numbers than this machine's build is refused as a build is."""
     if remote is None:
         return compiled
     if progress is not None:
@@ -213,9 +271,14 @@ def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, p
     start = time.perf_counter()
     with stage(f"running on the board at {remote}"):
         compiled = compiled.to_remote(remote)
-        drift = Drift.between(compiled.executable(inputs), reference)
+        outputs = compiled.executable(inputs)
+    drift = Drift.between(outputs, reference)
     report = compiled.report
     report.add(PassRecord(report.next_index(), "remote", "board", time.perf_counter() - start, note=remote, drift=drift))
+    tolerance = tolerance if tolerance is not None else FLOAT32_TOLERANCE
+    if verify and not lossy_passes(report) and drift.exceeds(tolerance):
+        raise NumericsError(f"the module run on the board at {remote} gives outputs {drift.max_rel:.2e} of their scale "
+                            f"away from the eager model's (tolerance {tolerance:.0e}); verify=False returns it unchecked")
     return compiled
 
 
@@ -250,51 +313,91 @@ def _tuning_fingerprint(resolved, tuning_dir: str | Path | None) -> str | None:
     return hashlib.sha256(records.read_bytes()).hexdigest() if records.is_file() else None
 
 
-def _from_cache(cached: CompiledModule, key: str, seconds: float, inputs, reference, remote: str | None) -> CompiledModule:
-    return _on_board(with_cache_row(cached, key, seconds, inputs, reference), remote, inputs, reference, None)
+def load_checked(compile_cache: CompileCache, key: str, inputs, reference, tolerance: float,
+                  start: float) -> tuple[CompiledModule | None, str]:
+    """The entry under `key`, when it runs on the example inputs as close to the eager model as
+    its build did (kiln/numerics.py); else None, the entry dropped, and a note saying why."""
+    cached, note = _cached(lambda: compile_cache.load(key), "loading an entry") or (None, "")
+    if cached is None:
+        if note:
+            warn_unusable(note)
+        return None, note
+    return _checked_entry(compile_cache, key, cached, inputs, reference, tolerance, start)
 
 
-def with_cache_row(cached: CompiledModule, key: str, seconds: float, inputs, reference, how: str = "") -> CompiledModule:
+def _checked_entry(compile_cache: CompileCache, key: str, cached: CompiledModule, inputs, reference, tolerance: float,
+                   start: float) -> tuple[CompiledModule | None, str]:
+    if not _runs_here(cached.executable):
+        return with_cache_row(cached, key, time.perf_counter() - start, None), ""
+    built = _build_drift(cached.report)
+    now = _cached(lambda: Drift.between(cached.executable(inputs), reference), "running an entry")
+    if now is None or not cached_build_agrees(built, now, tolerance):
+        _cached(lambda: compile_cache.drop(key), "dropping an entry")
+        measured = f"{now.max_rel:.2e}" if now is not None else "not measured"
+        return None, (f"cache entry {key[:12]} dropped and rebuilt: its outputs were {measured} of their scale from "
+                      f"eager, its build's {built.max_rel if built is not None else float('nan'):.2e}")
+    return with_cache_row(cached, key, time.perf_counter() - start, now), ""
+
+
+def _build_drift(report: Report) -> Drift | None:
+    """The drift the build measured last (its code generation's, or its last pass's)."""
+    return next((row.drift for row in reversed(report.rows) if row.drift is not None and row.stage != "board"), None)
+
+
+def with_cache_row(cached: CompiledModule, key: str, seconds: float, drift: Drift | None, how: str = "") -> CompiledModule:
     """The cached module, its report the build's own plus a "cache" row: the drift measured now."""
-    drift = Drift.between(cached.executable(inputs), reference) if cached.executable.why_not_here() is None else None
     report = cached.report
     report.add(PassRecord(report.next_index(), "cache", "kiln", seconds, drift=drift, note=f"from cache {key[:16]}{how}"))
     return cached
 
 
-# how much further from eager than at build time a module found by fingerprint may be
-_FINGERPRINT_SLACK, _FINGERPRINT_FLOOR = 10.0, 1e-4
-
-
 def _by_fingerprint(compile_cache: CompileCache, fingerprint: str, model: torch.nn.Module, example_inputs, example_kwargs,
-                    start: float) -> tuple[CompiledModule, list[torch.Tensor], list[torch.Tensor]] | None:
+                    start: float, tolerance: float | None) -> tuple[CompiledModule, list[torch.Tensor], list[torch.Tensor]] | None:
     """The entry the model's fingerprint names, with the flat example inputs and eager outputs it
-    was checked on: it must run on them as close to the eager model as it did when it was built.
-    None (and the fingerprint forgotten) otherwise."""
-    key = compile_cache.key_of(fingerprint)
-    if key is None:
+    was checked on: held to the same rule as an entry found by its captured graph
+    (`_checked_entry`). None (and the fingerprint forgotten) otherwise."""
+    recorded = compile_cache.key_of(fingerprint)
+    if recorded is None:
         return None
-    cached, note = compile_cache.load(key)
+    key, built_from = recorded
+    cached, note = _cached(lambda: compile_cache.load(key), "loading an entry") or (None, "")
     if cached is None:
         if note:
             warn_unusable(note)
         return None
-    if cached.executable.why_not_here() is not None:
-        return None
-    built = next((row.drift for row in reversed(cached.report.rows) if row.drift is not None), None)
+    signature = cached.signature
     try:
-        inputs = cached.signature.flatten(tuple(example_inputs), dict(example_kwargs or {}))
+        inputs = signature.flatten(tuple(example_inputs), dict(example_kwargs or {}))
     except KilnError:  # other inputs than the build's: this is not that model
         compile_cache.forget(fingerprint)
         return None
-    reference = eager_outputs(model, example_inputs, example_kwargs)
-    cached = with_cache_row(cached, key, time.perf_counter() - start, inputs, reference, " (model fingerprint)")
-    drift = cached.report.rows[-1].drift
-    allowed = max(_FINGERPRINT_SLACK * built.max_rel, _FINGERPRINT_FLOOR) if built is not None else _FINGERPRINT_FLOOR
-    if drift is None or drift.exceeds(allowed):
+    returns: list = []
+    sources: set[str] = set()
+    reference = eager_outputs(model, example_inputs, example_kwargs, signature.flatten, signature.mutated_inputs, returns, sources)
+    if returns != [signature.out_spec, [(c.position, c.value) for c in signature.constant_outputs]] or \
+            source_hashes(sources) != built_from:
+        compile_cache.forget(fingerprint)  # the model returns something else, or ran other code, than that build's did
+        return None
+    cached, _ = _checked_entry(compile_cache, key, cached, inputs, reference, tolerance or FLOAT32_TOLERANCE, start)
+    if cached is None:
         compile_cache.forget(fingerprint)
         return None
+    cached.report.rows[-1].note += " (model fingerprint)"
     return cached, inputs, reference
+
+
+def _graph_of_unchanged(model: torch.nn.Module, fingerprint: str, example_inputs, example_kwargs, options, calibration_tensors,
+                        dynamic_batch, input_shapes, dynamic_shapes, pipeline) -> Graph:
+    """The optimized graph of a module found by the model's fingerprint (which skipped the
+    capture): captured and optimized now, from the model as it was compiled."""
+    now = model_fingerprint(model, example_inputs, example_kwargs, {
+        **options, "dynamic_batch": dynamic_batch, "dynamic_shapes": repr(dynamic_shapes), "versions": versions()},
+        calibration_tensors)
+    if now != fingerprint:
+        raise KilnError("the model changed after it was compiled (its weights, attributes or code): the optimized graph "
+                        "of the compiled module cannot be derived from it any more; compile again")
+    graph, _, _ = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes)
+    return PassManager(pipeline).run(graph)[0]
 
 
 def _vector_lanes(resolved) -> int:

@@ -95,25 +95,25 @@ def _compile(frame: "_Frame", options: dict[str, Any]) -> CompiledModule:
     from torch._guards import compile_context, tracing
 
     from kiln.backends import resolve_target
-    from kiln.cache import cache_key
-    from kiln.compiler import build_identity, compile as kiln_compile, usable_cache, with_cache_row
+    from kiln.cache import cache_key, program_tensors
+    from kiln.compiler import build_identity, compile as kiln_compile, load_checked, usable_cache
+    from kiln.numerics import FLOAT32_TOLERANCE
 
     resolved = resolve_target(options.get("target", "llvm"))
     cache = usable_cache(options.pop("cache", True), resolved) if options.get("debug_dir") is None else None
     key = None
     if cache is not None:
         settings = {k: v for k, v in options.items() if k not in ("calibration", "verbose")}
-        key = cache_key(frame.graph_module.code, frame.structure(), frame.named_buffers(),
+        key = cache_key(frame.graph_module.code, frame.structure(), [*frame.named_buffers(), *program_tensors(frame.graph_module)],
                         {**build_identity(resolved, options.get("tuning_dir")), "dynamo": settings},
                         pytree.tree_leaves(list(options.get("calibration") or [])))
         start = time.perf_counter()
-        cached, note = cache.load(key)
+        with torch.no_grad():
+            reference = [t for t in pytree.tree_leaves(frame(*frame.example_inputs)) if isinstance(t, torch.Tensor)]
+        cached, _ = load_checked(cache, key, list(frame.example_inputs), reference,
+                                 options.get("tolerance") or FLOAT32_TOLERANCE, start)
         if cached is not None:
-            with torch.no_grad():
-                reference = [t for t in pytree.tree_leaves(frame(*frame.example_inputs)) if isinstance(t, torch.Tensor)]
-            return with_cache_row(cached, key, time.perf_counter() - start, list(frame.example_inputs), reference)
-        if note:
-            warnings.warn(f"kiln: {note}", stacklevel=3)
+            return cached
     with tracing(None), compile_context(None):
         module = kiln_compile(frame, frame.example_inputs, dynamic_shapes=frame.dynamic_shapes(), cache=False, **options)
     reason = module.executable.why_not_here() if options.get("remote") is None else None

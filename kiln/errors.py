@@ -64,6 +64,17 @@ class ValueRequiredError(FrontendError):
         self.name = name
 
 
+class NumericsError(KilnError):
+    """A build whose outputs disagree with eager PyTorch on the example inputs by more than the
+    tolerance: it is not returned. Names the pass or the kernel where the numbers broke."""
+
+
+class IndexOutOfRangeError(KilnError, IndexError):
+    """A compiled module was called with an index (a token id, a gather's index) outside the
+    tensor it indexes, as eager PyTorch refuses it: names the node, the model line, the bad index
+    and the valid range. The call has no effect; the module keeps working."""
+
+
 class InternalError(KilnError):
     """Something failed that no check of Kiln's anticipated: a Kiln defect, reported with the
     stage it happened in rather than as a bare exception from inside torch or TVM."""

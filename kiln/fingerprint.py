@@ -5,8 +5,9 @@ The fingerprint holds the source files of every module class (and their bases), 
 the packages they come from, every module's attributes (a Hugging Face config, flags, sizes),
 its parameters and buffers byte for byte, the inputs' structure, dtypes and shapes, and the
 compile options. What it cannot see (a helper in a file no module class is defined in, a global
-flag) is why a hit is only trusted once the cached module, run on the example inputs, agrees
-with the model run eagerly as closely as it did when it was built (kiln/compiler.py). A module
+flag) is why a hit is only trusted once the model, run eagerly on the example inputs, ran code
+from the very files (same contents) it ran when it was compiled (`recording_sources`), and the
+cached module agrees with it as closely as it did when it was built (kiln/compiler.py). A module
 Kiln cannot fingerprint faithfully (a class without a source file, forward hooks, a `forward`
 set on the instance, an attribute whose only description is its address) has none, and is
 captured as usual.
@@ -14,6 +15,7 @@ captured as usual.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -21,7 +23,8 @@ import inspect
 import json
 import os
 import sys
-from typing import Any, Sequence
+import sysconfig
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.utils._pytree as pytree
@@ -56,6 +59,55 @@ def model_fingerprint(model: torch.nn.Module, example_inputs: Sequence[Any], exa
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def recording_sources(found: set[str]) -> Iterator[None]:
+    """Within: the file of every Python function that runs is added to `found` (what the
+    fingerprint cannot see: a helper in a file no module class is defined in)."""
+
+    def profile(frame, event, argument) -> None:
+        if event == "call":
+            found.add(frame.f_code.co_filename)
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
+_TORCH_ROOT = os.path.dirname(torch.__file__) + os.sep
+_STDLIB_ROOT = sysconfig.get_paths()["stdlib"] + os.sep
+
+
+def _versioned(path: str) -> bool:
+    """Torch's and the standard library's files: the fingerprint holds their versions."""
+    return path.startswith(_TORCH_ROOT) or (path.startswith(_STDLIB_ROOT) and "site-packages" not in path)
+
+
+def source_hashes(files: set[str]) -> dict[str, str] | None:
+    """SHA-256 of each file a forward ran code from, but torch's and the standard library's
+    (their versions are in the fingerprint); None where code ran from no file (exec, generated
+    code), which no fingerprint can vouch for."""
+    hashes = {}
+    for path in sorted(files):
+        if path.startswith("<frozen ") or _versioned(path):
+            continue
+        if not os.path.isfile(path):
+            return None
+        hashes[path] = _file_hash(path)
+    return hashes
+
+
+def _file_hash(path: str) -> str:
+    status = os.stat(path)
+    cache_key = (path, status.st_mtime_ns, status.st_size)
+    if cache_key not in _FILE_HASHES:
+        with open(path, "rb") as file:
+            _FILE_HASHES[cache_key] = hashlib.sha256(file.read()).hexdigest()
+    return _FILE_HASHES[cache_key]
+
+
 def hash_tensors(digest: "hashlib._Hash", named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
     """Add each tensor's name, dtype, shape and the BLAKE3 digest of its bytes (kiln/checksum.py:
     on every core) to `digest`."""
@@ -86,15 +138,10 @@ def _source(obj: Any) -> list[str]:
         path = inspect.getsourcefile(obj)
     except (TypeError, OSError):
         path = None
-    if path is None:
+    if path is None or not os.path.isfile(path):  # a class from `python -c`, exec or the prompt: '<string>'
         raise Unfingerprintable(f"{obj!r} has no source file")
-    status = os.stat(path)
-    cache_key = (path, status.st_mtime_ns, status.st_size)
-    if cache_key not in _FILE_HASHES:
-        with open(path, "rb") as file:
-            _FILE_HASHES[cache_key] = hashlib.sha256(file.read()).hexdigest()
     package = getattr(inspect.getmodule(obj), "__name__", "").split(".")[0]
-    return [_FILE_HASHES[cache_key], package, _version(package)]
+    return [_file_hash(path), package, _version(package)]
 
 
 @functools.cache

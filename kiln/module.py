@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -32,15 +32,27 @@ class CompiledModule:
         graph: Graph | None = None,
     ) -> None:
         self.executable = executable
-        self.graph = graph  # the optimized Kiln graph, kept in the compiling process only
+        self._graph: Graph | Callable[[], Graph] | None = graph
         self.threads = threads
         self.signature = signature
         self.target = target
         self.report = report
 
+    @property
+    def graph(self) -> Graph | None:
+        """The optimized Kiln graph, in the compiling process (None for a module `kiln.load` read).
+        A build the compile cache served derives it on first use, as its compile would have."""
+        if callable(self._graph):
+            self._graph = self._graph()
+        return self._graph
+
+    def defer_graph(self, derive: Callable[[], Graph]) -> None:
+        """`graph` is `derive()`, computed when first read (a build from the compile cache)."""
+        self._graph = derive
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inputs = self.signature.flatten(args, kwargs)
-        return self.signature.unflatten(self.executable(inputs))
+        return self.signature.unflatten(self.executable(inputs), inputs)
 
     def to_remote(self, address: str) -> "CompiledModule":
         """This module, uploaded to the board whose TVM RPC server listens at `address`

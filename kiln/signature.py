@@ -21,10 +21,14 @@ class Signature:
     out_spec: pytree.TreeSpec
     constant_inputs: tuple[ConstantInput, ...] = ()
     dim_ranges: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    constant_outputs: tuple[ConstantInput, ...] = ()
+    # the flat inputs the model writes in place; their new values are the last outputs (kiln/ir/graph.py)
+    mutated_inputs: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, graph: Graph) -> "Signature":
-        return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs, graph.dim_ranges)
+        return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs, graph.dim_ranges,
+                   graph.constant_outputs, graph.mutated_inputs)
 
     def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
         """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
@@ -90,8 +94,19 @@ class Signature:
             if problem:
                 raise InputMismatchError(f"input '{spec.name}': expected shape {_shape(spec.shape)}, got {_shape(got)}")
 
-    def unflatten(self, outputs: Sequence[torch.Tensor]) -> Any:
-        return pytree.tree_unflatten(list(outputs), self.out_spec)
+    def unflatten(self, outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor] = ()) -> Any:
+        """The model's output structure from the flat outputs; the new values of inputs the model
+        writes in place (the last outputs) are copied into `inputs`, the tensors the caller gave."""
+        outputs = list(outputs)
+        if self.mutated_inputs:
+            written = outputs[len(outputs) - len(self.mutated_inputs):]
+            del outputs[len(outputs) - len(self.mutated_inputs):]
+            with torch.no_grad():
+                for position, value in zip(self.mutated_inputs, written):
+                    inputs[position].copy_(value)
+        for constant in self.constant_outputs:
+            outputs.insert(constant.position, constant.value)
+        return pytree.tree_unflatten(outputs, self.out_spec)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +116,8 @@ class Signature:
             "out_spec": pytree.treespec_dumps(self.out_spec),
             "constant_inputs": [c.to_json() for c in self.constant_inputs],
             "dim_ranges": {name: list(bounds) for name, bounds in self.dim_ranges.items()},
+            "constant_outputs": [c.to_json() for c in self.constant_outputs],
+            "mutated_inputs": list(self.mutated_inputs),
         }
 
     @classmethod
@@ -112,6 +129,8 @@ class Signature:
             _load_spec(data["out_spec"]),
             tuple(ConstantInput.from_json(c) for c in data.get("constant_inputs", ())),
             {name: (low, high) for name, (low, high) in data.get("dim_ranges", {}).items()},
+            tuple(ConstantInput.from_json(c) for c in data.get("constant_outputs", ())),
+            tuple(data.get("mutated_inputs", ())),
         )
 
 

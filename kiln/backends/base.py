@@ -48,5 +48,8 @@ class Backend(Protocol):
 
     def build(self, graph: Graph, context: BuildContext) -> Executable: ...
 
+    def locate_disagreement(self, executable: Executable, graph: Graph, inputs: Sequence[torch.Tensor], tolerance: float) -> str:
+        """A sentence naming where a build that disagrees with `graph` on `inputs` goes wrong."""
+
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> Executable: ...

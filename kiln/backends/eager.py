@@ -36,6 +36,10 @@ class EagerBackend:
     def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
         return EagerExecutable(graph)
 
+    def locate_disagreement(self, executable: EagerExecutable, graph: Graph, inputs: Sequence[torch.Tensor],
+                            tolerance: float) -> str:
+        return "The eager backend runs the graph itself: PyTorch computed other numbers on a second run."
+
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> EagerExecutable:
         return EagerExecutable(load_graph(folder / GRAPH_FILE))

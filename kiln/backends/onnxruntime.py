@@ -58,6 +58,10 @@ class OnnxRuntimeBackend:
         context.say("export to ONNX for ONNX Runtime")
         return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)
 
+    def locate_disagreement(self, executable: OnnxRuntimeExecutable, graph: Graph, inputs: Sequence[torch.Tensor],
+                            tolerance: float) -> str:
+        return "ONNX Runtime computes the graph as Kiln exported it (kiln/ir/onnx/export.py): the export or ONNX Runtime's kernels differ."
+
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> OnnxRuntimeExecutable:
         return OnnxRuntimeExecutable((folder / MODEL_FILE).read_bytes(), threads)

@@ -67,7 +67,9 @@ class TensorSpec:
 class ConstantInput:
     """A non-tensor leaf of the model's inputs (`use_cache=False`, a mode string, an int): baked
     into the capture as a constant, so the graph has no placeholder for it. `position` is its index
-    among the flattened (args, kwargs) leaves, `path` names it as the user wrote it."""
+    among the flattened (args, kwargs) leaves, `path` names it as the user wrote it. Outputs use
+    the same record for a leaf the model returns as a Python value (`return x.shape[0] * 2`): the
+    graph computes none of them, the calling convention puts them back in place."""
 
     position: int
     path: str
@@ -104,6 +106,8 @@ class Graph:
         symbol_names: dict[str, str] | None = None,
         constant_inputs: Sequence[ConstantInput] = (),
         dim_ranges: dict[str, tuple[int, int | None]] | None = None,
+        constant_outputs: Sequence[ConstantInput] = (),
+        mutated_inputs: Sequence[int] = (),
     ) -> None:
         self.module = module
         self.in_spec = in_spec
@@ -113,6 +117,11 @@ class Graph:
         self.constant_inputs = tuple(constant_inputs)
         # The sizes each named dynamic dim may take, (min, max or None): the module is correct there.
         self.dim_ranges = dict(dim_ranges or {})
+        self.constant_outputs = tuple(constant_outputs)
+        # The model writes these inputs in place (`x.mul_(2)`): the graph stays functional and
+        # returns each one's new value after the outputs `out_spec` describes, in this order, by
+        # the flat tensor input it is written to; a compiled module copies them back after each call.
+        self.mutated_inputs = tuple(mutated_inputs)
 
     # ----------------------------------------------------------------- structure
     @property
@@ -150,7 +159,8 @@ class Graph:
         """A new graph a pass may edit freely: the node structure is copied, weights are shared."""
         graph = copy.deepcopy(self.module.graph)
         module = fx.GraphModule(self.module, graph)
-        return Graph(module, self.in_spec, self.out_spec, self.symbol_names, self.constant_inputs, self.dim_ranges)
+        return Graph(module, self.in_spec, self.out_spec, self.symbol_names, self.constant_inputs, self.dim_ranges,
+                     self.constant_outputs, self.mutated_inputs)
 
     def add_constant(self, tensor: torch.Tensor, name_hint: str, before: fx.Node) -> fx.Node:
         """Register `tensor` as a new weight and return a `get_attr` node for it, placed before `before`."""
@@ -251,9 +261,12 @@ class Graph:
         returned = next(iter(graph.find_nodes(op="output"))).args[0]
         outputs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(node.name), None) for node in returned]
         module.recompile()
+        # the flat outputs as they are, where the model's own structure holds Python values or
+        # leaves out the inputs' new values
+        out_spec = self.out_spec if self.out_spec.num_leaves == len(returned) else pytree.tree_structure(tuple(returned))
         return torch.export.ExportedProgram(
             module, graph, ExportGraphSignature(specs, outputs), {}, self._range_constraints(),
-            [ModuleCallEntry("", ModuleCallSignature([], [], self.in_spec, self.out_spec))], constants=constants)
+            [ModuleCallEntry("", ModuleCallSignature([], [], self.in_spec, out_spec))], constants=constants)
 
     def _range_constraints(self) -> dict[Any, Any]:
         """The sizes every symbol of the inputs' shapes may take, from the capture's shape environment."""

@@ -13,6 +13,7 @@ import torch.utils._pytree as pytree
 
 from kiln.errors import FrontendError, KilnError
 from kiln.ir.graph import ConstantInput, Graph
+from kiln.ir.source import where
 from kiln.ir.transformers_caches import is_transformers_model, register_cache_pytrees
 
 BATCH = "batch"
@@ -32,8 +33,34 @@ def from_torch(
     size of those dims; the dims keep the names of their `Dim`s. `dynamic_batch=True` is the
     short form for dim 0 of every tensor input as one size named "batch". Non-tensor keyword
     arguments (`use_cache=False`) are baked into the capture as constants."""
+    _refuse_training_mode(model)
     with inference_mode(model):
         return _capture(model, tuple(example_inputs), dict(example_kwargs or {}), dynamic_batch, dynamic_shapes)
+
+
+def _refuse_training_mode(model: torch.nn.Module) -> None:
+    """A submodule left in training mode that computes something else there than in eval mode
+    (batch norm: the batch's statistics, and it updates its running ones; dropout: random) is
+    refused by name. Kiln compiles inference, which is eval mode; eager PyTorch would run the
+    model in the mode it was left in, and the numbers would differ."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    differing = []
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, (_BatchNorm, _InstanceNorm)) and module.track_running_stats:
+            differing.append(f"{name or type(model).__name__} ({type(module).__name__}: the batch's statistics)")
+        elif isinstance(module, (_DropoutNd, torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)) and module.p > 0 or \
+                isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+            differing.append(f"{name or type(model).__name__} ({type(module).__name__}: random)")
+    if differing:
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        raise FrontendError(
+            f"{type(model).__name__} is in training mode, where {', '.join(differing[:3])}{more} compute other numbers "
+            "than in inference; Kiln compiles inference: call model.eval() before kiln.compile")
 
 
 @contextlib.contextmanager
@@ -166,8 +193,12 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     module._forward_hooks.clear()
     module.delete_all_unused_submodules()
     constants = _bake_constant_inputs(exported, module)
+    mutated = _writes_to_inputs_as_outputs(module)
+    constant_outputs = _constant_outputs(module, exported.call_spec.out_spec)
+    _refuse_random_ops(module)
     module.recompile()
-    graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants)
+    graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants,
+                  constant_outputs=constant_outputs, mutated_inputs=mutated)
     graph.symbol_names = _symbol_names(graph, names or {})
     graph.dim_ranges = _dim_ranges(exported, graph.symbol_names)
     return graph.mark_shapes_current()
@@ -254,6 +285,70 @@ def _bake_constant_inputs(exported: torch.export.ExportedProgram, module: fx.Gra
             constants.append(ConstantInput(position, _readable_path(paths[position]), spec.arg.value))
             module.graph.erase_node(placeholder)
     return constants
+
+
+def _writes_to_inputs_as_outputs(module: fx.GraphModule) -> list[int]:
+    """Functionalization leaves each in-place write to an input as a `copy_` of its new value
+    into the placeholder at the end of the graph. Kiln's graph stays functional: each new value
+    becomes an output after the model's own, and the flat input it belongs to is returned, in
+    order, for the compiled module to copy it back after every call. A write to a buffer (a
+    counter, running statistics) is refused by name: Kiln compiles weights and buffers as constants."""
+    graph = module.graph
+    placeholders = list(graph.find_nodes(op="placeholder"))
+    output = next(iter(graph.find_nodes(op="output")))
+    written: list[int] = []
+    for node in list(graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)):
+        destination, value = node.args[0], node.args[1]
+        if destination.op == "get_attr":
+            raise FrontendError(
+                f"the model's forward updates its buffer '{destination.target}' in place (node '{node.name}'); Kiln "
+                "compiles buffers as constants, so the compiled module could not keep that state: keep the state "
+                f"outside the model and pass it in as an input{where(node)}")
+        if destination.op != "placeholder" or not isinstance(value, fx.Node):
+            continue
+        node.replace_all_uses_with(value)
+        graph.erase_node(node)
+        written.append(placeholders.index(destination))
+        output.args = (tuple(output.args[0]) + (value,),)
+    return written
+
+
+def _constant_outputs(module: fx.GraphModule, out_spec: pytree.TreeSpec) -> list[ConstantInput]:
+    """Leaves of the model's outputs that are Python values (`return x.shape[0] * 2`), taken out
+    of the graph's outputs and recorded by position and path: the graph returns tensors alone."""
+    output = next(iter(module.graph.find_nodes(op="output")))
+    returned = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    paths = [pytree.keystr(path) for path, _ in pytree.tree_flatten_with_path(
+        pytree.tree_unflatten([0] * out_spec.num_leaves, out_spec))[0]]
+    constants = [ConstantInput(position, f"output{paths[position]}", value)
+                 for position, value in enumerate(returned[:out_spec.num_leaves]) if not isinstance(value, fx.Node)]
+    output.args = (tuple(value for value in returned if isinstance(value, fx.Node)),)
+    return constants
+
+
+def _refuse_random_ops(module: fx.GraphModule) -> None:
+    """An op that draws random numbers (dropout in training mode, `randn_like`, `bernoulli`)
+    gives other numbers on every eager call: a compiled module could only freeze one draw or make
+    its own. Refused by name, where it came from."""
+    for node in module.graph.nodes:
+        if node.op == "call_function" and _draws_random_numbers(node):
+            raise FrontendError(
+                f"{node.target} (node '{node.name}') draws random numbers: eager PyTorch gives other numbers on "
+                "every call, which a compiled module cannot reproduce. For inference, call model.eval() (dropout) "
+                f"or pass the random tensor in as an input{where(node)}")
+
+
+def _draws_random_numbers(node: fx.Node) -> bool:
+    """An op torch tags as seeded-random, unless its own arguments switch the randomness off:
+    dropout (and the recurrent layers' and attention's dropout) outside training or at p = 0."""
+    if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+        return False
+    arguments = {argument.name: argument.default_value for argument in node.target._schema.arguments}
+    arguments.update(zip(list(arguments), node.args))
+    arguments.update(node.kwargs)
+    training = next((arguments[name] for name in ("train", "training") if name in arguments), True)
+    probability = next((arguments[name] for name in ("p", "dropout", "dropout_p") if name in arguments), 1.0)
+    return training is not False and probability != 0
 
 
 def _readable_path(keystr: str) -> str:

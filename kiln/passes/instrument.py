@@ -28,8 +28,9 @@ class Drift:
 
     @classmethod
     def between(cls, outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> "Drift":
-        got = torch.cat([torch.as_tensor(o).detach().reshape(-1).double().cpu() for o in outputs])
-        want = torch.cat([torch.as_tensor(r).detach().reshape(-1).double().cpu() for r in reference])
+        flat = lambda tensors: torch.cat([torch.as_tensor(t).detach().reshape(-1).double().cpu() for t in tensors] or
+                                         [torch.zeros(0, dtype=torch.float64)])
+        got, want = flat(outputs), flat(reference)
         if got.shape != want.shape:
             return cls(math.inf, math.inf, -1.0)
         max_abs = (got - want).abs().max().item() if got.numel() else 0.0

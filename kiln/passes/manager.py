@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -21,11 +20,6 @@ Progress = Callable[[str], None]
 # How far a value-preserving pass may move the outputs, relative to their scale: float
 # reassociation (folding a batch norm into weights) moves them ~1e-7.
 PRESERVED_TOLERANCE = 1e-5
-
-
-def verification_default() -> bool:
-    """Verification is on where $KILN_VERIFY_PASSES is set (the test suite sets it)."""
-    return os.environ.get("KILN_VERIFY_PASSES", "") not in ("", "0")
 
 
 def relative_change(outputs: Sequence[torch.Tensor], previous: Sequence[torch.Tensor]) -> float:
@@ -52,9 +46,10 @@ class PassManager:
     """Runs `pipeline` (a list of (pass name, options)) on a Graph.
 
     With `reference` (the eager model's flat outputs on `inputs`), every row of the report carries
-    the drift of the graph after that pass. With `verify` (default: $KILN_VERIFY_PASSES), a pass
-    registered as value-preserving whose outputs move from the previous graph's is a PassError
-    naming it: a broken rewrite is caught where it happens, not as a wrong answer later.
+    the drift of the graph after that pass. With `verify`, a pass registered as value-preserving
+    whose outputs move from the previous graph's by more than `tolerance` of their scale is a
+    PassError naming it: a broken rewrite is caught where it happens, not as a wrong answer later.
+    `last_outputs` are the final graph's outputs on `inputs` (what the backend's build is held to).
     """
 
     def __init__(
@@ -65,13 +60,15 @@ class PassManager:
         reference: Sequence[torch.Tensor] | None = None,
         debug: DebugDir | None = None,
         progress: Progress | None = None,
-        verify: bool | None = None,
+        verify: bool = False,
+        tolerance: float = PRESERVED_TOLERANCE,
     ) -> None:
         self.pipeline = list(pipeline)
         self.inputs, self.reference = inputs, reference
         self.debug = debug or DebugDir(None)
         self.progress = progress
-        self.verify = verification_default() if verify is None else verify
+        self.verify, self.tolerance = verify, tolerance
+        self.last_outputs: tuple[torch.Tensor, ...] | None = None
 
     def outputs(self, graph: Graph, stage: str) -> tuple[torch.Tensor, ...] | None:
         """The graph's outputs on the example inputs, where drift or verification needs them."""
@@ -106,12 +103,13 @@ class PassManager:
             outputs = previous if unchanged else self.outputs(graph, f"pass '{name}'")
             if not unchanged and self.verify and get_pass(name).preserves_values and previous is not None:
                 moved = relative_change(outputs, previous)
-                if not moved <= PRESERVED_TOLERANCE:
+                if not moved <= self.tolerance:
                     raise PassError(
                         f"pass '{name}' promises to preserve values but moved the outputs by {moved:.2e} of their "
-                        f"scale (allowed {PRESERVED_TOLERANCE:.0e}): a broken rewrite")
+                        f"scale (allowed {self.tolerance:.0e}): a broken rewrite")
             previous = outputs
             self._record(report, name, graph, seconds, result, outputs)
+        self.last_outputs = previous
         return graph, report
 
     def _record(self, report: Report, name: str, graph: Graph, seconds: float, result: PassResult | None,

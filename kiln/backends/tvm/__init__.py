@@ -12,6 +12,7 @@ import tvm
 from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.executable import TVMExecutable
+from kiln.backends.tvm.kernel_check import first_disagreeing_kernel
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.provenance import kernel_sources
 from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
@@ -63,6 +64,9 @@ class TVMBackend:
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable
+
+    def locate_disagreement(self, executable: TVMExecutable, graph: Graph, inputs, tolerance: float) -> str:
+        return first_disagreeing_kernel(executable, graph, inputs, tolerance)
 
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> TVMExecutable:

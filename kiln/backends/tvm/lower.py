@@ -7,7 +7,6 @@ fails with Kiln's error naming the op and the model line it came from, not an im
 from __future__ import annotations
 
 import operator
-import re
 import warnings
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import torch.fx as fx
 from kiln.backends.tvm.quantized import QUANTIZED_CONVERTERS
 from kiln.errors import BackendError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph
+from kiln.ir.source import model_source
 
 
 
@@ -541,16 +541,6 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "convolution.default": _convolution,
 }
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
-
-
-def model_source(node: fx.Node) -> str:
-    """The model's own frames from a node's export stack trace (library frames dropped)."""
-    trace = node.meta.get("stack_trace") or ""
-    frames = [m for m in _FRAME.finditer(trace) if "site-packages/torch/" not in m["file"] and "/torch/nn/" not in m["file"]]
-    return "\n".join(f'    File "{m["file"]}", line {m["line"]}, in {m["func"]}\n      {m["code"].strip()}' for m in frames[-3:])
-
-
 def supported_ops() -> set[str]:
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
@@ -621,6 +611,12 @@ def to_relax(graph: Graph):
             import ml_dtypes
 
             return tvm.runtime.tensor(tensor.detach().cpu().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16))
+
+        @staticmethod
+        def _flatten_output_args(output_args) -> tuple:
+            """No outputs at all is a program too (a model that returns only Python values, or
+            None): an empty tuple, where the importer refuses one."""
+            return () if output_args in ((), []) else ExportedProgramImporter._flatten_output_args(output_args)
 
         def create_convert_map(self):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})

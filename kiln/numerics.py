@@ -1,0 +1,97 @@
+"""The numeric contract: a build is returned only when it gives eager PyTorch's numbers on the
+example inputs, within a tolerance relative to the outputs' scale.
+
+Two comparisons make it, both on outputs Kiln computes anyway:
+- the compiled module against Kiln's final graph run by PyTorch: what code generation did. For
+  every pipeline, lossy or not, these must agree: a kernel that disagrees is found and named.
+- the compiled module against the eager model: what the whole compilation did. For a pipeline
+  of value-preserving passes only. Compression and quantization change the numbers on purpose;
+  the report shows by how much (each lossy pass's row), and the user chose that.
+The pass manager holds each value-preserving pass to a tenth of the tolerance as it runs, so a
+broken rewrite is named where it happens.
+
+The default tolerance follows the narrowest floating type the graph computes in: half precision
+and int8 kernels round where float32 does not.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from kiln.errors import NumericsError
+from kiln.ir.graph import Graph
+from kiln.passes.instrument import Drift, Report
+from kiln.passes.registry import get_pass
+
+FLOAT32_TOLERANCE = 1e-4
+# the narrowest type the graph computes in -> the default tolerance (relative to the outputs' scale)
+_BY_DTYPE = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.uint8: 1e-2, torch.int8: 1e-2}
+# a value-preserving pass may move the outputs by this share of the tolerance
+PASS_SHARE = 0.1
+
+
+def default_tolerance(graph: Graph) -> float:
+    """FLOAT32_TOLERANCE, or looser where the graph computes in half precision or int8 (a
+    quantized layer's activations and weights). Integer index and mask tensors do not count."""
+    tolerance = FLOAT32_TOLERANCE
+    for node in graph.nodes:
+        value = node.meta.get("val")
+        dtype = getattr(value, "dtype", None)
+        if dtype in (torch.uint8, torch.int8) and not (node.op == "call_function" and node.target.namespace == "kiln"):
+            continue  # int8 that is not a quantized layer's
+        tolerance = max(tolerance, _BY_DTYPE.get(dtype, tolerance))
+    return tolerance
+
+
+def lossy_passes(report: Report) -> list[str]:
+    """The passes of the report that changed the graph and do not promise its values (pruning,
+    low-rank factorization, quantization, half precision)."""
+    return [row.name for row in report.rows if row.stage == "kiln" and row.changes and not _preserves(row.name)]
+
+
+def _preserves(name: str) -> bool:
+    try:
+        return get_pass(name).preserves_values
+    except Exception:  # noqa: BLE001 - a row that is no registered pass (input, cache) changes nothing
+        return True
+
+
+def require_agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor],
+                      graph_outputs: Sequence[torch.Tensor], report: Report, tolerance: float,
+                      locate_kernel: Callable[[], str]) -> None:
+    """Raise NumericsError, naming the kernel or pass where the numbers broke, unless `outputs`
+    (the compiled module's, on the example inputs) agree with `graph_outputs` (Kiln's final graph
+    run by PyTorch) and, for a pipeline without lossy passes, with `reference` (the eager model)."""
+    from_graph = Drift.between(outputs, graph_outputs)
+    if from_graph.exceeds(tolerance):
+        raise NumericsError(
+            f"the compiled module's outputs are {_share(from_graph)} of their scale away from Kiln's own graph run by "
+            f"PyTorch on the example inputs (cosine {from_graph.cosine:.6f}; tolerance {tolerance:.0e}): code generation "
+            f"broke the numbers. {locate_kernel()} {_ADVICE}")
+    if lossy_passes(report):
+        return
+    from_eager = Drift.between(outputs, reference)
+    if from_eager.exceeds(tolerance):
+        culprit = report.first_drift_over(tolerance)
+        where = f"The first pass after which they are: '{culprit.name}'." if culprit is not None else ""
+        raise NumericsError(
+            f"the compiled module's outputs are {_share(from_eager)} of their scale away from the eager model's on the "
+            f"example inputs (cosine {from_eager.cosine:.6f}; tolerance {tolerance:.0e}). {where} {_ADVICE}")
+
+
+def cached_build_agrees(built: Drift | None, now: Drift, tolerance: float) -> bool:
+    """Whether a cache entry may be served: on the example inputs it is no further from eager
+    than its build was (twice that, or a tenth of the tolerance, whichever is more: other
+    example inputs of the same shapes round differently)."""
+    allowed = max(2 * built.max_rel, PASS_SHARE * tolerance) if built is not None else PASS_SHARE * tolerance
+    return not now.exceeds(allowed)
+
+
+def _share(drift: Drift) -> str:
+    return f"{drift.max_rel:.2e}"
+
+
+_ADVICE = ("The build is not returned. kiln.compile(..., debug_dir=...) writes the IR after every pass; tolerance= sets "
+           "a looser bound, verify=False returns the build unchecked.")
