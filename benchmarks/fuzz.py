@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kiln.fuzz import classify, programs  # noqa: E402
+from kiln.testing.graph_fuzz import classify, programs  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -60,7 +60,7 @@ def report(outcomes: list, seed_value: int, seconds: float) -> str:
         "# Differential fuzzing: kiln.compile (llvm) vs eager PyTorch",
         "",
         f"`python benchmarks/fuzz.py --graphs {len(outcomes)} --seed {seed_value}` on {cpu_name()}, {seconds:.0f} s.",
-        "Random well-typed graphs (kiln/fuzz.py: elementwise, broadcasting binaries, linear/matmul, conv2d with",
+        "Random well-typed graphs (kiln/testing/graph_fuzz.py: elementwise, broadcasting binaries, linear/matmul, conv2d with",
         "strides/padding/groups, reductions, softmax, layer norm, reshape/permute/cat/slice; float32 and float64),",
         "compared at max |Δ| ≤ 1e-4 (float32) / 1e-9 (float64) of the output's scale.",
         "",

@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from isolated import report, run_cases  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "onnx_conformance.md"
 PRECISION = "precision"  # a failure's reason: closer to exact than the suite's expected outputs
@@ -175,18 +177,15 @@ def _cases(limit: int | None):
 
 
 def _worker(first: int, last: int, limit: int | None) -> None:
-    """Runs cases first..last-1 and prints one tab-separated line per case as it finishes."""
+    """Runs cases first..last-1, reporting each as it finishes (benchmarks/isolated.py)."""
     from onnxruntime.backend.backend import OnnxRuntimeBackend as ort_backend
 
     from kiln.ir.onnx.backend import KilnBackend
 
-    for case in _cases(limit)[first:last]:
+    for index, case in enumerate(_cases(limit)[first:last], first):
         kiln_ok, reason = _run(KilnBackend, case)
         ort_ok, _ = _run(ort_backend, case)
-        print(f"{CASE_LINE}\t{case.name}\t{int(kiln_ok)}\t{int(ort_ok)}\t{reason}", flush=True)
-
-
-CASE_LINE = "kiln-conformance-case"
+        report(index, case.name, str(int(kiln_ok)), str(int(ort_ok)), reason)
 
 
 def _failure_kind(reason: str) -> str:
@@ -195,27 +194,6 @@ def _failure_kind(reason: str) -> str:
     if reason.startswith(("UnsupportedOpError", "FrontendError", "ValueRequiredError")):
         return "refused"
     return "other"
-
-
-def _run_shard(names: list[str], first: int, limit: int | None, results: dict, lock: threading.Lock) -> None:
-    """Runs names[first:] in worker processes; a case that kills its worker (a signal from
-    compiled code) is recorded as a crash and the next worker resumes after it."""
-    position = first
-    end = first + len(names)
-    while position < end:
-        command = [sys.executable, __file__, "--worker", str(position), str(end)] + (["--limit", str(limit)] if limit else [])
-        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ)
-        for line in worker.stdout:
-            if line.startswith(CASE_LINE):
-                _, name, kiln_ok, ort_ok, reason = line.rstrip("\n").split("\t", 4)
-                with lock:
-                    results[name] = (kiln_ok == "1", ort_ok == "1", reason)
-                position += 1
-        code = worker.wait()
-        if position < end:  # the worker died on this case
-            with lock:
-                results[names[position - first]] = (False, False, f"crashed: worker process ended with status {code}")
-            position += 1
 
 
 def main() -> None:
@@ -234,22 +212,16 @@ def main() -> None:
     import onnxruntime
 
     cases = _cases(args.limit)
-    names = [case.name for case in cases]
-    results: dict[str, tuple[bool, bool, str]] = {}
-    lock, start = threading.Lock(), time.perf_counter()
-    shard = -(-len(cases) // args.jobs)
-    threads = [
-        threading.Thread(target=_run_shard, args=(names[i:i + shard], i, args.limit, results, lock))
-        for i in range(0, len(cases), shard)
-    ]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
-        time.sleep(30)
-        with lock:
-            done = list(results.values())
-        print(f"[{len(done)}/{len(cases)}] kiln {sum(r[0] for r in done)}, ort {sum(r[1] for r in done)} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    start = time.perf_counter()
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    finished = run_cases(len(cases), lambda first, end: ["--worker", str(first), str(end), *limit], args.jobs,
+                         lambda done: f"kiln {sum(r[1] == '1' for r in done.values() if r)}, "
+                                      f"ort {sum(r[2] == '1' for r in done.values() if r)}")
+    results = {}
+    for index, case in enumerate(cases):
+        fields = finished.get(index)
+        results[case.name] = ((fields[1] == "1", fields[2] == "1", fields[3] if len(fields) > 3 else "") if fields
+                              else (False, False, "crashed: the case ended its worker process"))
     by_category: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures = []
     for case in cases:

@@ -13,6 +13,7 @@ import torch.utils._pytree as pytree
 
 from kiln.errors import FrontendError, KilnError
 from kiln.ir.graph import ConstantInput, Graph
+from kiln.ir.inference_only import refuse_training_mode, refuse_training_ops
 from kiln.ir.source import where
 from kiln.ir.transformers_caches import is_transformers_model, register_cache_pytrees
 
@@ -33,34 +34,9 @@ def from_torch(
     size of those dims; the dims keep the names of their `Dim`s. `dynamic_batch=True` is the
     short form for dim 0 of every tensor input as one size named "batch". Non-tensor keyword
     arguments (`use_cache=False`) are baked into the capture as constants."""
-    _refuse_training_mode(model)
+    refuse_training_mode(model)
     with inference_mode(model):
         return _capture(model, tuple(example_inputs), dict(example_kwargs or {}), dynamic_batch, dynamic_shapes)
-
-
-def _refuse_training_mode(model: torch.nn.Module) -> None:
-    """A submodule left in training mode that computes something else there than in eval mode
-    (batch norm: the batch's statistics, and it updates its running ones; dropout: random) is
-    refused by name. Kiln compiles inference, which is eval mode; eager PyTorch would run the
-    model in the mode it was left in, and the numbers would differ."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from torch.nn.modules.dropout import _DropoutNd
-    from torch.nn.modules.instancenorm import _InstanceNorm
-
-    differing = []
-    for name, module in model.named_modules():
-        if not module.training:
-            continue
-        if isinstance(module, (_BatchNorm, _InstanceNorm)) and module.track_running_stats:
-            differing.append(f"{name or type(model).__name__} ({type(module).__name__}: the batch's statistics)")
-        elif isinstance(module, (_DropoutNd, torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)) and module.p > 0 or \
-                isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
-            differing.append(f"{name or type(model).__name__} ({type(module).__name__}: random)")
-    if differing:
-        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
-        raise FrontendError(
-            f"{type(model).__name__} is in training mode, where {', '.join(differing[:3])}{more} compute other numbers "
-            "than in inference; Kiln compiles inference: call model.eval() before kiln.compile")
 
 
 @contextlib.contextmanager
@@ -195,7 +171,7 @@ def from_exported_program(exported: torch.export.ExportedProgram, names: dict[tu
     constants = _bake_constant_inputs(exported, module)
     mutated = _writes_to_inputs_as_outputs(module)
     constant_outputs = _constant_outputs(module, exported.call_spec.out_spec)
-    _refuse_random_ops(module)
+    refuse_training_ops(module)
     module.recompile()
     graph = Graph(module, exported.call_spec.in_spec, exported.call_spec.out_spec, constant_inputs=constants,
                   constant_outputs=constant_outputs, mutated_inputs=mutated)
@@ -324,31 +300,6 @@ def _constant_outputs(module: fx.GraphModule, out_spec: pytree.TreeSpec) -> list
                  for position, value in enumerate(returned[:out_spec.num_leaves]) if not isinstance(value, fx.Node)]
     output.args = (tuple(value for value in returned if isinstance(value, fx.Node)),)
     return constants
-
-
-def _refuse_random_ops(module: fx.GraphModule) -> None:
-    """An op that draws random numbers (dropout in training mode, `randn_like`, `bernoulli`)
-    gives other numbers on every eager call: a compiled module could only freeze one draw or make
-    its own. Refused by name, where it came from."""
-    for node in module.graph.nodes:
-        if node.op == "call_function" and _draws_random_numbers(node):
-            raise FrontendError(
-                f"{node.target} (node '{node.name}') draws random numbers: eager PyTorch gives other numbers on "
-                "every call, which a compiled module cannot reproduce. For inference, call model.eval() (dropout) "
-                f"or pass the random tensor in as an input{where(node)}")
-
-
-def _draws_random_numbers(node: fx.Node) -> bool:
-    """An op torch tags as seeded-random, unless its own arguments switch the randomness off:
-    dropout (and the recurrent layers' and attention's dropout) outside training or at p = 0."""
-    if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
-        return False
-    arguments = {argument.name: argument.default_value for argument in node.target._schema.arguments}
-    arguments.update(zip(list(arguments), node.args))
-    arguments.update(node.kwargs)
-    training = next((arguments[name] for name in ("train", "training") if name in arguments), True)
-    probability = next((arguments[name] for name in ("p", "dropout", "dropout_p") if name in arguments), 1.0)
-    return training is not False and probability != 0
 
 
 def _readable_path(keystr: str) -> str:

@@ -12,6 +12,7 @@ import tvm
 from kiln.backends.base import BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.executable import TVMExecutable
+from kiln.backends.tvm.index_guard import guard_indices
 from kiln.backends.tvm.kernel_check import first_disagreeing_kernel
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.provenance import kernel_sources
@@ -49,6 +50,7 @@ class TVMBackend:
         if context.target.toolchain is not None:
             context.target.toolchain.require(context.target.name)  # fail before the long part
         sources: dict[str, list[str]] = {}
+        graph, index_checks = guard_indices(graph)
         mod = lower_and_fuse(graph, context, sources)
         database = TuningDatabase.for_target(context.tuning_dir, target)
         if not database.exists() and database.others():
@@ -60,7 +62,8 @@ class TVMBackend:
 
             context.debug.dump(context.report.rows[-1].index, "tvm_kernels", json.dumps(kernel_graph_data(mod)), suffix=".graph.json")
         program, weights = build(mod, target, context)
-        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod, sources))
+        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod, sources),
+                                   index_checks=index_checks)
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
+from kiln.backends.tvm.import_rewrites import rewrite_dropped_arguments
 from kiln.backends.tvm.quantized import QUANTIZED_CONVERTERS
 from kiln.errors import BackendError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph
@@ -331,7 +332,25 @@ def _index(node: fx.Node, importer) -> Any:
         index = bb.emit(relax.op.floor_mod(index, relax.const(size, dtype)))
         term = index if stride == 1 else bb.emit(relax.op.multiply(index, relax.const(stride, dtype)))
         linear = term if linear is None else bb.emit(relax.op.add(linear, term))
-    return bb.emit(relax.op.take(x, linear, axis=first))
+    return bb.emit(relax.op.take(x, linear, axis=first, mode="clip"))
+
+
+def _take(data_at: int, index_at: int, axis_of: Callable[[fx.Node], int | None]):
+    """embedding, index_select and take as Relax's take in "clip" mode, not the importer's "fast":
+    the indices are already guarded (kiln/backends/tvm/index_guard.py), and TVM warns at every
+    build that a fast take faults on an index out of range."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        data, index = importer.env[node.args[data_at]], importer.env[node.args[index_at]]
+        bb = importer.block_builder
+        axis = axis_of(node)
+        if axis is None:
+            data = bb.emit(relax.op.reshape(data, [-1]))
+        return bb.emit(relax.op.take(data, index, axis=0 if axis is None else axis % len(data.ty.shape), mode="clip"))
+
+    return convert
 
 
 def _squeeze(node: fx.Node, importer) -> Any:
@@ -439,19 +458,20 @@ def _convolution_in_dtype(importer, x, weight, bias, stride, padding, dilation, 
 
 def _layer_norm(name: str):
     """layer norm of float64 inputs from its mean and variance: TVM's layer_norm legalizes only
-    float32 and float16. Other dtypes take the importer's converter."""
+    float32 and float16. Other dtypes take the importer's implementation, given the weight and
+    bias where there are (its converter looks a missing one up and fails)."""
 
     def convert(node: fx.Node, importer) -> Any:
         from tvm import relax
 
         x = importer.env[node.args[0]]
         dtype = str(x.ty.dtype)
-        if dtype != "float64":
-            return _stock_converter(importer, name)(node)
-        bb = importer.block_builder
-        axes = list(range(-len(node.args[1]), 0))
         weight, bias = (importer.env.get(node.args[i]) if len(node.args) > i and node.args[i] is not None else None for i in (2, 3))
         eps = node.args[4] if len(node.args) > 4 else 1e-5
+        if dtype != "float64":
+            return importer._layer_norm_impl(x, weight, bias, eps, node.args[1])
+        bb = importer.block_builder
+        axes = list(range(-len(node.args[1]), 0))
         centered = bb.emit(relax.op.subtract(x, relax.op.mean(x, axes, keepdims=True)))
         variance = bb.emit(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
         y = bb.emit(relax.op.multiply(centered, relax.op.rsqrt(relax.op.add(variance, relax.const(eps, dtype)))))
@@ -527,6 +547,9 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "select.int": _select,
     **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},
     "index.Tensor": _index,
+    "embedding.default": _take(0, 1, lambda node: 0),
+    "index_select.default": _take(0, 2, lambda node: node.args[1]),
+    "take.default": _take(0, 1, lambda node: None),
     "cumsum.default": _scan("cumsum"),
     "cumprod.default": _scan("cumprod"),
     **QUANTIZED_CONVERTERS,
@@ -622,6 +645,7 @@ def to_relax(graph: Graph):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 
     program = _program_for_import(graph)
+    rewrite_dropped_arguments(program.graph)
     check_supported(program)
     return Importer().from_exported_program(program, False, False, False, CUSTOM_CONVERTERS or None)
 

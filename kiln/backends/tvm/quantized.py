@@ -234,8 +234,9 @@ def _embedding_weight_only(node: fx.Node, importer) -> Any:
     bb = importer.block_builder
     index_shape = list(indices.ty.shape)
     flat = bb.emit(relax.op.reshape(indices, [_product(index_shape)]))
-    rows = bb.emit(relax.op.take(weight, flat, axis=0))
-    row_scales = bb.emit(relax.op.take(scales, flat, axis=0))
+    # "clip": the indices are guarded (index_guard.py), and a "fast" take makes TVM warn at every build
+    rows = bb.emit(relax.op.take(weight, flat, axis=0, mode="clip"))
+    row_scales = bb.emit(relax.op.take(scales, flat, axis=0, mode="clip"))
     widened = bb.emit_te(_widened_rows, rows, row_scales, bits)
     columns = int(weight.ty.shape[1]) * (2 if bits == 4 else 1)
     return bb.emit(relax.op.reshape(widened, index_shape + [columns]))

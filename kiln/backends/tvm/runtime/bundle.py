@@ -53,6 +53,8 @@ def export_bundle(executable: TVMExecutable, signature: Signature, folder: Path)
         "cpu_features": target.cpu_features,  # the runner asks Linux for AMX state where they include it
         "inputs": [spec.to_json() for spec in signature.inputs],
         "outputs": [spec.to_json() for spec in signature.outputs],
+        # the program's last output reports its indices: run.py checks and drops it (kiln/backends/tvm/index_guard.py)
+        "index_checks": [check.to_json() for check in executable.index_checks],
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     shutil.copyfile(bundle_runner.__file__, folder / RUNNER_FILE)

@@ -175,6 +175,21 @@ def _verified_library(folder: Path, manifest: dict) -> Path:
     return path
 
 
+def index_problem(checks, reported):
+    """What is wrong with one call's indices, in a sentence, or None (kiln/backends/tvm/index_guard.py):
+    `checks` are the guarded indices (node, op, source, negative), `reported` the program's last
+    output as a list, (smallest, largest, axis size) for each."""
+    for position, check in enumerate(checks):
+        low, high, size = reported[3 * position: 3 * position + 3]
+        first = -size if check["negative"] else 0
+        if low < first or high >= size:
+            bad = low if low < first else high
+            where = f"\n  from the model at:\n{check['source']}" if check["source"] else ""
+            return (f"index {bad} is out of range for node '{check['node']}' ({check['op']}): valid indices are "
+                    f"{first}..{size - 1}, as in eager PyTorch, which raises here too; this call's outputs are dropped{where}")
+    return None
+
+
 def main(argv):
     main, device, manifest = load_bundle()
     if argv:
@@ -189,6 +204,11 @@ def main(argv):
     inputs = [tvm.runtime.tensor(a, device=device) for a in arrays]
     outputs = main(*inputs)
     outputs = [outputs] if isinstance(outputs, tvm.runtime.Tensor) else list(outputs)
+    checks = manifest.get("index_checks") or []
+    if checks:
+        problem = index_problem(checks, outputs.pop().numpy().tolist())
+        if problem:
+            sys.exit(f"run.py: {problem}")
     results = {spec["name"]: out.numpy() for spec, out in zip(manifest["outputs"], outputs)}
     for name, value in results.items():
         print(f"{name}: {value.dtype}{list(value.shape)}")

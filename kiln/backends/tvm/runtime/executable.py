@@ -25,6 +25,7 @@ from tvm.support import cc
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.bundle_runner import (WEIGHTS_STEM, BundleError, read_weights, request_amx_state, weight_files,
                                                      with_weights)
+from kiln.backends.tvm.index_guard import IndexCheck, check_indices
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, TargetError
 from kiln.backends.tvm.weights import write_weights
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 LIBRARY_FILE = "module.so"
 KERNELS_FILE = "kernels.json"  # per kernel: FLOPs and instructions, for cm.profile()
+INDEX_CHECKS_FILE = "index_checks.json"  # the guarded indices the program's last output reports (index_guard.py)
 _WRITING = threading.Lock()  # one library export at a time: TVM's code emission is not reentrant
 
 
@@ -74,6 +76,7 @@ class TVMExecutable:
         shared_library: bytes | None = None,
         weights: Sequence[tvm.runtime.Tensor] = (),
         kernels: dict[str, dict] | None = None,
+        index_checks: Sequence[IndexCheck] = (),
     ) -> None:
         self.target = target
         self.threads = threads
@@ -81,6 +84,7 @@ class TVMExecutable:
         self.shared_library = shared_library  # the library's file as loaded (a board's, which this machine cannot load)
         self.weights = list(weights)  # main's trailing parameters (kiln/backends/tvm/weights.py), in host memory
         self.kernel_info = kernels or {}  # per kernel: FLOPs, instructions (pipeline.kernel_info), for cm.profile()
+        self.index_checks = list(index_checks)
         self._main = None
         self._thread_count = threads or pool_size()
 
@@ -143,7 +147,14 @@ class TVMExecutable:
             inputs = [t.to("cuda") for t in inputs]  # CPU tensors are copied over; CUDA ones are not
         result = main(*[_tvm_input(t, _device(self.target)) for t in inputs])
         flat = list(result) if not isinstance(result, tvm.runtime.Tensor) else [result]
-        return [torch.from_dlpack(t) for t in flat]
+        return self.checked([torch.from_dlpack(t) for t in flat])
+
+    def checked(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The program's outputs without the report of its indices, once that report says every
+        index was in range (IndexOutOfRangeError otherwise: kiln/backends/tvm/index_guard.py)."""
+        if self.index_checks:
+            check_indices(self.index_checks, outputs.pop())
+        return outputs
 
     def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
         return median_seconds(lambda: self(inputs), repeat)
@@ -192,6 +203,7 @@ class TVMExecutable:
         self.write_shared_library(folder / LIBRARY_FILE)
         self.write_weights(folder)
         (folder / KERNELS_FILE).write_text(json.dumps(self.kernel_info))
+        (folder / INDEX_CHECKS_FILE).write_text(json.dumps([check.to_json() for check in self.index_checks]))
 
     def shared_library_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -217,7 +229,8 @@ class TVMExecutable:
             weights = read_weights(folder, tvm.cpu(0), (mapped or {}).get(weight_files()[0]))
         except BundleError as error:
             raise ArtifactError(f"the artifact's weights: {error}") from None
-        executable = cls(target, threads, shared_library=data, weights=weights, kernels=_kernel_info(folder / KERNELS_FILE))
+        executable = cls(target, threads, shared_library=data, weights=weights, kernels=_kernel_info(folder / KERNELS_FILE),
+                         index_checks=_index_checks(folder / INDEX_CHECKS_FILE))
         if executable.why_not_here() is None:
             try:
                 with quiet_tvm_warnings():
@@ -259,6 +272,17 @@ def _kernel_info(path: Path) -> dict[str, dict]:
     except (ValueError, UnicodeDecodeError):
         return {}
     return info if isinstance(info, dict) and all(isinstance(v, dict) for v in info.values()) else {}
+
+
+def _index_checks(path: Path) -> list[IndexCheck]:
+    """The saved index checks; none where the artifact has none (one built before them). A file
+    that is not a list of checks is refused: the library would return an output too many."""
+    if not path.is_file():
+        return []
+    try:
+        return [IndexCheck.from_json(check) for check in json.loads(path.read_text())]
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path.name}: not a list of index checks ({error})") from None
 
 
 def _export(root: tvm.runtime.Module, path: Path, compiler, parallel: bool = True) -> None:

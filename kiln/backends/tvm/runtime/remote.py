@@ -111,7 +111,7 @@ class RemoteExecutable:
         self.vm.invoke_stateful("main")
         outputs = self.vm.get_outputs("main")
         flat = [outputs] if isinstance(outputs, tvm.runtime.Tensor) else list(outputs)
-        return [torch.from_numpy(t.numpy()) for t in flat]
+        return self.built.checked([torch.from_numpy(t.numpy()) for t in flat])
 
     def median_seconds(self, inputs: Sequence[torch.Tensor], repeat: int) -> float:
         """Timed on the board by TVM's time evaluator: the network is not in the figure."""

@@ -6,7 +6,7 @@ that the op is legal for their shapes. `hypothesis` draws it, and on a failing c
 to a minimal graph. The program runs as an ordinary module (`RandomGraph`), so torch.export
 captures it as it would a user's model.
 
-`tests/test_fuzz.py` runs a fixed-seed sample in CI; `benchmarks/fuzz.py --graphs N` runs many
+`tests/testing/test_graph_fuzz.py` runs a fixed-seed sample in CI; `benchmarks/fuzz.py --graphs N` runs many
 and classifies each outcome (`classify`).
 """
 
@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from hypothesis import strategies as st
 from torch import nn
+
+from kiln.testing.compare import disagreement
 
 Shape = tuple[int, ...]
 
@@ -253,11 +255,7 @@ def classify(program: Program, target: str = "llvm") -> Outcome:
         return Outcome("kiln error" if internal else "refused", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", program)
     except Exception as error:  # noqa: BLE001 - what the fuzzer exists to find
         return Outcome("crashed", f"{type(error).__name__}: {str(error)[:200]}", program)
-    for a, b in zip(got, expected):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return Outcome("mismatched", f"{a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}", program)
-        scale = max(b.abs().max().item(), 1e-30) if b.numel() else 1.0
-        error = (a - b).abs().max().item() if b.numel() else 0.0
-        if not error <= TOLERANCE[program.dtype] * scale:
-            return Outcome("mismatched", f"max |Δ| {error:.3e} of scale {scale:.3e}", program)
+    difference = disagreement(got, expected, TOLERANCE[program.dtype])
+    if difference is not None:
+        return Outcome("mismatched", difference, program)
     return Outcome("matched", "", program)
