@@ -62,7 +62,11 @@ def capture(
         example_inputs = example_inputs or generated
     with inference_mode(model):
         graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
-    reference = eager_outputs(model, example_inputs, example_kwargs, graph.flatten_inputs, graph.mutated_inputs, sources=sources)
+    returns: list = []
+    reference = eager_outputs(model, example_inputs, example_kwargs, graph.flatten_inputs, graph.mutated_inputs, returns,
+                              sources)
+    if returns[0] != graph.out_spec and returns[0].num_leaves == graph.out_spec.num_leaves:
+        graph.out_spec = returns[0]  # what eager returns (a torch.Size, where export's structure says tuple)
     return graph, graph.flatten_inputs(example_inputs, example_kwargs), reference
 
 

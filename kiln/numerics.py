@@ -39,7 +39,7 @@ def default_tolerance(graph: Graph) -> float:
     for node in graph.nodes:
         value = node.meta.get("val")
         dtype = getattr(value, "dtype", None)
-        if dtype in (torch.uint8, torch.int8) and not (node.op == "call_function" and node.target.namespace == "kiln"):
+        if dtype in (torch.uint8, torch.int8) and getattr(node.target, "namespace", None) != "kiln":
             continue  # int8 that is not a quantized layer's
         tolerance = max(tolerance, _BY_DTYPE.get(dtype, tolerance))
     return tolerance
@@ -63,7 +63,14 @@ def require_agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch
                       locate_kernel: Callable[[], str]) -> None:
     """Raise NumericsError, naming the kernel or pass where the numbers broke, unless `outputs`
     (the compiled module's, on the example inputs) agree with `graph_outputs` (Kiln's final graph
-    run by PyTorch) and, for a pipeline without lossy passes, with `reference` (the eager model)."""
+    run by PyTorch) and, for a pipeline without lossy passes, with `reference` (the eager model).
+    Shapes and dtypes first: an empty output holds no number to be wrong, but its dtype can be."""
+    for position, (got, want) in enumerate(zip(outputs, graph_outputs)):
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise NumericsError(
+                f"the compiled module's output {position} is {str(got.dtype).removeprefix('torch.')}{list(got.shape)} where "
+                f"Kiln's graph gives {str(want.dtype).removeprefix('torch.')}{list(want.shape)}: code generation broke it. "
+                f"{_ADVICE}")
     from_graph = Drift.between(outputs, graph_outputs)
     if from_graph.exceeds(tolerance):
         raise NumericsError(

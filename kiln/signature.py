@@ -106,7 +106,8 @@ class Signature:
                     inputs[position].copy_(value)
         for constant in self.constant_outputs:
             outputs.insert(constant.position, constant.value)
-        return pytree.tree_unflatten(outputs, self.out_spec)
+        result = pytree.tree_unflatten(outputs, self.out_spec)
+        return torch.Size(result) if self.out_spec.type is torch.Size else result  # pytree rebuilds a Size as a tuple
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -59,7 +59,9 @@ def refuse_training_ops(module: fx.GraphModule) -> None:
 def _updates_running_statistics(node: fx.Node) -> bool:
     """Batch norm in training, or instance norm from the input's statistics, given running
     statistics: eager updates them in place (training's bookkeeping)."""
-    if node.target not in (torch.ops.aten.batch_norm.default, torch.ops.aten.instance_norm.default):
+    aten = torch.ops.aten
+    if node.target not in (aten.batch_norm.default, aten.instance_norm.default, aten.native_batch_norm.default,
+                           aten._native_batch_norm_legit.default, aten._native_batch_norm_legit_functional.default):
         return False
     training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", node.kwargs.get("use_input_stats"))
     return bool(training) and any(statistic is not None for statistic in node.args[3:5])

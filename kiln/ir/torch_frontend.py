@@ -296,6 +296,12 @@ def _constant_outputs(module: fx.GraphModule, out_spec: pytree.TreeSpec) -> list
     returned = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
     paths = [pytree.keystr(path) for path, _ in pytree.tree_flatten_with_path(
         pytree.tree_unflatten([0] * out_spec.num_leaves, out_spec))[0]]
+    for position, value in enumerate(returned):
+        if isinstance(value, fx.Node) and not isinstance(value.meta.get("val"), torch.Tensor):
+            raise FrontendError(
+                f"output{paths[position] if position < len(paths) else f'[{position}]'} is a Python number computed from "
+                f"tensor data (node '{value.name}', {value.target}: `.item()` or `int(x)`); a compiled module computes "
+                f"tensors: return the tensor itself{where(value)}")
     constants = [ConstantInput(position, f"output{paths[position]}", value)
                  for position, value in enumerate(returned[:out_spec.num_leaves]) if not isinstance(value, fx.Node)]
     output.args = (tuple(value for value in returned if isinstance(value, fx.Node)),)

@@ -33,10 +33,16 @@ class Drift:
         got, want = flat(outputs), flat(reference)
         if got.shape != want.shape:
             return cls(math.inf, math.inf, -1.0)
-        max_abs = (got - want).abs().max().item() if got.numel() else 0.0
-        scale = want.abs().max().item() if want.numel() else 0.0
-        norms = got.norm() * want.norm()
-        cosine = (got @ want / norms).item() if norms > 0 else float(torch.equal(got, want))
+        # equal values (the same infinity included) and NaN against NaN are no drift; the scale
+        # and the cosine are the finite values'
+        same = (got == want) | (got.isnan() & want.isnan())
+        differing = (got - want)[~same].abs()
+        max_abs = (differing.max().item() if not differing.isnan().any() else math.nan) if differing.numel() else 0.0
+        finite = want.isfinite() & got.isfinite()
+        scale = want[want.isfinite()].abs().max().item() if want.isfinite().any() else 0.0
+        a, b = got[finite], want[finite]
+        norms = a.norm() * b.norm()
+        cosine = (a @ b / norms).item() if norms > 0 else float(torch.equal(a, b))
         return cls(max_abs, max_abs / scale if scale else max_abs, cosine)
 
     def exceeds(self, tolerance: float) -> bool:

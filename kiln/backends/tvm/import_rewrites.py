@@ -3,7 +3,8 @@ no rewrite expresses, refused by name.
 
 The importer's converters read the arguments that matter in the common case and drop the rest
 without a word: `add(x, y, alpha=2)` became x + y, `elu`'s `scale` (SELU) was lost, `softmax`'s
-`dtype`, `native_layer_norm`'s mean and rstd outputs, batch norm's `training`. Each rewrite
+`dtype`, `native_layer_norm`'s mean and rstd outputs, batch norm's `training`, the float result
+of a pointwise op on integers. Each rewrite
 here is a table entry: the ATen overload, and a function that rewrites one node with torch ops
 (torch's own semantics, type promotion included) or returns None when the node needs nothing.
 `LIMITS` names what cannot be expressed: a node that uses it is an UnsupportedOpError that
@@ -138,14 +139,62 @@ def _running_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     return emit(aten.batch_norm.default, x, weight, bias, mean, var, False, momentum, eps, False)
 
 
-def _clamp_max(node: fx.Node, emit: _Emitter) -> fx.Node:
-    """clamp_max(x, m) as clamp(x, None, m): the importer's clamp_max reads its bound from the
-    third argument, which it does not have, and clamped nothing."""
-    return emit(aten.clamp.default, node.args[0], None, argument(node, "max"))
+def _clamp(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """clamp with bounds the importer's clip cannot take, as maximum/minimum with tensors of the
+    bounds: tensor bounds (its clamp_max reads the bound from a third argument it does not have,
+    and clamped nothing), and integers (it fills a missing bound with ±inf, which TVM cannot make
+    an integer). clamp_max of floats by a number becomes clamp(x, None, m), a clip."""
+    x = node.args[0]
+    low = argument(node, "min") if node.target.overloadpacket is not aten.clamp_max else None
+    high = argument(node, "max") if node.target.overloadpacket is not aten.clamp_min else None
+    dtype = node.meta["val"].dtype
+    if dtype.is_floating_point and not isinstance(low, fx.Node) and not isinstance(high, fx.Node):
+        return emit(aten.clamp.default, x, None, high) if node.target is aten.clamp_max.default else None
+    bound = lambda value: value if isinstance(value, fx.Node) else emit(aten.scalar_tensor.default, value, dtype=dtype)  # noqa: E731
+    if low is not None:
+        x = emit(aten.maximum.default, x, bound(low))
+    if high is not None:
+        x = emit(aten.minimum.default, x, bound(high))
+    return emit(aten._to_copy.default, x, dtype=dtype) if x.meta["val"].dtype != dtype else x
+
+
+def _promoted_operands(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """A pointwise op with a floating result of integer operands (true division, reciprocal,
+    sqrt, sigmoid of int64): the operands converted to the result's dtype first, as torch's type
+    promotion computes it; the importer computed in the integers."""
+    result = node.meta["val"].dtype if isinstance(node.meta.get("val"), torch.Tensor) else None
+    if result is None or not result.is_floating_point or node.target is aten.where.self:
+        return None
+    integer = lambda a: isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor) and \
+        not a.meta["val"].dtype.is_floating_point and not a.meta["val"].dtype.is_complex and a.meta["val"].dtype != torch.bool  # noqa: E731
+    if not any(integer(a) for a in node.args):
+        return None
+    args = [emit(aten._to_copy.default, a, dtype=result) if integer(a) else a for a in node.args]
+    return emit(node.target, *args, **node.kwargs)
+
+
+def _group_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """native_group_norm's mean and rstd outputs ([N, group]), which the importer gets wrong:
+    computed as torch defines them where something reads them."""
+    users = {user.args[1] for user in node.users if user.target is operator.getitem}
+    if not users & {1, 2}:
+        return None
+    x, weight, bias, n, c, hxw, group, eps = node.args
+    normalized = emit(aten.group_norm.default, x, group, weight, bias, eps)
+    grouped = emit(aten.reshape.default, x, [n, group, -1])
+    mean = emit(aten.mean.dim, grouped, [2])
+    variance = emit(aten.var.correction, grouped, [2], correction=0)
+    rstd = emit(aten.rsqrt.default, emit(aten.add.Tensor, variance, eps))
+    for user in list(node.users):
+        user.replace_all_uses_with((normalized, mean, rstd)[user.args[1]])
+        user.graph.erase_node(user)
+    return normalized
 
 
 REWRITES: dict[Any, Callable[[fx.Node, _Emitter], fx.Node | None]] = {
-    aten.clamp_max.default: _clamp_max,
+    **{op: _clamp for op in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default, aten.clamp.Tensor,
+                             aten.clamp_min.Tensor, aten.clamp_max.Tensor)},
+    aten.native_group_norm.default: _group_norm_statistics,
     **{op: _scaled_operand for op in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar,
                                       aten.rsub.Tensor, aten.rsub.Scalar)},
     aten.elu.default: _scaled_elu,
@@ -177,8 +226,16 @@ def _float_only(why: str) -> Callable[[fx.Node], str | None]:
 _ANTIALIAS = lambda node: "antialias=True (TVM resizes without an anti-aliasing filter)"  # noqa: E731
 _ROUNDING = "TVM's resize rounds integers differently from PyTorch"
 
+def _statistics_read(node: fx.Node) -> str | None:
+    read = sorted({user.args[1] for user in node.users if user.target is operator.getitem} & {1, 2})
+    return f"its statistics outputs {read} read (TVM computes the normalized tensor alone)" if read else None
+
+
 # what no rewrite expresses: the node's use of it, in words, or None when it does not use it
 LIMITS: dict[Any, Callable[[fx.Node], str | None]] = {
+    **{op: _statistics_read for op in (aten.native_batch_norm.default, aten._native_batch_norm_legit.default,
+                                       aten._native_batch_norm_legit.no_stats,
+                                       aten._native_batch_norm_legit_no_training.default)},
     **{op: _not_default("divisor_override", "TVM's pooling divides by the window it counts")
        for op in (aten.avg_pool2d.default, aten.avg_pool3d.default)},
     **{op: _ANTIALIAS for op in (aten._upsample_bilinear2d_aa.default, aten._upsample_bicubic2d_aa.default,
@@ -204,6 +261,8 @@ def rewrite_dropped_arguments(graph: fx.Graph) -> None:
         if reason is not None:
             raise UnsupportedOpError(f"{node.target} with {reason}", node.name, model_source(node), "the TVM backend")
         rewrite = REWRITES.get(node.target)
+        if rewrite is None and torch.Tag.pointwise in getattr(node.target, "tags", ()):
+            rewrite = _promoted_operands
         if rewrite is None:
             continue
         before = set(graph.nodes)

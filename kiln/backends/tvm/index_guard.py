@@ -22,7 +22,7 @@ import torch.fx as fx
 
 from kiln.backends.tvm.runtime.bundle_runner import index_problem
 from kiln.errors import IndexOutOfRangeError
-from kiln.ir import quantized_ops
+from kiln.ir import quantized_ops  # noqa: F401 - registers torch.ops.kiln
 from kiln.ir.graph import Graph
 from kiln.ir.source import model_source
 
@@ -48,7 +48,7 @@ _INDEXING: dict[Any, tuple[Callable[[fx.Node], int | None], int, bool]] = {
     aten.index_copy.default: (_DIM, 2, False),
     aten.index_fill.int_Scalar: (_DIM, 2, True),
     aten.index_fill.int_Tensor: (_DIM, 2, True),
-    quantized_ops.embedding_weight_only.default: (_FIRST, 3, False),
+    torch.ops.kiln.embedding_weight_only.default: (_FIRST, 3, False),
 }
 # ops whose second argument is a list of index tensors, one per leading axis (None: the whole axis)
 _INDEX_LISTS = (aten.index.Tensor, aten.index_put.default)

@@ -148,7 +148,9 @@ def _scatter_reduce(node: fx.Node, importer) -> Any:
     if not node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True):
         raise UnsupportedOpError("aten.scatter_reduce.two with include_self=False", node.name, model_source(node), "the TVM backend")
     data, dim, index, source, reduce = (node.args[i] for i in range(5))
-    reduction = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min", "mean": "mean"}[reduce]
+    if reduce == "mean":  # TVM's running mean gives other numbers than torch's where indices repeat
+        raise UnsupportedOpError("aten.scatter_reduce.two with reduce='mean'", node.name, model_source(node), "the TVM backend")
+    reduction = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}[reduce]
     env = importer.env
     return importer.block_builder.emit(relax.op.scatter_elements(env[data], env[index], env[source], dim, reduction))
 
