@@ -16,7 +16,7 @@ def _demo_models() -> dict[str, Callable[[], tuple[torch.nn.Module, tuple]]]:
     return {
         "resnet18": lambda: (models.resnet18(), (torch.randn(1, 3, 224, 224),)),
         "mobilenet_v2": lambda: (models.mobilenet_v2(), (torch.randn(1, 3, 224, 224),)),
-        "cnn": lambda: (models.SmallCNN(), (torch.randn(1, 3, 32, 32),)),
+        "cnn": lambda: (models.SmallCNN().eval(), (torch.randn(1, 3, 32, 32),)),
         "encoder": lambda: (
             models.TransformerEncoder(models.EncoderConfig(layers=2)),
             (torch.randint(0, 30522, (1, 128)),),

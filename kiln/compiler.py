@@ -60,8 +60,7 @@ def capture(
 
         model, generated = onnx_module(model, input_shapes)
         example_inputs = example_inputs or generated
-    with inference_mode(model):
-        graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
+    graph = from_torch(model, example_inputs, example_kwargs, dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
     returns: list = []
     reference = eager_outputs(model, example_inputs, example_kwargs, graph.flatten_inputs, graph.mutated_inputs, returns,
                               sources)
@@ -121,6 +120,7 @@ def compile(  # noqa: A001 - the public name users expect
     cache: bool = True,
     tolerance: float | None = None,
     verify: bool = True,
+    allow_nonfinite_inputs: bool = False,
     verbose: bool = False,
 ) -> CompiledModule:
     """Compile `model` (a torch module, or an ONNX file or ModelProto) for `target`.
@@ -155,7 +155,9 @@ def compile(  # noqa: A001 - the public name users expect
     half precision or int8: kiln/numerics.py). A build further away is not returned: a
     NumericsError names the pass or kernel where the numbers broke. With compression or
     quantization the module is held to Kiln's own compressed graph instead (the report shows what
-    the compression cost). `verify=False` returns the build unchecked.
+    the compression cost). `verify=False` returns the build unchecked. The module refuses float
+    inputs holding NaN or infinities (its kernels do not carry them as eager does: TVM's relu of
+    NaN is 0) unless `allow_nonfinite_inputs=True`.
     """
     resolved = resolve_target(target)
     pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
@@ -172,7 +174,8 @@ def compile(  # noqa: A001 - the public name users expect
     calibration_tensors = pytree.tree_leaves(list(calibration or []))
 
     compile_cache = usable_cache(cache, resolved) if debug_dir is None else None
-    options = _cached(lambda: {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads},
+    options = _cached(lambda: {**build_identity(resolved, tuning_dir), "pipeline": pipeline, "threads": threads,
+                               "allow_nonfinite_inputs": allow_nonfinite_inputs},
                       "reading the build's identity") if compile_cache else None
     compile_cache = compile_cache if options is not None else None
     fingerprint = None
@@ -193,7 +196,7 @@ def compile(  # noqa: A001 - the public name users expect
     with stage("capture"):
         graph, inputs, reference = capture(model, example_inputs, example_kwargs, dynamic_batch, input_shapes, dynamic_shapes,
                                            sources if fingerprint is not None else None)
-    tolerance = tolerance if tolerance is not None else default_tolerance(graph)
+    given_tolerance, tolerance = tolerance, tolerance if tolerance is not None else default_tolerance(graph)
     key = _cached(lambda: graph_key(graph, options, calibration_tensors), "naming the build") if compile_cache else None
     dropped = ""
     if key is not None:
@@ -210,6 +213,7 @@ def compile(  # noqa: A001 - the public name users expect
         graph, report = manager.run(graph)
     if dropped:
         report.rows[-1].note = f"{report.rows[-1].note}; {dropped}".strip("; ")
+    tolerance = given_tolerance if given_tolerance is not None else default_tolerance(graph)  # after half precision, int8
 
     backend = get_backend(resolved.backend)
     context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
@@ -219,7 +223,7 @@ def compile(  # noqa: A001 - the public name users expect
         with stage("checking the build against eager"):
             require_agreement(executable(inputs), reference, manager.last_outputs, report, tolerance,
                               lambda: backend.locate_disagreement(executable, graph, inputs, tolerance))
-    compiled = CompiledModule(executable, Signature.of(graph), resolved, report, threads, graph)
+    compiled = CompiledModule(executable, Signature.of(graph, not allow_nonfinite_inputs), resolved, report, threads, graph)
     # a build this machine cannot run (CUDA without a GPU) would be loaded only to be refused
     if key is not None and (resolved.cross or _runs_here(executable)):
         _cached(lambda: compile_cache.store_in_background(key, compiled), "storing the build")

@@ -38,6 +38,11 @@ class InputMismatchError(KilnError, ValueError):
     """The inputs given to a compiled module do not match what it was compiled for."""
 
 
+class NonFiniteInputError(InputMismatchError):
+    """A float input holds NaN or an infinity, which a compiled module refuses unless compiled
+    with allow_nonfinite_inputs=True."""
+
+
 class ArtifactError(KilnError):
     """A file Kiln saved and reads back (an artifact, a tuning database, a bundle) that cannot be read or
     is refused: missing, truncated, corrupt, from another version, or unsafe to unpack or load."""

@@ -9,7 +9,7 @@ import torch
 
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
-from kiln.errors import ArtifactError, TargetError
+from kiln.errors import ArtifactError, BackendError, KilnError, TargetError
 from kiln.ir.graph import Graph
 from kiln.passes.instrument import Report
 from kiln.signature import Signature
@@ -52,7 +52,14 @@ class CompiledModule:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inputs = self.signature.flatten(args, kwargs)
-        return self.signature.unflatten(self.executable(inputs), inputs)
+        try:
+            outputs = self.executable(inputs)
+        except KilnError:
+            raise
+        except Exception as error:  # ONNX Runtime's, PyTorch's (the eager backend's), TVM's own run-time checks
+            raise BackendError(f"running the compiled module ({self.target.name}) failed: {type(error).__name__}: "
+                               f"{str(error).strip()[:2000]}", stage="run") from error
+        return self.signature.unflatten(outputs, inputs)
 
     def to_remote(self, address: str) -> "CompiledModule":
         """This module, uploaded to the board whose TVM RPC server listens at `address`

@@ -76,7 +76,7 @@ def require_agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch
         raise NumericsError(
             f"the compiled module's outputs are {_share(from_graph)} of their scale away from Kiln's own graph run by "
             f"PyTorch on the example inputs (cosine {from_graph.cosine:.6f}; tolerance {tolerance:.0e}): code generation "
-            f"broke the numbers. {locate_kernel()} {_ADVICE}")
+            f"broke the numbers. {_located(locate_kernel)} {_ADVICE}")
     if lossy_passes(report):
         return
     from_eager = Drift.between(outputs, reference)
@@ -86,6 +86,13 @@ def require_agreement(outputs: Sequence[torch.Tensor], reference: Sequence[torch
         raise NumericsError(
             f"the compiled module's outputs are {_share(from_eager)} of their scale away from the eager model's on the "
             f"example inputs (cosine {from_eager.cosine:.6f}; tolerance {tolerance:.0e}). {where} {_ADVICE}")
+
+
+def _located(locate_kernel: Callable[[], str]) -> str:
+    try:
+        return locate_kernel()
+    except Exception as error:  # noqa: BLE001 - the build is refused either way; say why it could not be narrowed
+        return f"(The kernels could not be compared one by one: {type(error).__name__}: {error}.)"
 
 
 def cached_build_agrees(built: Drift | None, now: Drift, tolerance: float) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from kiln.errors import InputMismatchError
+from kiln.errors import InputMismatchError, NonFiniteInputError
 from kiln.ir.graph import ConstantInput, Graph, TensorSpec
 
 
@@ -24,11 +24,14 @@ class Signature:
     constant_outputs: tuple[ConstantInput, ...] = ()
     # the flat inputs the model writes in place; their new values are the last outputs (kiln/ir/graph.py)
     mutated_inputs: tuple[int, ...] = ()
+    # NaN and infinities in float inputs are refused: compiled kernels do not carry them as eager
+    # does (relu(NaN) is 0 in TVM's max, NaN in PyTorch's); kiln.compile(allow_nonfinite_inputs=True) lifts it
+    refuse_nonfinite: bool = True
 
     @classmethod
-    def of(cls, graph: Graph) -> "Signature":
+    def of(cls, graph: Graph, refuse_nonfinite: bool = True) -> "Signature":
         return cls(graph.inputs, graph.outputs, graph.in_spec, graph.out_spec, graph.constant_inputs, graph.dim_ranges,
-                   graph.constant_outputs, graph.mutated_inputs)
+                   graph.constant_outputs, graph.mutated_inputs, refuse_nonfinite)
 
     def flatten(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
         """The flat input tensors, checked against the specs (count, rank, sizes, dtype). A keyword
@@ -51,7 +54,19 @@ class Signature:
         flat = [value for position, value in enumerate(flat) if position not in baked]
         tensors = [self._tensor(value, spec) for value, spec in zip(flat, self.inputs)]
         self._check_shapes(tensors)
+        if self.refuse_nonfinite:
+            self._check_finite(tensors)
         return tensors
+
+    def _check_finite(self, tensors: list[torch.Tensor]) -> None:
+        for tensor, spec in zip(tensors, self.inputs):
+            if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+                position = int(torch.nonzero(~torch.isfinite(tensor))[0].tolist()[0]) if tensor.dim() == 1 else \
+                    tuple(torch.nonzero(~torch.isfinite(tensor))[0].tolist())
+                raise NonFiniteInputError(
+                    f"input '{spec.name}' holds {tensor[position].item()} at {position}: this module refuses NaN and "
+                    "infinities, which its kernels do not carry as eager PyTorch does. Compile with "
+                    "allow_nonfinite_inputs=True to pass them through as the kernels compute them")
 
     def _baked_keywords(self) -> dict[str, Any]:
         """Top-level keywords that were constants (or None) at capture: what an omitted one means."""
@@ -119,6 +134,7 @@ class Signature:
             "dim_ranges": {name: list(bounds) for name, bounds in self.dim_ranges.items()},
             "constant_outputs": [c.to_json() for c in self.constant_outputs],
             "mutated_inputs": list(self.mutated_inputs),
+            "refuse_nonfinite": self.refuse_nonfinite,
         }
 
     @classmethod
@@ -132,6 +148,7 @@ class Signature:
             {name: (low, high) for name, (low, high) in data.get("dim_ranges", {}).items()},
             tuple(ConstantInput.from_json(c) for c in data.get("constant_outputs", ())),
             tuple(data.get("mutated_inputs", ())),
+            bool(data.get("refuse_nonfinite", True)),
         )
 
 

@@ -17,7 +17,7 @@ from kiln import models
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("artifact")
-    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    model, x = models.SmallCNN().eval(), torch.randn(2, 3, 32, 32)
     compiled = kiln.compile(model, (x,), dynamic_batch=True)
     path = folder / "cnn.kiln"
     compiled.save(path)
@@ -80,7 +80,7 @@ def test_loading_prints_nothing(saved, capfd):
 
 
 def test_eager_target_round_trip(tmp_path):
-    model, x = models.MLP(), torch.randn(3, 64)
+    model, x = models.MLP().eval(), torch.randn(3, 64)
     compiled = kiln.compile(model, (x,), target="eager")
     compiled.save(tmp_path / "mlp.kiln")
     assert torch.equal(kiln.load(tmp_path / "mlp.kiln")(x), compiled(x))

@@ -23,7 +23,7 @@ from kiln.signing import generate_key
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("built")
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     compiled = kiln.compile(model, (x,))
     generate_key(folder / "signer.key")
     generate_key(folder / "other.key")
@@ -136,7 +136,7 @@ def test_manifest_of_another_format_or_version_is_refused(built, sandbox, tmp_pa
 
 @pytest.fixture(scope="module")
 def board_artifact(tmp_path_factory):
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     try:
         board = kiln.compile(model, (x,), target="rpi4")
     except kiln.TargetError as error:

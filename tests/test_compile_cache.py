@@ -255,3 +255,106 @@ def test_a_script_that_exits_right_after_compiling_still_fills_the_cache(cache_d
                             timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0 and "could not store" not in result.stderr, result.stderr[-2000:]
     assert len(entries()) == 1
+
+
+class Scaled(torch.nn.Module):
+    """`self.c` is a plain tensor attribute: torch.export lifts it as a constant, not a buffer."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = torch.tensor(c)
+
+    def forward(self, x):
+        return x * self.c
+
+
+def test_a_plain_tensor_attribute_is_part_of_the_key(cache_dir):
+    x = torch.randn(4)
+    assert_matches(kiln.compile(Scaled(2.0), (x,))(x), 2 * x)
+    assert_matches(kiln.compile(Scaled(3.0), (x,))(x), 3 * x)
+
+
+def test_other_input_shapes_and_dtypes_are_other_entries(cache_dir):
+    conv = torch.nn.Conv2d(3, 8, 3).eval()
+    for size in (32, 48):
+        x = torch.randn(1, 3, size, size)
+        assert_matches(kiln.compile(conv, (x,))(x), eager(conv, x))
+    weightless = Waves()  # the same module given float32, then float64 inputs
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 16, dtype=dtype)
+        got = kiln.compile(weightless, (x,))(x)
+        assert got.dtype == dtype
+        assert_matches(got, eager(weightless, x))
+
+
+class Waves(torch.nn.Module):
+    def forward(self, x):
+        return x.sin() * 2
+
+
+def test_a_warm_start_has_the_graph_a_build_has(cache_dir):
+    model, inputs = cnn()
+    built = kiln.compile(model, inputs)
+    wait_for_stores()
+    warm = kiln.compile(model, inputs)
+    assert "cache" in rows(warm)
+    assert warm.graph is not None and warm.graph.text() == built.graph.text()
+
+
+def test_a_model_without_a_source_file_compiles(cache_dir):
+    namespace: dict = {"torch": torch}
+    exec("class Doubled(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n", namespace)
+    x = torch.randn(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either: such a model is simply not fingerprinted
+        assert_matches(kiln.compile(namespace["Doubled"](), (x,))(x), 2 * x)
+    result = subprocess.run([sys.executable, "-c", "import torch, kiln\n"
+                             "class M(torch.nn.Module):\n    def forward(self, x): return x + 1\n"
+                             "print(kiln.compile(M(), (torch.zeros(2),))(torch.zeros(2)).tolist())"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and "[1.0, 1.0]" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_loaded_entry_further_from_eager_than_its_build_is_dropped_and_rebuilt(cache_dir, monkeypatch):
+    """An entry whose code is not the model's any more (planted here: served for another key)
+    runs on the example inputs first; its drift exceeds its build's, so it is dropped."""
+    first, x = Scaled(2.0), torch.randn(4)
+    kiln.compile(first, (x,))
+    wait_for_stores()
+    (entry,) = entries()
+    real_load = CompileCache.load
+    with monkeypatch.context() as patch:
+        patch.setattr(CompileCache, "load", lambda self, key: real_load(self, entry.path.name.removesuffix(".kiln")))
+        rebuilt = kiln.compile(Scaled(3.0), (x,))
+    assert_matches(rebuilt(x), 3 * x)
+    assert "dropped and rebuilt" in rows(rebuilt)["dce"].note
+    wait_for_stores()
+    served = kiln.compile(Scaled(3.0), (x,))
+    assert "cache" in rows(served)
+    assert_matches(served(x), 3 * x)
+
+
+def test_a_helper_in_another_file_changed_is_not_served_by_fingerprint(cache_dir, tmp_path, monkeypatch):
+    """The fingerprint sees the model's classes; the files its forward ran are checked too."""
+    helper = tmp_path / "kiln_test_helper.py"
+    helper.write_text("def bend(x):\n    return x.clamp(max=100.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    import kiln_test_helper
+
+    class Bent(torch.nn.Module):
+        def forward(self, x):
+            return kiln_test_helper.bend(x) * 2
+
+    x = torch.randn(5)  # far below the clamp: the change below does not show on these inputs
+    kiln.compile(Bent(), (x,))
+    wait_for_stores()
+    helper.write_text("def bend(x):\n    return x.clamp(max=50.0)\n")
+    os.utime(helper, ns=(0, 10**18))
+    importlib.reload(kiln_test_helper)
+    again = kiln.compile(Bent(), (x,))
+    cache_row = rows(again).get("cache")
+    assert cache_row is None or "model fingerprint" not in cache_row.note
+    big = torch.full((5,), 70.0)
+    assert_matches(again(big), Bent()(big))

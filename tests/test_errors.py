@@ -23,7 +23,7 @@ def test_unsupported_op_names_op_and_model_line():
 
 @pytest.fixture(scope="module")
 def mlp_module():
-    return kiln.compile(models.MLP(), (torch.randn(4, 64),))
+    return kiln.compile(models.MLP().eval(), (torch.randn(4, 64),))
 
 
 def test_wrong_shape_says_expected_and_got(mlp_module):
@@ -54,14 +54,14 @@ def test_dynamic_batch_must_agree_across_inputs():
 
 def test_unknown_target_and_cli_strings_are_rejected():
     with pytest.raises(kiln.TargetError, match="unknown target 'tpu'"):
-        kiln.compile(models.MLP(), (torch.randn(1, 64),), target="tpu")
+        kiln.compile(models.MLP().eval(), (torch.randn(1, 64),), target="tpu")
     with pytest.raises(kiln.TargetError, match="not TVM command-line strings"):
-        kiln.compile(models.MLP(), (torch.randn(1, 64),), target="llvm -mcpu=znver3")
+        kiln.compile(models.MLP().eval(), (torch.randn(1, 64),), target="llvm -mcpu=znver3")
 
 
 def test_unknown_pass_lists_known_ones():
     with pytest.raises(kiln.PassError, match="unknown pass 'fold_everything'.*fold_batch_norm"):
-        kiln.compile(models.MLP(), (torch.randn(1, 64),), passes=["fold_everything"])
+        kiln.compile(models.MLP().eval(), (torch.randn(1, 64),), passes=["fold_everything"])
 
 
 def test_max_pool_indices_are_refused_not_zeros():
@@ -87,12 +87,14 @@ def test_compile_without_example_inputs_names_the_missing_arguments():
 @pytest.mark.parametrize("threads", [0, -1, 1.5])
 def test_threads_must_be_a_positive_count(threads):
     with pytest.raises(kiln.TargetError, match="threads"):
-        kiln.compile(models.MLP(), (torch.randn(4, 64),), threads=threads)
+        kiln.compile(models.MLP().eval(), (torch.randn(4, 64),), threads=threads)
 
 
 def test_compile_leaves_the_users_module_in_the_mode_it_was_in():
     model = models.SmallCNN().train()
-    model.features[1].eval()  # a mixed mode, as a user fine-tuning with frozen batch norms has it
+    for module in model.modules():  # a mixed mode: what computes otherwise in training is in eval mode
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
+            module.eval()
     modes = [m.training for m in model.modules()]
     kiln.compile(model, (torch.randn(2, 3, 32, 32),))
     assert [m.training for m in model.modules()] == modes
@@ -138,4 +140,4 @@ def test_an_unexpected_failure_is_a_kiln_error_naming_the_stage(monkeypatch):
 
     monkeypatch.setattr(tvm_backend, "lower_and_fuse", broken)
     with pytest.raises(kiln.KilnError, match="the tvm backend failed: ZeroDivisionError: planted"):
-        kiln.compile(models.MLP(), (torch.randn(4, 64),))
+        kiln.compile(models.MLP().eval(), (torch.randn(4, 64),))

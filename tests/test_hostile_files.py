@@ -106,14 +106,14 @@ def test_hostile_tuning_database_is_refused_before_tvm_reads_it(database_folder,
     else:
         records.write_text(json.dumps([0, [[], 1.0, {}, []]]) + "\n")
         monkeypatch.setattr("kiln.backends.tvm.tuning.database.MAX_DATABASE_FILE_BYTES", 4)
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     with pytest.raises(kiln.ArtifactError, match=message):
         kiln.compile(model, (x,), tuning_dir=root)
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     folder = kiln.compile(model, (x,)).export(tmp_path_factory.mktemp("bundle") / "bundle")
     return folder
 
@@ -217,7 +217,7 @@ def test_export_refuses_to_write_through_a_symlink(sandbox, tmp_path):
     folder = tmp_path / "bundle"
     folder.mkdir()
     os.symlink(sandbox / "keep.txt", folder / "module.so")
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     with pytest.raises(kiln.ArtifactError, match="module.so is a symlink"):
         kiln.compile(model, (x,)).export(folder)
 
@@ -239,7 +239,7 @@ def test_rpc_server_on_loopback_or_a_private_range_does_not_warn(address):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
-    model, x = models.MLP(), torch.randn(2, 64)
+    model, x = models.MLP().eval(), torch.randn(2, 64)
     kiln.compile(model, (x,)).save(folder / "model.kiln")
     return folder
 

@@ -98,7 +98,7 @@ def boxes_of(graph) -> int:
 @pytest.fixture(scope="module")
 def cnn_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cnn_debug")
-    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    model, x = models.SmallCNN().eval(), torch.randn(2, 3, 32, 32)
     compiled = kiln.compile(model, (x,), debug_dir=folder)
     return folder, compiled, model, x
 
@@ -172,7 +172,7 @@ def test_a_large_graph_is_also_drawn_one_box_per_block(tmp_path):
 
 
 def test_the_drift_plot_marks_the_planted_bad_pass(tmp_path):
-    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    model, x = models.SmallCNN().eval(), torch.randn(2, 3, 32, 32)
     kiln.compile(model, (x,), target="eager", passes=PIPELINE, debug_dir=tmp_path)
     dom = rendered(tmp_path / "report.html")
     marked = dom.find("drift-plot").all("circle", "over-tolerance")
@@ -182,7 +182,7 @@ def test_the_drift_plot_marks_the_planted_bad_pass(tmp_path):
 
 
 def test_a_compression_pass_row_opens_on_what_each_layer_kept(tmp_path):
-    model, x = models.SmallCNN(), torch.randn(2, 3, 32, 32)
+    model, x = models.SmallCNN().eval(), torch.randn(2, 3, 32, 32)
     compiled = kiln.compile(model, (x,), prune=kiln.Prune(ratio=0.5), calibration=[(x,)], debug_dir=tmp_path)
     prune = next(r for r in compiled.report.rows if r.name == "prune_channels")
     dom = rendered(tmp_path / "report.html", f"open={prune.index}")
@@ -215,7 +215,7 @@ def test_the_profile_adds_up_to_the_module_latency():
     within 10% (what they leave out is the VM's own work between calls). The machine is shared:
     a profile taken while another process holds both cores (the VM's thread pool then waits for
     them between kernels) is not the module's, so three are taken and one must agree."""
-    model, x = models.SmallCNN(), torch.randn(8, 3, 64, 64)
+    model, x = models.SmallCNN().eval(), torch.randn(8, 3, 64, 64)
     compiled = kiln.compile(model, (x,))
     profiles = [compiled.profile(x, runs=20) for _ in range(3)]
     for profile in profiles:

@@ -116,10 +116,14 @@ class CompiledCausalLM:
         if self._generator is None:
             functions = {part: executable._vm_main() for part, executable in self.parts.items()}
             self._generator = generation.Generator(functions["prefill"], functions["decode"], functions["write"], self.layout.to_json(),
-                                                   _device(self.target), self.eos_token_ids, self.pad_token_id, InputMismatchError)
+                                                   _device(self.target), self.eos_token_ids, self.pad_token_id, InputMismatchError,
+                                                   self._index_checks())
         if self.target.device == "cpu":
             use_threads(self.threads or pool_size())
         return self._generator
+
+    def _index_checks(self) -> dict[str, list[dict[str, Any]]]:
+        return {part: [check.to_json() for check in self.parts[part].index_checks] for part in ("prefill", "decode")}
 
     def stream(self, input_ids: Any, max_new_tokens: int = 32, *, attention_mask: Any = None, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[torch.Tensor]:
@@ -178,7 +182,8 @@ class CompiledCausalLM:
                     refuse_unwritable(folder / weight_file)
                 executable.write_weights(folder, stem)
             manifest[part] = {"library": name, "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "weights": stem,
-                              "weights_sha256": bundle_runner.weights_sha256(folder, stem) if stem else None}
+                              "weights_sha256": bundle_runner.weights_sha256(folder, stem) if stem else None,
+                              "index_checks": [check.to_json() for check in executable.index_checks]}
         (folder / generation.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.copyfile(generation.__file__, folder / "run.py")
         shutil.copyfile(bundle_runner.__file__, folder / "bundle_runner.py")

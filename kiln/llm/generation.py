@@ -19,6 +19,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import tvm
 
+if __package__:  # in Kiln
+    from kiln.backends.tvm.runtime.bundle_runner import index_problem
+else:  # run.py of an exported bundle, beside its copy of Kiln's runner helpers (a runtime-only TVM: no Kiln)
+    from bundle_runner import index_problem
+
 
 class GenerationError(ValueError):
     """Inputs the compiled LM cannot take (Kiln raises its own error class in its place)."""
@@ -31,8 +36,10 @@ class Generator:
 
     def __init__(self, prefill: Callable, decode: Callable, write: Callable, layout: dict, device,
                  eos_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
-                 error: type = GenerationError) -> None:
+                 error: type = GenerationError, index_checks: Optional[dict] = None) -> None:
         self.prefill, self.decode, self.write = prefill, decode, write
+        # per step ("prefill", "decode"): the guarded indices its last output reports (kiln/backends/tvm/index_guard.py)
+        self.index_checks = dict(index_checks or {})
         self.layout, self.device, self.error = layout, device, error
         self.eos_token_ids = set(eos_token_ids)
         self.pad_token_id = pad_token_id if pad_token_id is not None else (min(self.eos_token_ids) if self.eos_token_ids else 0)
@@ -47,9 +54,14 @@ class Generator:
     def _tensor(self, array: np.ndarray):
         return tvm.runtime.tensor(np.require(array, requirements="C"), device=self.device)  # (ascontiguousarray makes 0-d 1-d)
 
-    def _step(self, function: Callable, ids: np.ndarray, start: int, pad: np.ndarray, *cache) -> np.ndarray:
+    def _step(self, part: str, ids: np.ndarray, start: int, pad: np.ndarray, *cache) -> np.ndarray:
         start_tensor = self._tensor(np.array(start, dtype="int64"))
-        logits, new_keys, new_values = function(self._tensor(ids), start_tensor, self._tensor(pad), *cache)
+        outputs = list(getattr(self, part)(self._tensor(ids), start_tensor, self._tensor(pad), *cache))
+        if self.index_checks.get(part):  # a token id past the vocabulary: refused before the cache is written
+            problem = index_problem(self.index_checks[part], outputs.pop().numpy().tolist())
+            if problem:
+                raise self.error(problem)
+        logits, new_keys, new_values = outputs
         self.write(*self.keys, *self.values, new_keys, new_values, start_tensor)
         return logits.numpy()
 
@@ -96,7 +108,7 @@ class Generator:
         done[rows:] = True
         started = time.perf_counter()
         multiple = self.layout.get("prompt_multiple", 1)
-        logits = self._step(self.prefill, ids.reshape(ids.shape[0], -1, multiple) if multiple > 1 else ids, 0, pad)
+        logits = self._step("prefill", ids.reshape(ids.shape[0], -1, multiple) if multiple > 1 else ids, 0, pad)
         self.timings = {"prompt_tokens": int(np.asarray(input_ids).shape[-1]), "first_token_s": None, "decode_s": 0.0, "decoded": 0}
         for produced in range(max_new_tokens):
             token = np.where(done, self.pad_token_id, choose(logits))
@@ -107,7 +119,7 @@ class Generator:
             if done.all() or produced == max_new_tokens - 1:
                 return
             tick = time.perf_counter()
-            logits = self._step(self.decode, token[:, None], length + produced, pad, *self.keys, *self.values)
+            logits = self._step("decode", token[:, None], length + produced, pad, *self.keys, *self.values)
             self.timings["decode_s"] += time.perf_counter() - tick
             self.timings["decoded"] += 1
 
@@ -164,7 +176,8 @@ def load_generator(folder: Path) -> Generator:
     for part in ("prefill", "decode", "write"):
         functions[part], device = load_verified_module(folder, manifest[part], manifest)
     return Generator(functions["prefill"], functions["decode"], functions["write"], manifest["layout"], device,
-                     manifest.get("eos_token_ids", ()), manifest.get("pad_token_id"))
+                     manifest.get("eos_token_ids", ()), manifest.get("pad_token_id"),
+                     index_checks={part: manifest[part].get("index_checks", []) for part in ("prefill", "decode")})
 
 
 def main(argv: Sequence[str]) -> None:

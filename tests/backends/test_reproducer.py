@@ -28,7 +28,7 @@ def test_failing_tvm_pass_writes_a_reproducer_that_fails_the_same_way(monkeypatc
     stock = tvm_backend.fusion_passes
     monkeypatch.setattr(tvm_backend, "fusion_passes", lambda target: stock(target)[:3] + [("Planted", planted_pass)] + stock(target)[3:])
     with pytest.raises(kiln.BackendError) as caught:
-        kiln.compile(models.MLP(), (torch.randn(4, 64),), debug_dir=tmp_path)
+        kiln.compile(models.MLP().eval(), (torch.randn(4, 64),), debug_dir=tmp_path)
     error = caught.value
     assert error.stage == "Planted" and PLANTED in str(error) and error.reproducer in str(error)
     script = Path(error.reproducer)

@@ -20,7 +20,7 @@ def test_host_target_is_detected_not_hard_coded():
 
 
 def test_fusion_reduces_kernels_and_schedules_parallel_vector_loops(tmp_path):
-    compiled = kiln.compile(models.SmallCNN(), (torch.randn(1, 3, 32, 32),), debug_dir=tmp_path)
+    compiled = kiln.compile(models.SmallCNN().eval(), (torch.randn(1, 3, 32, 32),), debug_dir=tmp_path)
     notes = {r.name: r.note for r in compiled.report.rows if r.stage == "tvm"}
     before = int(notes["FuseOps"].split()[0])
     after = int(notes["FuseTIR"].split()[0])
@@ -33,7 +33,7 @@ def test_fusion_reduces_kernels_and_schedules_parallel_vector_loops(tmp_path):
 def test_threads_setting_is_kept_and_saved(tmp_path):
     import tvm_ffi
 
-    model, x = models.MLP(), torch.randn(4, 64)
+    model, x = models.MLP().eval(), torch.randn(4, 64)
     compiled = kiln.compile(model, (x,), threads=1)
     compiled(x)
     assert tvm_ffi.get_global_func("runtime.NumThreads")() == 1

@@ -6,7 +6,7 @@ from tests.conftest import assert_matches, eager
 
 
 def test_every_node_has_shape_and_dtype_and_prints_readably():
-    graph = from_torch(models.SmallCNN(), (torch.randn(2, 3, 32, 32),), dynamic_batch=True)
+    graph = from_torch(models.SmallCNN().eval(), (torch.randn(2, 3, 32, 32),), dynamic_batch=True)
     for node in graph.nodes:
         if node.op in ("call_function", "placeholder", "get_attr"):
             assert hasattr(node.meta["val"], "shape"), node
@@ -33,7 +33,7 @@ def test_attention_flops_follow_sequence_length():
 
 
 def test_graph_runs_as_reference_and_survives_save_load(tmp_path):
-    model, x = models.MLP(), torch.randn(5, 64)
+    model, x = models.MLP().eval(), torch.randn(5, 64)
     graph = from_torch(model, (x,), dynamic_batch=True)
     assert_matches(graph.run(x)[0], eager(model, x))
     save_graph(graph, tmp_path / "mlp.kilnir")
@@ -47,7 +47,7 @@ def test_finalize_rederives_shapes_of_changed_nodes_and_their_users_only(monkeyp
     untouched layers before it keep theirs without being propagated again."""
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    model, x = models.MLP(), torch.randn(5, 64)
+    model, x = models.MLP().eval(), torch.randn(5, 64)
     graph = from_torch(model, (x,), dynamic_batch=True).copy()
     linears = [n for n in graph.nodes if n.target is torch.ops.aten.linear.default]
     first, last = linears[0], linears[-1]

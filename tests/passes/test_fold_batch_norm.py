@@ -6,7 +6,7 @@ from tests.passes.helpers import ops, run_pass
 
 
 def test_folds_every_conv_batch_norm_pair():
-    model = models.SmallCNN()
+    model = models.SmallCNN().eval()
     before, result = run_pass("fold_batch_norm", model, torch.randn(2, 3, 16, 16))
     assert ops(before).count("aten.batch_norm") == 2
     assert "aten.batch_norm" not in ops(result.graph)

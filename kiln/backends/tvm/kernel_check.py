@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 import torch.fx as fx
+import tvm
 
 from kiln.ir.graph import Graph
 from kiln.ir.source import where
@@ -34,8 +35,8 @@ def first_disagreeing_kernel(executable, graph: Graph, inputs: Sequence[torch.Te
         if not before_run and not symbol.startswith(_VM_BUILTIN) and symbol not in seen and args:
             seen.add(symbol)
             last = args[-1]
-            if hasattr(last, "numpy"):
-                outputs.append((symbol, torch.from_numpy(last.numpy().copy())))
+            if isinstance(last, tvm.runtime.Tensor):
+                outputs.append((symbol, torch.from_dlpack(last).clone()))
         return 0
 
     executable.instrumented_vm(instrument)(inputs)

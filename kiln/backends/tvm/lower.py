@@ -355,6 +355,22 @@ def _take(data_at: int, index_at: int, axis_of: Callable[[fx.Node], int | None])
     return convert
 
 
+def _scalar_tensor(node: fx.Node, importer) -> Any:
+    """scalar_tensor of a size, which may be a dynamic dim (the index guard's bound on a free
+    sequence length: kiln/backends/tvm/index_guard.py): the importer makes constants alone."""
+    from tvm import relax
+
+    value = importer.env[node.args[0]] if isinstance(node.args[0], fx.Node) else node.args[0]
+    dtype = str(node.kwargs.get("dtype") or torch.get_default_dtype()).removeprefix("torch.")
+    bb = importer.block_builder
+    if isinstance(value, (int, float, bool)):
+        return _stock_converter(importer, "scalar_tensor.default")(node)
+    if isinstance(getattr(value, "ty", None), relax.TensorType):  # a static dim, as the importer's sym_size gives it
+        return bb.emit(relax.op.astype(value, dtype))
+    as_tensor = bb.emit(relax.op.shape_to_tensor(relax.ShapeExpr([value])))
+    return bb.emit(relax.op.astype(bb.emit(relax.op.reshape(as_tensor, [])), dtype))
+
+
 def _squeeze(node: fx.Node, importer) -> Any:
     """squeeze of the named dims that have size 1, axes made non-negative: the importer passes
     negative axes through (ConvertLayout then fails with std::bad_alloc: SigLIP's attention-pooling
@@ -486,6 +502,23 @@ def _layer_norm(name: str):
     return convert
 
 
+def _group_norm(node: fx.Node, importer) -> Any:
+    """group_norm, with ones and zeros where the weight or bias is None (the importer's converter
+    looks a missing one up and fails)."""
+    import numpy as np
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    groups = node.args[1]
+    eps = node.args[4] if len(node.args) > 4 else node.kwargs.get("eps", 1e-5)
+    channels, dtype = int(x.ty.shape[1]), str(x.ty.dtype)
+    given = [node.args[i] if len(node.args) > i else node.kwargs.get(name) for i, name in ((2, "weight"), (3, "bias"))]
+    weight, bias = (importer.env[value] if value is not None else relax.const(np.full(channels, fill, dtype=dtype), dtype)
+                    for value, fill in zip(given, (1, 0)))
+    return importer.block_builder.emit(relax.op.nn.group_norm(
+        x, weight, bias, num_groups=groups, channel_axis=1, axes=list(range(2, len(x.ty.shape))), epsilon=eps))
+
+
 def _in_float32(name: str):
     """The importer's converter run on float32 copies of half-precision inputs, the result rounded
     back once: what PyTorch's CPU kernels do for softmax and sums (TVM's own accumulate in the half
@@ -545,6 +578,8 @@ CUSTOM_CONVERTERS: dict[str, Callable[..., Any]] = {
     "scatter_reduce.two": _scatter_reduce,
     "cat.default": _cat,
     **{name: _layer_norm(name) for name in ("layer_norm.default", "native_layer_norm.default")},
+    "group_norm.default": _group_norm,
+    "scalar_tensor.default": _scalar_tensor,
     "slice.Tensor": _slice,
     "select.int": _select,
     **{name: _squeeze for name in ("squeeze.default", "squeeze.dim", "squeeze.dims")},

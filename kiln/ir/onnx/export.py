@@ -8,6 +8,7 @@ outputs are output0, output1, ...
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -27,13 +28,18 @@ class OnnxExportError(KilnError):
 
 def to_onnx(graph: Graph) -> onnx.ModelProto:
     program = as_qdq(graph).to_exported_program()
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms", per export
     try:
         exported = torch.onnx.export(
-            program, (), dynamo=True, opset_version=OPSET, optimize=True,
+            program, (), dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
             input_names=[spec.name for spec in graph.inputs], output_names=[spec.name for spec in graph.outputs],
         )
     except Exception as error:
         raise OnnxExportError(f"exporting the graph to ONNX failed: {str(error).splitlines()[0]}") from error
+    finally:
+        registration.setLevel(level)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         exported.save(str(path))  # weights inline: models here are far below protobuf's 2 GB
