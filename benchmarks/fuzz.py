@@ -21,6 +21,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from isolated import report as report_case, run_cases  # noqa: E402
 
 from kiln.testing.graph_fuzz import classify, programs  # noqa: E402
 
@@ -77,17 +80,92 @@ def report(outcomes: list, seed_value: int, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def api_worker(first: int, end: int, seed_value: int) -> None:
+    """Sessions first..end-1 (hypothesis seeded by the first): one reported line each."""
+    import json
+
+    from kiln.testing.api_fuzz import run_session, sessions
+
+    index = first
+
+    def trial(session):
+        nonlocal index
+        if index >= end:
+            return
+        run_session(session)
+        report_case(index, json.dumps([[o.kind, o.detail] for o in session.outcomes]), str(session).replace("\n", " | "))
+        index += 1
+
+    while index < end:  # hypothesis may stop short of max_examples: draw again from where it stopped
+        seed(seed_value + index)(settings(max_examples=end - index, deadline=None, database=None,
+                                          suppress_health_check=list(HealthCheck))(given(sessions())(trial)))()
+
+
+def api_report(finished: dict, cases: int, seed_value: int, seconds: float, jobs: int) -> str:
+    import json
+
+    calls: collections.Counter = collections.Counter()
+    problems, dead = [], 0
+    for index in range(cases):
+        fields = finished.get(index)
+        if fields is None:
+            dead += 1
+            problems.append(("dead process", "the session ended its worker process", f"session {index}"))
+            continue
+        outcomes, session = json.loads(fields[0]), fields[1] if len(fields) > 1 else ""
+        for kind, detail in outcomes:
+            calls[kind] += 1
+            if kind not in ("matched", "refused"):
+                problems.append((kind, detail, session))
+    lines = [
+        "# API fuzzing: random sessions of kiln.compile and calls, against eager PyTorch",
+        "",
+        f"`python benchmarks/fuzz.py --api --cases {cases} --seed {seed_value}` on {cpu_name()}, {jobs} worker processes, "
+        f"{seconds:.0f} s. Each case is a session (kiln/testing/api_fuzz.py): 1-4 compiles of models from seven families "
+        "(a plain tensor attribute, convolution, token ids, an index input, an input written in place, baked keyword "
+        "arguments, Python-value outputs) into one shared compile cache, for llvm, eager or onnxruntime, each called with "
+        "valid and hostile inputs (another batch, indices past either end, NaN, infinities, non-contiguous, channels-last, "
+        "numpy, wrong dtype, shape or count).",
+        "",
+        "| sessions | dead processes | calls | matched | refused with a KilnError | wrong | other exceptions |",
+        "|---|---|---|---|---|---|---|",
+        f"| {cases} | {dead} | {sum(calls.values())} | {calls['matched']} | {calls['refused']} | {calls['wrong']} | "
+        f"{calls['crashed']} |",
+        "",
+    ]
+    if problems:
+        lines += ["## Problems", ""] + [f"- {kind}: {detail}  \n  session: {session}" for kind, detail, session in problems]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graphs", type=int, default=1000)
+    parser.add_argument("--api", action="store_true", help="fuzz the whole API (sessions) instead of random graphs")
+    parser.add_argument("--cases", type=int, default=1000, help="--api: how many sessions")
+    parser.add_argument("--jobs", type=int, default=None, help="--api: worker processes (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz.md"))
+    parser.add_argument("--worker", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.worker:
+        api_worker(*args.worker, args.seed)
+        return
     start = time.perf_counter()
+    if args.api:
+        import os
+
+        jobs = args.jobs or os.cpu_count() or 1
+        finished = run_cases(args.cases, lambda first, end: ["--worker", str(first), str(end), "--seed", str(args.seed)], jobs,
+                             lambda done: f"{len(done)} sessions")
+        text = api_report(finished, args.cases, args.seed, time.perf_counter() - start, jobs)
+        Path(args.out or Path(__file__).parent / "results" / "fuzz_api.md").write_text(text + "\n")
+        print(text.split("## Problems")[0])
+        return
     outcomes = run(args.graphs, args.seed)
     text = report(outcomes, args.seed, time.perf_counter() - start)
-    Path(args.out).write_text(text + "\n")
+    Path(args.out or Path(__file__).parent / "results" / "fuzz.md").write_text(text + "\n")
     print(text.split("## Graphs")[0])
 
 

@@ -4,7 +4,8 @@ compared with eager on the sample and on shuffled inputs).
 
     python benchmarks/opinfo_conformance.py [--limit N] [--jobs N] [--ops add,mul]
     # writes benchmarks/results/opinfo_conformance.md: totals, every op's outcomes, every
-    # wrong answer, crash and refusal with its reason
+    # wrong answer, crash and refusal with its reason; and .json, every case's outcome, whose
+    # passing ops tests/testing/test_opinfo.py runs in CI
 
 Cases run in worker processes (benchmarks/isolated.py): a case that kills its process is a crash.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
 import time
 import warnings
@@ -88,6 +90,9 @@ def main() -> None:
     lines += ["## Per op", "", "| op | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
     lines += [f"| {op} | " + " | ".join(str(c[kind] or "") for kind in KINDS) + " |" for op, c in sorted(per_op.items())]
     Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.ops is None and args.limit is None:  # what tests/testing/test_opinfo.py runs: every op and dtype that passed
+        table = [[case.op, str(case.dtype).removeprefix("torch."), case.sample, kind] for case, kind, *_ in outcomes]
+        Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=0) + "\n")
     print("\n".join(lines[:6]))
 
 

@@ -21,7 +21,8 @@ from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
 from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
 from kiln.passes.instrument import PassRecord, Report
-from kiln.numerics import FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, lossy_passes, require_agreement
+from kiln.numerics import (FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, float64_outputs, lossy_passes,
+                           require_agreement)
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.low_rank import LowRank, low_rank_passes
 from kiln.passes.pruning import Prune, pruning_passes
@@ -222,7 +223,8 @@ def compile(  # noqa: A001 - the public name users expect
     if verify and _runs_here(executable):
         with stage("checking the build against eager"):
             require_agreement(executable(inputs), reference, manager.last_outputs, report, tolerance,
-                              lambda: backend.locate_disagreement(executable, graph, inputs, tolerance))
+                              lambda: backend.locate_disagreement(executable, graph, inputs, tolerance),
+                              lambda: float64_outputs(graph, inputs))
     compiled = CompiledModule(executable, Signature.of(graph, not allow_nonfinite_inputs), resolved, report, threads, graph)
     # a build this machine cannot run (CUDA without a GPU) would be loaded only to be refused
     if key is not None and (resolved.cross or _runs_here(executable)):
