@@ -29,13 +29,27 @@ from kiln.testing.graph_fuzz import classify, programs  # noqa: E402
 
 
 def cpu_name() -> str:
+    """The CPU a figure comes from: lscpu's model name, family and model, and LLVM's name for it
+    ("AMD EPYC (family 26, model 2; LLVM znver5)"): a virtual machine's model name alone hides
+    which generation it is."""
+    fields = {}
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    name = fields.get("Model name") or platform.processor() or "unknown CPU"
+    try:
+        from kiln.backends import resolve_target
+
+        llvm = resolve_target("llvm").tvm_target.get("mcpu", "")
+    except Exception:  # noqa: BLE001 - the name without LLVM's
+        llvm = ""
+    details = [f"family {fields['CPU family']}, model {fields['Model']}" if "CPU family" in fields else "",
+               f"LLVM {llvm}" if llvm else ""]
+    details = [detail for detail in details if detail]
+    return f"{name} ({'; '.join(details)})" if details else name
 
 
 def run(graphs: int, seed_value: int) -> list:
