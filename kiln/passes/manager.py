@@ -12,7 +12,8 @@ import torch
 
 from kiln.errors import KilnError, PassError
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import DebugDir, Drift, PassRecord, Report
+from kiln.report.records import Drift, PassRecord, Report
+from kiln.report.debug_dir import DebugDir
 from kiln.passes.registry import PassResult, get_pass
 
 Progress = Callable[[str], None]

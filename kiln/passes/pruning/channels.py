@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from kiln.distill import split_batch
+from kiln.passes.batches import split_batch
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass

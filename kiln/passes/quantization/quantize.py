@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.fx as fx
 
-from kiln.distill import split_batch
+from kiln.passes.batches import split_batch
 from kiln.errors import PassError
 from kiln.ir.quantized_ops import dequantize_weight  # and registers torch.ops.kiln.*
 from kiln.ir.graph import Graph
