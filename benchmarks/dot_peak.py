@@ -3,7 +3,7 @@ dot products, so that a kernel's GMAC/s can be read as a fraction of what the co
 
     python benchmarks/dot_peak.py
 
-Each probe is kiln/backends/tvm/cpu/peak.py's loop of independent accumulator chains, built by
+Each probe is kiln/backends/tvm/runtime/peak.py's loop of independent accumulator chains, built by
 TVM for this CPU and timed by TVM's evaluator; multiply-adds per second = instructions × lanes ×
 steps per lane. Only instructions this CPU has are measured.
 """
@@ -19,8 +19,9 @@ from tvm.script import tirx as T
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from benchmarks.run import cpu_description  # noqa: E402
-from kiln.backends.targets import host_cpu, host_features, resolve_target  # noqa: E402
-from kiln.backends.tvm.cpu.peak import instructions_per_second, vector_probe  # noqa: E402
+from kiln.backends.targets import host_features, resolve_target  # noqa: E402
+from kiln.backends.tvm.cpu.host import host_cpu  # noqa: E402
+from kiln.backends.tvm.runtime.peak import instructions_per_second, vector_probe  # noqa: E402
 
 ITERATIONS = 2_000_000
 

@@ -180,7 +180,7 @@ def _worker(first: int, last: int, limit: int | None) -> None:
     """Runs cases first..last-1, reporting each as it finishes (benchmarks/isolated.py)."""
     from onnxruntime.backend.backend import OnnxRuntimeBackend as ort_backend
 
-    from kiln.ir.onnx.backend import KilnBackend
+    from kiln.testing.onnx_backend import KilnBackend
 
     for index, case in enumerate(_cases(limit)[first:last], first):
         kiln_ok, reason = _run(KilnBackend, case)

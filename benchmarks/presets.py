@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 import kiln
-from kiln.backends.targets import TARGETS, host_cpu
+from kiln.backends.targets import TARGETS
+from kiln.backends.tvm.cpu.host import host_cpu
 from kiln.models import resnet18
 
 RESULTS = Path(__file__).parent / "results" / "presets.md"

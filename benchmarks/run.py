@@ -166,7 +166,7 @@ def main() -> int:
     import torch
 
     from benchmarks.models import benchmark_models
-    from kiln.backends.targets import host_cpu
+    from kiln.backends.tvm.cpu.host import host_cpu
     from kiln.backends.tvm.runtime.threads import size_thread_pool, usable_cores
     from kiln.timing import interleaved_medians
 

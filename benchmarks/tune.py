@@ -27,7 +27,7 @@ def main() -> int:
     import kiln
     from benchmarks.models import benchmark_models
     from benchmarks.run import cpu_description
-    from kiln.backends.targets import host_cpu
+    from kiln.backends.tvm.cpu.host import host_cpu
     from kiln.backends.tvm.runtime.threads import size_thread_pool, usable_cores
 
     size_thread_pool()

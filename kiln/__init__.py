@@ -20,14 +20,15 @@ from kiln.errors import (
     TargetError,
     UnsupportedOpError,
 )
-from kiln.module import CompiledModule, load
+from kiln.loader import load
+from kiln.module import CompiledModule
 from kiln.passes import PASSES, PIPELINES, register_pass
 from kiln.passes.low_rank import LowRank
 from kiln.passes.pruning import Prune
 from kiln.passes.quantization import Quantize
 from kiln.tune import tune
+from kiln.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "BackendError", "CompiledCausalLM", "CompiledModule", "FrontendError", "InputMismatchError",

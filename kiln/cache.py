@@ -24,7 +24,6 @@ import os
 import stat
 import sys
 import tempfile
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +31,18 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from kiln import artifact
+from kiln import artifact, background
+from kiln.version import __version__
 from kiln.errors import KilnError
 from kiln.fingerprint import hash_tensors
+from kiln.module import CompiledModule, load_module
 
 if TYPE_CHECKING:
     from kiln.ir.graph import Graph
-    from kiln.module import CompiledModule
 
 SUFFIX = ".kiln"
 ALIASES = "models"  # model fingerprint -> entry key: the shortcut past capture (kiln/fingerprint.py)
 ENTRY_FORMAT = 3  # 2: weights apart from the program (kiln/backends/tvm/weights.py); 3: keys hold every constant and the calling convention
-_PENDING: dict[str, threading.Thread] = {}  # entries this process is writing, by key
 DEFAULT_SIZE = 4 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -116,9 +115,7 @@ def versions() -> dict[str, Any]:
     the entries' own layout."""
     import tvm
 
-    import kiln
-
-    return {"kiln": kiln.__version__, "torch": torch.__version__, "tvm": tvm.__version__, "python": sys.version,
+    return {"kiln": __version__, "torch": torch.__version__, "tvm": tvm.__version__, "python": sys.version,
             "entry": ENTRY_FORMAT}
 
 
@@ -151,16 +148,12 @@ class CompileCache:
 
     def load(self, key: str) -> "tuple[CompiledModule | None, str]":
         """The module stored under `key`, or None; and a note for the report (why it was rebuilt)."""
-        from kiln.module import load
-
-        pending = _PENDING.get(key)
-        if pending is not None:  # this process is storing it: wait for the whole entry
-            pending.join()
+        background.wait(key)  # this process may be storing it: wait for the whole entry
         path = self._path(key)
         if not path.is_file():
             return None, ""
         try:
-            module = load(path, expect={"cache_key": key})
+            module = load_module(path, expect={"cache_key": key})
         except KilnError as error:
             path.unlink(missing_ok=True)
             return None, f"cache entry {key[:12]} was corrupt and is rebuilt ({error})"
@@ -207,20 +200,16 @@ class CompileCache:
         self._alias(fingerprint).unlink(missing_ok=True)
 
     def store_in_background(self, key: str, module: "CompiledModule") -> None:
-        """`store`, on a thread of its own: writing a BERT-base's kernels and weights takes a
-        second or two, which the compile's caller need not wait for. Python waits for the thread before the
-        process exits, and a `load` of the same key in this process waits for it."""
-        thread = threading.Thread(target=self._store_reporting, args=(key, module), name=f"kiln-cache-{key[:8]}")
-        _PENDING[key] = thread
-        thread.start()
+        """`store`, after the compile has returned (kiln/background.py): writing a BERT-base's
+        kernels and weights takes a second or two, which the compile's caller need not wait for. A
+        `load` of the same key in this process waits for it."""
+        background.start(key, lambda: self._store_reporting(key, module))
 
     def _store_reporting(self, key: str, module: "CompiledModule") -> None:
         try:
             self.store(key, module)
         except Exception as error:  # noqa: BLE001 - a failed store costs the next compile its speed, never this one its result
             warn_unusable(f"could not store the build in the compile cache {self.root}: {type(error).__name__}: {error}")
-        finally:
-            _PENDING.pop(key, None)
 
     def store(self, key: str, module: "CompiledModule") -> None:
         path = self._path(key)
@@ -272,12 +261,6 @@ class CompileCache:
         used = sum(entry.bytes for entry in entries)
         return (f"compile cache {self.root}: {len(entries)} entries, {used / (1 << 20):.1f} MiB of "
                 f"{_size_limit() / (1 << 20):.0f} MiB (KILN_CACHE_DIR, KILN_CACHE_SIZE)")
-
-
-def wait_for_stores() -> None:
-    """Return once every entry this process is storing is written (or has failed)."""
-    for thread in list(_PENDING.values()):
-        thread.join()
 
 
 def warn_unusable(reason: str) -> None:

@@ -26,7 +26,7 @@ def _demo_models() -> dict[str, Callable[[], tuple[torch.nn.Module, tuple]]]:
 
 def demo(args: argparse.Namespace) -> int:
     import kiln
-    from kiln.backends.targets import host_cpu
+    from kiln.backends.tvm.cpu.host import host_cpu
     from kiln.timing import interleaved_medians
 
     model, inputs = _demo_models()[args.model]()
@@ -215,9 +215,10 @@ def info(args: argparse.Namespace) -> int:
 
 def cache_command(args: argparse.Namespace) -> int:
     """`kiln cache info` / `kiln cache clear`: the compile cache's folder, entries and size."""
-    from kiln.cache import CompileCache, wait_for_stores
+    from kiln import background
+    from kiln.cache import CompileCache
 
-    wait_for_stores()
+    background.wait_all()
     cache = CompileCache()
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.root}")

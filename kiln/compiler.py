@@ -19,8 +19,9 @@ from kiln.fingerprint import model_fingerprint, recording_sources, source_hashes
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
-from kiln.passes import BisectResult, DebugDir, Drift, PassManager, resolve_pipeline
-from kiln.passes.instrument import PassRecord, Report
+from kiln.passes import BisectResult, PassManager, resolve_pipeline
+from kiln.report.debug_dir import DebugDir
+from kiln.report.records import Drift, PassRecord, Report
 from kiln.numerics import (FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, float64_outputs, lossy_passes,
                            require_agreement)
 from kiln.passes.bisect import bisect as bisect_pipeline
@@ -161,11 +162,7 @@ def compile(  # noqa: A001 - the public name users expect
     NaN is 0) unless `allow_nonfinite_inputs=True`.
     """
     resolved = resolve_target(target)
-    pipeline = resolve_pipeline(opt_level, passes, disable, stop_after)
-    # compress first (the batch norms that rank channels are still there), quantize last (calibrate what runs)
-    lanes = _vector_lanes(resolved)
-    compression = pruning_passes(prune, lanes, calibration) + low_rank_passes(low_rank, lanes)
-    pipeline = compression + pipeline + quantization_passes(quantize, calibration)
+    pipeline = _pipeline(resolved, opt_level, passes, disable, stop_after, quantize, calibration, prune, low_rank)
     progress = _progress(verbose)
     debug = DebugDir(debug_dir)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -410,6 +407,14 @@ def _graph_of_unchanged(model: torch.nn.Module, fingerprint: str, example_inputs
     return PassManager(pipeline).run(graph)[0]
 
 
+def _pipeline(resolved, opt_level: str, passes, disable, stop_after, quantize, calibration, prune, low_rank) -> list:
+    """The one list of passes a compile runs: what `prune=` and `low_rank=` ask for, the level's
+    (or `passes=`), what `quantize=` asks for; `disable=` and `stop_after=` edit all of it."""
+    lanes = _vector_lanes(resolved)
+    compression = pruning_passes(prune, lanes, calibration) + low_rank_passes(low_rank, lanes)
+    return resolve_pipeline(opt_level, passes, disable, stop_after, compression, quantization_passes(quantize, calibration))
+
+
 def _vector_lanes(resolved) -> int:
     """fp32 lanes of the target's widest vectors: the multiple pruned channel counts keep."""
     if resolved.backend == "tvm" and resolved.device == "cpu":
@@ -430,16 +435,21 @@ def bisect(
     opt_level: str = DEFAULT_LEVEL,
     passes: Sequence[PassSpec] | None = None,
     disable: Sequence[str] = (),
+    quantize: str | Quantize | None = None,
+    calibration: Sequence[Any] | None = None,
+    prune: Prune | None = None,
+    low_rank: LowRank | None = None,
 ) -> BisectResult:
     """Name the first pass after which the outputs drift more than `tolerance` (relative to the
-    output's scale) from eager. If every graph pass is within tolerance, the backend is checked
-    last and named as `backend:<name>` when it is the one that breaks the numbers."""
+    output's scale) from eager: over the same pipeline `kiln.compile` with these arguments runs,
+    compression and quantization included. If every graph pass is within tolerance, the backend
+    is checked last and named as `backend:<name>` when it is the one that breaks the numbers."""
     graph, inputs, reference = capture(model, example_inputs)
-    pipeline = resolve_pipeline(opt_level, passes, disable)
+    resolved = resolve_target(target)
+    pipeline = _pipeline(resolved, opt_level, passes, disable, None, quantize, calibration, prune, low_rank)
     result = bisect_pipeline(graph, pipeline, inputs, reference, tolerance)
     if result.culprit is not None:
         return result
-    resolved = resolve_target(target)
     optimized, _ = PassManager(pipeline).run(graph)
     executable = get_backend(resolved.backend).build(optimized, BuildContext(resolved))
     drift = Drift.between(executable(inputs), reference)

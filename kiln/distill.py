@@ -21,6 +21,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from kiln import fake_quant as fake_quantization
+from kiln.passes.batches import split_batch
 from kiln.errors import KilnError
 
 
@@ -47,13 +48,6 @@ class _Unwrapped(torch.nn.Module):
     def forward(self, *inputs: torch.Tensor) -> Any:
         outputs = self.module(*inputs)
         return outputs[0] if isinstance(outputs, (tuple, list)) and len(outputs) == 1 else outputs
-
-
-def split_batch(batch: Any) -> tuple[tuple[Any, ...], torch.Tensor | None]:
-    """(the model's arguments, integer labels or None) of one batch: `x`, `(x, ...)` or `(x, labels)`."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
-        return (batch[0],), batch[1]
-    return (tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)), None
 
 
 def distill(

@@ -9,14 +9,14 @@ import torch
 
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
+from kiln.version import __version__
 from kiln.errors import ArtifactError, BackendError, KilnError, TargetError
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import Report
+from kiln.report.records import Report
 from kiln.signature import Signature
 
 if TYPE_CHECKING:
-    from kiln.llm.causal_lm import CompiledCausalLM
-    from kiln.report.profile import Profile
+    from kiln.backends.tvm.runtime.profile import Profile
 
 
 class CompiledModule:
@@ -91,7 +91,7 @@ class CompiledModule:
         return self.executable.median_seconds(inputs, repeat) * 1e3
 
     def profile(self, *args: Any, runs: int = 10, **kwargs: Any) -> "Profile":
-        """Where the time goes, kernel by kernel (kiln/report/profile.py): each kernel's calls,
+        """Where the time goes, kernel by kernel (kiln.backends.tvm.runtime.profile.py): each kernel's calls,
         median time per run and share, its FLOPs and GFLOP/s, the dot-product instructions its
         code uses, beside the module's own latency. Example inputs from the signature when none
         are given. `print(cm.profile().table())` for the text form."""
@@ -100,7 +100,7 @@ class CompiledModule:
 
     def executable_profile(self, inputs: Sequence[torch.Tensor], runs: int = 10) -> "Profile":
         """`profile` on flat input tensors."""
-        from kiln.report.profile import profile_executable
+        from kiln.backends.tvm.runtime.profile import profile_executable
 
         if self.target.backend != "tvm":
             raise TargetError(f"profile() times TVM kernels; this module's target is '{self.target.name}'")
@@ -146,9 +146,7 @@ def _builder() -> dict[str, str]:
     import platform
     import sys
 
-    import kiln
-
-    versions = {"kiln": kiln.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    versions = {"kiln": __version__, "torch": torch.__version__, "python": platform.python_version(),
                 "machine": platform.machine()}
     if "tvm" in sys.modules:
         versions["tvm"] = sys.modules["tvm"].__version__
@@ -158,28 +156,23 @@ def _builder() -> dict[str, str]:
 MAPPED_FILES = ("weights.bin",)  # mapped from an uncompressed artifact, not unpacked (kiln/backends/tvm/weights.py)
 
 
-def load(path: str | Path, trusted_keys: Sequence[Any] | None = None,
-         expect: dict[str, Any] | None = None) -> "CompiledModule | CompiledCausalLM":
-    """Restore a module saved with `CompiledModule.save`, in any process.
+def restore(manifest: dict[str, Any], folder: Path, mapped: dict[str, Any]) -> CompiledModule:
+    """The module an unpacked, verified `.kiln` artifact holds (kiln/artifact.py read it)."""
+    target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
+    threads = manifest.get("threads")
+    executable = get_backend(manifest["backend"]).load(folder, target, threads, mapped)
+    report = Report.from_json(manifest["report"])
+    return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, report, threads)
 
-    Loading maps the artifact's native library into this process, which runs its code: load only
-    artifacts you built or whose signer you trust. With `trusted_keys` (Ed25519 public keys, their
-    PEM files or hex strings), an artifact not signed by one of them is refused before anything is
-    unpacked or loaded. An artifact saved by `CompiledCausalLM.save` loads as that. `expect` names
-    manifest fields the artifact must have, with their values, before its library is loaded."""
 
-    def restore(manifest: dict[str, Any], folder: Path, mapped: dict[str, Any]) -> CompiledModule:
-        for field, value in (expect or {}).items():
+def load_module(path: str | Path, expect: dict[str, Any]) -> CompiledModule:
+    """A module artifact whose manifest has the fields `expect` gives, with their values, before
+    its library is loaded: the compile cache's entries (`kiln.load` reads any artifact)."""
+
+    def restore_expected(manifest: dict[str, Any], folder: Path, mapped: dict[str, Any]) -> CompiledModule:
+        for field, value in expect.items():
             if manifest.get(field) != value:
                 raise ArtifactError(f"{path}: its manifest's {field} is {manifest.get(field)!r}, not {value!r}")
-        if manifest.get("kind") == "causal_lm":
-            from kiln.llm.causal_lm import restore as restore_causal_lm
+        return restore(manifest, folder, mapped)
 
-            return restore_causal_lm(manifest, folder)
-        target = ResolvedTarget(manifest["target"]["name"], manifest["backend"], manifest["target"]["tvm"])
-        threads = manifest.get("threads")
-        executable = get_backend(manifest["backend"]).load(folder, target, threads, mapped)
-        report = Report.from_json(manifest["report"])
-        return CompiledModule(executable, Signature.from_json(manifest["signature"]), target, report, threads)
-
-    return artifact.read_artifact(path, restore, trusted_keys, map_members=MAPPED_FILES)
+    return artifact.read_artifact(path, restore_expected, map_members=MAPPED_FILES)

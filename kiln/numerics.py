@@ -23,7 +23,7 @@ import torch.fx
 
 from kiln.errors import NumericsError
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import Drift, Report
+from kiln.report.records import Drift, Report
 from kiln.passes.registry import get_pass
 
 FLOAT32_TOLERANCE = 1e-4

@@ -6,6 +6,8 @@ import statistics
 import time
 from typing import Callable
 
+from kiln import background
+
 
 def interleaved_medians(
     runs: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2, calls_per_turn: int = 3
@@ -19,9 +21,7 @@ def interleaved_medians(
     cache entries this process is still writing (a background thread, seconds for a large
     model) are finished first: they would take a core from every contender.
     """
-    from kiln.cache import wait_for_stores
-
-    wait_for_stores()
+    background.wait_all()
     for _ in range(warmup):
         for run in runs.values():
             run()

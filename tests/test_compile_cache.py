@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import kiln
-from kiln.cache import CompileCache, wait_for_stores
+from kiln.background import wait_all as wait_for_stores
+from kiln.cache import CompileCache
 from kiln.cli import main as cli
 from kiln.models.zoo import ZOO
 from tests.conftest import assert_matches, eager

@@ -10,7 +10,8 @@ import torch
 
 from kiln.backends.targets import ResolvedTarget
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import DebugDir, Report
+from kiln.report.records import Report
+from kiln.report.debug_dir import DebugDir
 
 
 class Executable(Protocol):

@@ -68,19 +68,6 @@ def host_llvm_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": mcpu, **({"mattr": corrections} if corrections else {}), "num-cores": os.cpu_count() or 1}
 
 
-def host_cpu() -> dict[str, Any]:
-    """The host as Kiln compiles for it: CPU name, feature corrections, the SIMD features, the widest vector."""
-    from tvm.target import Target, codegen
-
-    from kiln.backends.tvm.cpu.register_tile import vector_lanes
-
-    described = host_llvm_target()
-    target = Target(described)
-    features = codegen.llvm_get_cpu_features(target)
-    simd = [f for f in ("avx512f", "avx512bw", "avx512vnni", "avx512bf16", "amx-tile", "avx2", "fma", "avx", "neon", "sve") if f in features]
-    return {"mcpu": described["mcpu"], "mattr": described.get("mattr", []), "simd": simd, "vector_bits": 32 * vector_lanes(target)}
-
-
 def detected_cuda_arch() -> str | None:
     """`sm_XY` of GPU 0, or None where this machine has no CUDA device."""
     import tvm

@@ -24,12 +24,13 @@ from kiln.backends.tvm.runtime import bundle_runner
 from kiln.backends.tvm.runtime.bundle import refuse_unwritable
 from kiln.backends.tvm.runtime.executable import TVMExecutable, _device
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
+from kiln.compiler import compile as kiln_compile
 from kiln.errors import ArtifactError, InputMismatchError, TargetError, stage
 from kiln.llm import generation
 from kiln.llm.cache_writer import build_cache_writer
 from kiln.llm.families import CacheLayout, cache_layout, check_family, sliding_windows
 from kiln.llm.step import CausalLMStep
-from kiln.passes.instrument import Report
+from kiln.report.records import Report
 
 KIND = "causal_lm"
 PROMPT_MULTIPLE = 16  # a vector of AVX-512 floats: the prefill's attention tiles its key columns too
@@ -51,8 +52,6 @@ def compile_causal_lm(
     rows at a time (fewer rows are fine; prompts of different lengths are left-padded).
     `quantize="weight_int8"` / `"weight_int4"` stores the linear weights as integers: decoding
     reads every weight once per token, so fewer weight bytes are what makes it faster."""
-    import kiln
-
     family = check_family(model)
     if not isinstance(max_length, int) or max_length <= PROMPT_MULTIPLE:
         raise InputMismatchError(f"max_length={max_length!r}: give the most tokens (prompt + generated) a row may hold, "
@@ -77,10 +76,10 @@ def compile_causal_lm(
     prompt = torch.randint(0, layout.vocab, (batch_size, example_blocks, PROMPT_MULTIPLE), generator=torch.Generator().manual_seed(0))
     options = dict(target=target, quantize=quantize, threads=threads, verbose=verbose)
     with stage("compiling the prefill step"):
-        prefill = kiln.compile(step, (prompt, torch.tensor(0), pad), **options,
+        prefill = kiln_compile(step, (prompt, torch.tensor(0), pad), **options,
                                dynamic_shapes={"input_ids": {1: blocks}, "start": None, "pad": None} if blocks else None)
     with stage("compiling the decode step"):
-        decode = kiln.compile(step, (prompt[:, 0, :1], torch.tensor(prompt[0].numel()), pad, *cache), **options)
+        decode = kiln_compile(step, (prompt[:, 0, :1], torch.tensor(prompt[0].numel()), pad, *cache), **options)
     with stage("building the KV-cache writer"):
         writer = build_cache_writer(resolved, *layout.shape(), dtype=layout.dtype)
     config = model.generation_config if getattr(model, "generation_config", None) is not None else model.config

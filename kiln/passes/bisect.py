@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import Drift
+from kiln.report.records import Drift
 from kiln.passes.manager import PassManager
 
 

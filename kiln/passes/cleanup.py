@@ -11,7 +11,7 @@ from kiln.passes.registry import register_pass
 from kiln.passes.rewrite import is_pure
 
 
-@register_pass("dce", "Remove nodes whose results nothing uses, and the weights only they read", preserves_values=True)
+@register_pass("dce", "Remove nodes whose results nothing uses, and the weights only they read", preserves_values=True, stage="anywhere")
 def dead_code_elimination(graph: Graph) -> int:
     before = len(graph.module.graph.nodes)
     graph.module.graph.eliminate_dead_code()
@@ -29,7 +29,7 @@ def _key(value: Any) -> Any:
     return value
 
 
-@register_pass("cse", "Merge nodes that compute the same op on the same inputs", preserves_values=True)
+@register_pass("cse", "Merge nodes that compute the same op on the same inputs", preserves_values=True, stage="anywhere")
 def common_subexpression_elimination(graph: Graph) -> int:
     seen: dict[Any, fx.Node] = {}
     changes = 0

@@ -131,7 +131,7 @@ def _factorize(graph: Graph, node: fx.Node, energy: float, ratio: float | None, 
     return f"{tuple(weight.shape)} → rank {rank}: {params / weight.numel():.2f}× params, error {error:.1%}"
 
 
-@register_pass("low_rank", "Low-rank rewrites: truncated SVD of linear layers, Tucker-2 of convolutions, where cheaper")
+@register_pass("low_rank", "Low-rank rewrites: truncated SVD of linear layers, Tucker-2 of convolutions, where cheaper", stage="compress")
 def low_rank(graph: Graph, energy: float = 0.9, ratio: float | None = None, align: int = 8, min_params: int = 4096) -> Outcome:
     if not 0.0 < energy <= 1.0 or ratio is not None and not 0.0 < ratio < 1.0:
         raise PassError(f"low_rank: energy {energy} must be in (0, 1] and ratio {ratio} in (0, 1)")

@@ -12,7 +12,9 @@ import torch
 
 from kiln.errors import KilnError, PassError
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import DebugDir, Drift, PassRecord, Report
+from kiln.report.records import Drift, PassRecord, Report
+from kiln.report.debug_dir import DebugDir
+from kiln.passes.pipelines import check_order
 from kiln.passes.registry import PassResult, get_pass
 
 Progress = Callable[[str], None]
@@ -63,6 +65,7 @@ class PassManager:
         verify: bool = False,
         tolerance: float = PRESERVED_TOLERANCE,
     ) -> None:
+        check_order(pipeline)
         self.pipeline = list(pipeline)
         self.inputs, self.reference = inputs, reference
         self.debug = debug or DebugDir(None)

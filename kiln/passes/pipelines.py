@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from kiln.errors import PassError
-from kiln.passes.registry import get_pass
+from kiln.passes.registry import STAGES, get_pass
 
 PassSpec = str | tuple[str, dict[str, Any]]
 
@@ -27,19 +27,42 @@ def resolve_pipeline(
     passes: Sequence[PassSpec] | None = None,
     disable: Sequence[str] = (),
     stop_after: str | None = None,
+    compression: Sequence[PassSpec] = (),
+    quantization: Sequence[PassSpec] = (),
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The list of (pass name, options) to run: `passes` if given, else the level's pipeline,
-    without the `disable`d passes, cut after the first pass named `stop_after`."""
+    """The list of (pass name, options) to run: `compression` (what `prune=` and `low_rank=` ask
+    for), then `passes` if given, else the level's pipeline, then `quantization` (`quantize=`);
+    without the `disable`d passes, cut after the first pass named `stop_after`. Every pass is in
+    the one list, so disabling, stopping, the IR dumps and bisection see compression and
+    quantization like any other pass."""
     if passes is None:
         if opt_level not in PIPELINES:
             raise PassError(f"unknown optimization level '{opt_level}'; choose one of {', '.join(PIPELINES)}")
         passes = PIPELINES[opt_level]
-    for name in list(disable) + ([stop_after] if stop_after else []) + [_name(p) for p in passes]:
+    everything = [*compression, *passes, *quantization]
+    for name in list(disable) + ([stop_after] if stop_after else []) + [_name(p) for p in everything]:
         get_pass(name)  # unknown names fail here, with the list of known ones
-    resolved = [(s, {}) if isinstance(s, str) else (s[0], dict(s[1])) for s in passes if _name(s) not in disable]
+    resolved = [(s, {}) if isinstance(s, str) else (s[0], dict(s[1])) for s in everything if _name(s) not in disable]
     if stop_after is not None:
         names = [name for name, _ in resolved]
         if stop_after not in names:
             raise PassError(f"stop_after='{stop_after}' names a pass that is not in the pipeline {names}")
         resolved = resolved[: names.index(stop_after) + 1]
     return resolved
+
+
+def check_order(pipeline: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """The pipeline's passes in the order of STAGES (compression, optimization, quantization;
+    clean-ups anywhere): a PassError naming the first pass out of place and the one it follows."""
+    latest: tuple[int, str] | None = None
+    for name, _ in pipeline:
+        stage = get_pass(name).stage
+        if stage == "anywhere":
+            continue
+        rank = STAGES.index(stage)
+        if latest is not None and rank < latest[0]:
+            raise PassError(
+                f"pass '{name}' ({stage}) comes after '{latest[1]}' ({STAGES[latest[0]]}): a pipeline compresses first "
+                "(pruning ranks channels by the batch norms folding removes), optimizes, and quantizes last (it "
+                "calibrates the graph that runs)")
+        latest = (rank, name)

@@ -41,6 +41,8 @@ class Pass:
     options: dict[str, Any] = field(default_factory=dict)
     # the pass promises the same outputs (up to float rounding): the manager can check it
     preserves_values: bool = False
+    # where in a pipeline it belongs (STAGES); the manager checks the order (kiln/passes/manager.py)
+    stage: str = "optimize"
 
     def __call__(self, graph: Graph, **options: Any) -> PassResult:
         unknown = set(options) - set(self.options)
@@ -58,16 +60,26 @@ class Pass:
 PASSES: dict[str, Pass] = {}
 
 
-def register_pass(name: str, description: str, preserves_values: bool = False) -> Callable[[Rewrite], Pass]:
+# A pipeline's passes run in this order of stages: compression first (pruning ranks channels by
+# the batch norms folding removes), the graph optimizations, quantization last (it calibrates the
+# graph that runs); a clean-up ("anywhere") may follow any of them.
+STAGES = ("compress", "optimize", "quantize")
+
+
+def register_pass(name: str, description: str, preserves_values: bool = False,
+                  stage: str = "optimize") -> Callable[[Rewrite], Pass]:
     """Decorator: the keyword arguments of the rewrite function (with defaults) are its options.
     `preserves_values` is the pass's contract that its rewrite changes no output beyond float
-    rounding (clean-up, folding); with verification on, the manager holds it to that."""
+    rounding (clean-up, folding); with verification on, the manager holds it to that. `stage` is
+    one of STAGES, or "anywhere" for a clean-up."""
 
     def decorate(rewrite: Rewrite) -> Pass:
         if name in PASSES:
             raise PassError(f"a pass named '{name}' is already registered")
         parameters = list(inspect.signature(rewrite).parameters.values())[1:]
-        registered = Pass(name, description, rewrite, {p.name: p.default for p in parameters}, preserves_values)
+        if stage not in (*STAGES, "anywhere"):
+            raise PassError(f"pass '{name}': stage '{stage}' is none of {', '.join(STAGES)}, anywhere")
+        registered = Pass(name, description, rewrite, {p.name: p.default for p in parameters}, preserves_values, stage)
         PASSES[name] = registered
         return registered
 

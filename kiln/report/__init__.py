@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
-from kiln.passes.instrument import Report
+from kiln.report.records import Report
 from kiln.report.graph_view import COLLAPSE_ABOVE, collapse, diff, draw_svg
 from kiln.report.page import write_page
 

@@ -43,7 +43,8 @@ def test_a_kiln_stage_reproducer_replays_by_name(tmp_path):
     a pass that succeeds here runs it to completion."""
     import tvm
 
-    from kiln.backends.tvm.reproducer import replay, write_reproducer
+    from kiln.backends.tvm.replay import replay
+    from kiln.backends.tvm.reproducer import write_reproducer
 
     from tvm import relax
 

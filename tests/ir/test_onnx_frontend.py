@@ -178,7 +178,7 @@ def node_cases():
 
 @pytest.mark.parametrize("name", NODE_CASES)
 def test_onnx_node_case_matches_its_expected_output(name, node_cases):
-    from kiln.ir.onnx.backend import KilnBackend
+    from kiln.testing.onnx_backend import KilnBackend
 
     case = node_cases[name]
     for inputs, expected in case.data_sets:
@@ -195,7 +195,7 @@ def test_onnx_node_case_matches_its_expected_output(name, node_cases):
 @pytest.mark.parametrize("name", HALF_PRECISION_CASES)
 def test_half_precision_attention_is_closer_to_exact_than_the_suites_outputs(name, node_cases):
     from benchmarks.onnx_conformance import half_precision_errors
-    from kiln.ir.onnx.backend import KilnBackend
+    from kiln.testing.onnx_backend import KilnBackend
 
     case = node_cases[name]
     (inputs, expected), = case.data_sets

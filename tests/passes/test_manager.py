@@ -135,3 +135,51 @@ def test_an_in_place_op_is_neither_folded_nor_merged():
     add_ = graph.call_function(torch.ops.aten.add_.Tensor, (x, x))
     add = graph.call_function(torch.ops.aten.add.Tensor, (x, x))
     assert not is_pure(add_) and is_pure(add)
+
+
+def _planted(monkeypatch, name: str) -> None:
+    """The registered pass `name`, made to also shift the last layer's bias by 0.5 (a
+    deliberately broken compression or quantization pass)."""
+    from kiln.passes import registry
+
+    real = registry.PASSES[name]
+
+    def broken(graph: Graph, **options):
+        real.rewrite(graph, **options)
+        return plant_wrong_bias(graph)
+
+    monkeypatch.setitem(registry.PASSES, name, registry.Pass(name, real.description, broken, real.options,
+                                                             real.preserves_values, real.stage))
+
+
+def test_bisection_names_a_planted_bad_quantization_pass(cnn, monkeypatch):
+    model, inputs = cnn
+    _planted(monkeypatch, "quantize_dynamic_int8")
+    result = kiln.bisect(model, inputs, tolerance=0.05, quantize="dynamic_int8", target="eager")
+    assert result.culprit == "quantize_dynamic_int8", result
+
+
+def test_bisection_names_a_planted_bad_pruning_pass(cnn, monkeypatch):
+    model, inputs = cnn
+    _planted(monkeypatch, "prune_channels")
+    result = kiln.bisect(model, inputs, tolerance=0.3, prune=kiln.Prune(ratio=0.25), calibration=[inputs], target="eager")
+    assert result.culprit == "prune_channels", result
+
+
+def test_compression_and_quantization_are_passes_of_the_one_list(cnn):
+    model, inputs = cnn
+    quantized = kiln.compile(model, inputs, target="eager", quantize="dynamic_int8")
+    assert "quantize_dynamic_int8" in [row.name for row in quantized.report.rows]
+    unquantized = kiln.compile(model, inputs, target="eager", quantize="dynamic_int8", disable=["quantize_dynamic_int8"])
+    assert "quantize_dynamic_int8" not in [row.name for row in unquantized.report.rows]
+    pruned = kiln.compile(model, inputs, target="eager", prune=kiln.Prune(ratio=0.25), calibration=[inputs],
+                          stop_after="prune_channels")
+    assert [row.name for row in pruned.report.rows if row.stage == "kiln"] == ["input", "prune_channels"]
+
+
+def test_a_pipeline_out_of_stage_order_is_refused_naming_the_passes(cnn):
+    model, inputs = cnn
+    with pytest.raises(kiln.PassError, match=r"'prune_magnitude' \(compress\) comes after 'fold_batch_norm' \(optimize\)"):
+        kiln.compile(model, inputs, target="eager", passes=["fold_batch_norm", "prune_magnitude"])
+    with pytest.raises(kiln.PassError, match=r"'fold_constants' \(optimize\) comes after 'quantize_dynamic_int8'"):
+        kiln.compile(model, inputs, target="eager", passes=["quantize_dynamic_int8", "fold_constants"])

@@ -20,7 +20,7 @@ from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_pa
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
-from kiln.passes.instrument import Drift, PassRecord
+from kiln.report.records import Drift, PassRecord
 
 size_thread_pool()
 

@@ -14,14 +14,12 @@ fuses into the gather (benchmarks/results/index_guard.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
 
-from kiln.backends.tvm.runtime.bundle_runner import index_problem
-from kiln.errors import IndexOutOfRangeError
+from kiln.backends.tvm.runtime.index_checks import IndexCheck
 from kiln.ir import quantized_ops  # noqa: F401 - registers torch.ops.kiln
 from kiln.ir.graph import Graph
 from kiln.ir.source import model_source
@@ -52,24 +50,6 @@ _INDEXING: dict[Any, tuple[Callable[[fx.Node], int | None], int, bool]] = {
 }
 # ops whose second argument is a list of index tensors, one per leading axis (None: the whole axis)
 _INDEX_LISTS = (aten.index.Tensor, aten.index_put.default)
-
-
-@dataclass(frozen=True)
-class IndexCheck:
-    """One guarded index: the node that indexes with it, where it came from, and whether
-    negative indices count from the end there."""
-
-    node: str
-    op: str
-    source: str
-    negative: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "IndexCheck":
-        return cls(**data)
 
 
 def _sites(graph: Graph) -> list[tuple[fx.Node, tuple, int | None, fx.Node, bool]]:
@@ -139,10 +119,3 @@ def _replace_index(node: fx.Node, path: tuple, safe: fx.Node) -> None:
         indices[path[1]] = safe
         args[path[0]] = indices
     node.args = tuple(args)
-
-
-def check_indices(checks: Sequence[IndexCheck], reported: torch.Tensor) -> None:
-    """Raise IndexOutOfRangeError for the first check whose index left its range in this call."""
-    problem = index_problem([check.to_json() for check in checks], reported.tolist())
-    if problem is not None:
-        raise IndexOutOfRangeError(problem)

@@ -17,10 +17,9 @@ import torch
 import torch.fx as fx
 import tvm
 
+from kiln.backends.tvm.runtime.profile import VM_BUILTIN
 from kiln.ir.graph import Graph
 from kiln.ir.source import where
-
-_VM_BUILTIN = "vm.builtin."
 
 
 def first_disagreeing_kernel(executable, graph: Graph, inputs: Sequence[torch.Tensor], tolerance: float) -> str:
@@ -32,7 +31,7 @@ def first_disagreeing_kernel(executable, graph: Graph, inputs: Sequence[torch.Te
     seen: set[str] = set()
 
     def instrument(func, symbol, before_run, ret_value, *args):
-        if not before_run and not symbol.startswith(_VM_BUILTIN) and symbol not in seen and args:
+        if not before_run and not symbol.startswith(VM_BUILTIN) and symbol not in seen and args:
             seen.add(symbol)
             last = args[-1]
             if isinstance(last, tvm.runtime.Tensor):

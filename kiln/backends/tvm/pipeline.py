@@ -20,21 +20,20 @@ from tvm.relax import vm_build
 from tvm.relax.backend.cuda import pipeline as cuda_lowering
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.analysis import estimate_tir_flops
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from kiln.backends.base import BuildContext
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
-from kiln.backends.tvm.cuda.tensor_core import TensorCoreGemm
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit
 from kiln.backends.tvm.reproducer import write_reproducer
-from kiln.backends.tvm.cpu.schedules import CPU_RULES, STRATEGY_ANNOTATION
+from kiln.backends.tvm.cpu.schedules import STRATEGY_ANNOTATION
+from kiln.backends.tvm.schedule_rules import schedule_rules
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, bf16_dots, integer_dots
-from kiln.passes.instrument import PassRecord
+from kiln.report.records import PassRecord
 
 
 # TVM marks `round` vectorizable but not `nearbyint`, which Relax's round legalizes to (both become
@@ -100,23 +99,6 @@ def _calls(mod: tvm.IRModule, op_name: str) -> bool:
         if isinstance(function, relax.Function):
             relax.analysis.post_order_visit(function.body, visit)
     return bool(found)
-
-
-def schedule_rules(target: Target) -> list[ScheduleRule]:
-    """Kiln's CPU rule on CPUs; on GPUs Kiln's tensor-core rule for float16 and int8 GEMMs and
-    convolutions, then DLight's: thread-bound matmul, GEMV and reductions, and a fallback for the rest."""
-    if target.kind.name == "cuda":
-        return [TensorCoreGemm(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return CPU_RULES
-
-
-def default_schedule(func: tvm.tirx.PrimFunc, target: Target):
-    """The schedule the default rules give one function: the first rule that applies."""
-    for rule in schedule_rules(target):
-        scheduled = rule.apply(func, target, False)
-        if scheduled is not None:
-            return scheduled[0] if isinstance(scheduled, list) else scheduled
-    raise ValueError(f"no default schedule rule applies to this function for target {target.kind.name}")
 
 
 def schedule_passes(database: TuningDatabase | None, target: Target) -> NamedPasses:

@@ -7,8 +7,6 @@ pipeline in front of it."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -20,7 +18,7 @@ from kiln.errors import BackendError
 SCRIPT = '''"""Replays Kiln's failing TVM stage '{stage}' on the module written beside this script."""
 import sys
 sys.path[:0] = {paths!r}
-from kiln.backends.tvm.reproducer import replay
+from kiln.backends.tvm.replay import replay
 
 replay({module!r}, target={target!r}, stage={stage!r}, factory={factory!r})
 '''
@@ -50,25 +48,3 @@ def write_reproducer(mod: tvm.IRModule, target: tvm.target.Target, stage: str, m
         f"TVM stage '{stage}' failed: {type(error).__name__}: {error}\n"
         f"  reproducer: python {script}  (the module before '{stage}': {folder / f'crash_{safe}_module.py'})",
         stage=stage, reproducer=str(script))
-
-
-def replay(module_json: str, target: str, stage: str, factory: str = "") -> tvm.IRModule:
-    """Run `stage` (one of Kiln's TVM passes by name, the factory at `factory`, or "codegen") on the
-    saved module: what the reproducer script calls."""
-    here = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
-    path = Path(module_json) if Path(module_json).is_absolute() else here / module_json
-    mod = tvm.ir.load_json(path.read_text())
-    tvm_target = tvm.target.Target(target)
-    from kiln.backends.tvm.pipeline import fusion_passes, lowering_pipeline, schedule_passes
-
-    with tvm_target:
-        if stage == "codegen":
-            return tvm.compile(mod, tvm_target, relax_pipeline=lowering_pipeline(tvm_target), tir_pipeline="default")
-        if factory:
-            module_name, _, qualname = factory.partition(":")
-            make_pass = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                make_pass = getattr(make_pass, part)
-        else:
-            make_pass = dict(fusion_passes(tvm_target) + schedule_passes(None, tvm_target))[stage]
-        return make_pass()(mod)

@@ -4,22 +4,17 @@ A Relax program keeps its constants inside the VM executable, which TVM serializ
 own stream (~100-250 MB/s) and, in a shared library, as one array through LLVM and the linker:
 BERT-base's 414 MB cost seconds to save and more to load. Kiln lifts every tensor constant of
 `main`, once the program is lowered, into an extra parameter, so the program holds code alone;
-the weights travel as `weights.bin` (each tensor at a 64-byte aligned offset, as TVM wants its
+the weights travel as `weights.bin` (runtime/weights_file.py) (each tensor at a 64-byte aligned offset, as TVM wants its
 data) with an index, `weights.json`, and are mapped, not copied, when they are loaded
 (`bundle_runner.read_weights`, which a board reads them with too).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Sequence
 
-import torch
 import tvm
 from tvm import relax
 
-from kiln.backends.tvm.runtime.bundle_runner import WEIGHT_ALIGNMENT, WEIGHTS_STEM, weight_files
 
 
 def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
@@ -56,29 +51,3 @@ class _ConstantLifter(relax.PyExprMutator):
             self.parameters.append(parameter)
             self.weights.append(constant.value)
         return self._lifted[constant]
-
-
-def write_weights(folder: Path, weights: Sequence[tvm.runtime.Tensor], stem: str = WEIGHTS_STEM) -> None:
-    """`stem`.bin and its index `stem`.json in `folder`, in parameter order: each tensor's raw
-    bytes at an aligned offset, its dtype and shape in the index."""
-    entries, offset = [], 0
-    data_name, index_name = weight_files(stem)
-    with (folder / data_name).open("wb") as file:
-        for weight in weights:
-            data = _raw_bytes(weight)
-            padding = -offset % WEIGHT_ALIGNMENT
-            file.write(b"\0" * padding)
-            offset += padding
-            entries.append({"dtype": str(weight.dtype), "shape": [int(d) for d in weight.shape], "offset": offset,
-                            "bytes": data.nbytes})
-            file.write(memoryview(data))
-            offset += data.nbytes
-    (folder / index_name).write_text(json.dumps({"bytes": offset, "tensors": entries}))
-
-
-def _raw_bytes(weight: tvm.runtime.Tensor):
-    """The tensor's bytes as a numpy uint8 array, without a copy for a CPU tensor (bfloat16, which
-    numpy lacks, included)."""
-    if weight.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
-        weight = weight.copyto(tvm.cpu())
-    return torch.from_dlpack(weight).reshape(-1).view(torch.uint8).numpy()

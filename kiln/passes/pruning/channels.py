@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from kiln.distill import split_batch
+from kiln.passes.batches import split_batch
 from kiln.errors import PassError
 from kiln.ir.graph import Graph
 from kiln.passes.registry import Outcome, register_pass
@@ -224,7 +224,7 @@ def _prune(graph: Graph, space: _Space, keep: torch.Tensor) -> None:
         node.update_arg(1, [node.args[1][0], -1])
 
 
-@register_pass("prune_channels", "Structured pruning: remove the least important output channels of conv/linear layers, with every dependent layer")
+@register_pass("prune_channels", "Structured pruning: remove the least important output channels of conv/linear layers, with every dependent layer", stage="compress")
 def prune_channels(
     graph: Graph, ratio: float = 0.5, align: int = 8, criterion: str = "l1", data: Sequence[Any] | None = None,
 ) -> Outcome:

@@ -251,7 +251,7 @@ def _prune(graph: Graph, found: _Attention, kept_heads: torch.Tensor) -> None:
         reshape.update_arg(index, sizes)
 
 
-@register_pass("prune_heads", "Structured pruning of attention: remove the least important heads of every attention block")
+@register_pass("prune_heads", "Structured pruning of attention: remove the least important heads of every attention block", stage="compress")
 def prune_heads(graph: Graph, ratio: float = 0.5) -> Outcome:
     if not 0.0 <= ratio < 1.0:
         raise PassError(f"prune_heads: ratio {ratio} must be in [0, 1): the fraction of heads removed")

@@ -33,7 +33,7 @@ def _kth_smallest(values: torch.Tensor, fraction: float) -> float:
     return values.kthvalue(count).values.item() if count else -1.0
 
 
-@register_pass("prune_magnitude", "Unstructured pruning: zero the smallest-magnitude weights of conv/linear layers (compression only)")
+@register_pass("prune_magnitude", "Unstructured pruning: zero the smallest-magnitude weights of conv/linear layers (compression only)", stage="compress")
 def prune_magnitude(graph: Graph, sparsity: float = 0.5, scope: str = "layer") -> Outcome:
     if not 0.0 <= sparsity < 1.0:
         raise PassError(f"prune_magnitude: sparsity {sparsity} must be in [0, 1)")

@@ -43,7 +43,7 @@ def _eligible(node: fx.Node) -> bool:
     return all(a.meta["val"].dtype == torch.float32 for a in operands) and (node.target in PRODUCTS or is_constant(node.args[1]))
 
 
-@register_pass("half_precision", "Mixed precision: conv/linear/matmul in float16 or bfloat16, sensitive ops kept in float32")
+@register_pass("half_precision", "Mixed precision: conv/linear/matmul in float16 or bfloat16, sensitive ops kept in float32", stage="quantize")
 def half_precision(graph: Graph, dtype: str = "float16", keep_float: tuple[str, ...] = ()) -> Outcome:
     if dtype not in DTYPES:
         raise PassError(f"half_precision: dtype '{dtype}'; choose one of {', '.join(DTYPES)}")

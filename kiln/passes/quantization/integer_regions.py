@@ -60,7 +60,7 @@ def _quantize_before_pooling(graph: Graph, quantized: fx.Node) -> fx.Node | None
     return early
 
 
-@register_pass("integer_regions", "int8 tensors stay uint8 between layers: shared quantized values, uint8 max-pooling")
+@register_pass("integer_regions", "int8 tensors stay uint8 between layers: shared quantized values, uint8 max-pooling", stage="quantize")
 def integer_regions(graph: Graph) -> Outcome:
     quantizes = [n for n in graph.module.graph.nodes if n.target == kiln_ops.quantize.default]
     shared = sum(_share_quantized(graph, quantized) for quantized in quantizes)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.fx as fx
 
-from kiln.distill import split_batch
+from kiln.passes.batches import split_batch
 from kiln.errors import PassError
 from kiln.ir.quantized_ops import dequantize_weight  # and registers torch.ops.kiln.*
 from kiln.ir.graph import Graph
@@ -166,7 +166,7 @@ def _within_budget(graph, ranges, layers, evaluate, budget) -> tuple[set[str], d
     return set(kept), lines, f"accuracy {baseline:.4g} → {baseline - drop:.4g}, drop {drop:.4g} {verdict} the budget {budget:.4g}"
 
 
-@register_pass("quantize_int8", "Post-training static int8: calibrated uint8 activations, per-channel int8 weights, int32 accumulation")
+@register_pass("quantize_int8", "Post-training static int8: calibrated uint8 activations, per-channel int8 weights, int32 accumulation", stage="quantize")
 def quantize_int8(
     graph: Graph,
     calibration: Sequence[Any] | None = None,
@@ -236,7 +236,7 @@ def _rewrite_dynamic(graph: Graph, node: fx.Node) -> None:
     g.erase_node(node)
 
 
-@register_pass("quantize_dynamic_int8", "Dynamic int8 for linear layers: int8 weights, activations quantized at run time by their own range")
+@register_pass("quantize_dynamic_int8", "Dynamic int8 for linear layers: int8 weights, activations quantized at run time by their own range", stage="quantize")
 def quantize_dynamic_int8(graph: Graph, keep_float: Iterable[str] = ()) -> int:
     kept = set(keep_float)
     layers = [n for n in graph.module.graph.nodes if _quantizable(n) and n.target == aten.linear.default and n.name not in kept]
@@ -275,7 +275,7 @@ def _weight_only_candidate(node: fx.Node) -> bool:
     return node.target == aten.embedding.default and is_constant(node.args[0]) and node.args[0].meta["val"].dtype == torch.float32
 
 
-@register_pass("quantize_weight_only", "Weight-only int8/int4: linear weights and embedding tables stored as integers with group-wise scales")
+@register_pass("quantize_weight_only", "Weight-only int8/int4: linear weights and embedding tables stored as integers with group-wise scales", stage="quantize")
 def quantize_weight_only(graph: Graph, bits: int = 8, group: int | None = None, keep_float: Iterable[str] = ()) -> Outcome:
     if bits not in (4, 8):
         raise PassError(f"quantize_weight_only: bits={bits}; Kiln stores weights as int8 or int4")

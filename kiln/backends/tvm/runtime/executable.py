@@ -25,10 +25,10 @@ from tvm.support import cc
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.bundle_runner import (WEIGHTS_STEM, BundleError, read_weights, request_amx_state, weight_files,
                                                      with_weights)
-from kiln.backends.tvm.index_guard import IndexCheck, check_indices
+from kiln.backends.tvm.runtime.index_checks import IndexCheck, check_indices
 from kiln.backends.tvm.runtime.threads import pool_size, use_threads
 from kiln.errors import ArtifactError, TargetError
-from kiln.backends.tvm.weights import write_weights
+from kiln.backends.tvm.runtime.weights_file import write_weights
 from kiln.timing import median_seconds
 
 if TYPE_CHECKING:

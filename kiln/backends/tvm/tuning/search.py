@@ -21,7 +21,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
-from kiln.backends.tvm.pipeline import default_schedule
+from kiln.backends.tvm.schedule_rules import default_schedule
 from kiln.backends.tvm.tuning.database import STATE_FILE, TuningDatabase
 
 

@@ -1,8 +1,8 @@
-"""What the pass manager records about every pass: time, statistics, numeric drift, IR dumps.
-
-Backend stages (TVM's Relax passes, code generation) append rows to the same `Report` and dump
-into the same `DebugDir`, so a user reads the whole compilation in one table and one folder.
-"""
+"""The compile report's records: a row per stage of the compilation (Kiln's passes, TVM's, code
+generation, the cache, the board) with its time, statistics and the drift of the outputs from
+the eager model. The pass manager writes Kiln's rows; the backends add theirs to the same
+`Report`, so a user reads the whole compilation in one table (`kiln/report/debug_dir.py` keeps
+the IR dumps beside it, `kiln/report/page.py` draws it)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class Report:
         """This report as one self-contained page (kiln/report/): the pass table and the drift plot,
         with `profile` (`cm.profile()`) its per-kernel table. The graphs after each pass are a
         debug directory's: compile with `debug_dir=`, whose report.html has them all."""
-        from kiln.report import page_data
+        from kiln.report import page_data  # the package's page, beside these records
         from kiln.report.page import write_page
 
         return write_page(Path(path), page_data(self, title, tolerance, profile=profile.to_json() if profile is not None else None))
@@ -139,35 +139,3 @@ class Report:
 
     def __str__(self) -> str:
         return self.table()
-
-
-class DebugDir:
-    """Numbered IR dumps (`003_fold_batch_norm.txt`) and the report, in one folder."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            # dumps of an earlier compile into the same folder would read as this one's
-            for stale in self.path.glob("[0-9][0-9][0-9]_*"):
-                stale.unlink()
-
-    @property
-    def enabled(self) -> bool:
-        return self.path is not None
-
-    def dump(self, index: int, name: str, text: str, suffix: str = ".txt") -> None:
-        if self.path is not None:
-            safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
-            (self.path / f"{index:03d}_{safe}{suffix}").write_text(text)
-
-    def write_report(self, report: Report) -> None:
-        if self.path is not None:
-            (self.path / "report.txt").write_text(report.table() + "\n")
-            (self.path / "report.json").write_text(json.dumps(report.to_json(), indent=1, default=str))
-            drift = ["index\tpass\tstage\tmax_abs\tmax_rel\tcosine"]
-            drift += [
-                f"{r.index}\t{r.name}\t{r.stage}\t{r.drift.max_abs:.3e}\t{r.drift.max_rel:.3e}\t{r.drift.cosine:.8f}"
-                for r in report.rows if r.drift is not None
-            ]
-            (self.path / "drift.tsv").write_text("\n".join(drift) + "\n")

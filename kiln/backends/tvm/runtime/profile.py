@@ -19,7 +19,7 @@ import torch
 
 from kiln.errors import TargetError
 
-_VM_BUILTIN = "vm.builtin."
+VM_BUILTIN = "vm.builtin."
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Profile:
     kernels: list[KernelTime]
     latency_ms: float  # the module's median latency, not instrumented
     runs: int
-    peak_gflops: float | None = None  # fp32 FMA peak of the cores it ran on, measured (kiln/backends/tvm/cpu/peak.py)
+    peak_gflops: float | None = None  # fp32 FMA peak of the cores it ran on, measured (kiln/backends/tvm/runtime/peak.py)
 
     @property
     def kernels_ms(self) -> float:
@@ -74,7 +74,7 @@ def profile_executable(executable, inputs: Sequence[torch.Tensor], runs: int = 1
     started: list[float] = []
 
     def instrument(func, symbol, before_run, ret_value, *args):
-        if symbol.startswith(_VM_BUILTIN) or not per_run:
+        if symbol.startswith(VM_BUILTIN) or not per_run:
             return 0
         if before_run:
             started.append(time.perf_counter())
@@ -114,7 +114,7 @@ def _peak(executable) -> float | None:
     """fp32 FMA GFLOP/s of the threads the module runs on: one core's, measured, times the threads."""
     if executable.target.device != "cpu":
         return None
-    from kiln.backends.tvm.cpu.peak import fp32_peak_gflops
+    from kiln.backends.tvm.runtime.peak import fp32_peak_gflops
 
     per_core = fp32_peak_gflops()
     return per_core * executable._thread_count if per_core is not None else None

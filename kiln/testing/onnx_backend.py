@@ -1,7 +1,7 @@
 """ONNX's backend interface (`onnx.backend.base.Backend`) for Kiln, so ONNX's own test suites run
 through `kiln.compile` like any user's `.onnx` file would.
 
-    from kiln.ir.onnx.backend import KilnBackend
+    from kiln.testing.onnx_backend import KilnBackend
     outputs = KilnBackend.run_model(model_proto, [numpy arrays])
 
 Kiln compiles for static shapes. Where an operator needs a value at import time (Reshape's shape,
@@ -73,7 +73,7 @@ class KilnRep(BackendRep):
         self.compiled: dict[tuple, Any] = {}
 
     def _compile(self, arrays: dict[str, np.ndarray]):
-        import kiln
+        from kiln.compiler import compile as kiln_compile
 
         while True:
             key = tuple(arrays[name].tobytes() for name in self.value_inputs)
