@@ -26,7 +26,7 @@ from kiln.passes import PASSES, PIPELINES, register_pass
 from kiln.passes.low_rank import LowRank
 from kiln.passes.pruning import Prune
 from kiln.passes.quantization import Quantize
-from kiln.tune import tune
+from kiln.backends.tvm.tuning.tune import tune
 from kiln.version import __version__
 
 

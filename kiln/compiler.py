@@ -290,9 +290,9 @@ def _on_board(compiled: CompiledModule, remote: str | None, inputs, reference, p
 
 
 def build_identity(resolved, tuning_dir: str | Path | None) -> dict[str, Any]:
-    """What a cache key holds about where the build runs: the target with its CPU features and
-    the tuning records a build for it would apply."""
-    return {"target": [resolved.name, resolved.tvm_target, resolved.cpu_features], "tuning": _tuning_fingerprint(resolved, tuning_dir)}
+    """What a cache key holds about where the build runs (the backend says: for TVM, the target
+    with its CPU features and the tuning records a build for it would apply)."""
+    return get_backend(resolved.backend).identity(resolved, _path(tuning_dir))
 
 
 def usable_cache(wanted: bool, resolved) -> CompileCache | None:
@@ -306,18 +306,6 @@ def usable_cache(wanted: bool, resolved) -> CompileCache | None:
         warn_unusable(reason)
         return None
     return compile_cache
-
-
-def _tuning_fingerprint(resolved, tuning_dir: str | Path | None) -> str | None:
-    """SHA-256 of the tuning records a build for `resolved` would apply (None without any)."""
-    import hashlib
-
-    import tvm
-
-    from kiln.backends.tvm.tuning.database import RECORDS_FILE, TuningDatabase
-
-    records = TuningDatabase.for_target(_path(tuning_dir), tvm.target.Target(resolved.tvm_target)).path / RECORDS_FILE
-    return hashlib.sha256(records.read_bytes()).hexdigest() if records.is_file() else None
 
 
 def load_checked(compile_cache: CompileCache, key: str, inputs, reference, tolerance: float,
@@ -417,13 +405,7 @@ def _pipeline(resolved, opt_level: str, passes, disable, stop_after, quantize, c
 
 def _vector_lanes(resolved) -> int:
     """fp32 lanes of the target's widest vectors: the multiple pruned channel counts keep."""
-    if resolved.backend == "tvm" and resolved.device == "cpu":
-        import tvm
-
-        from kiln.backends.tvm.cpu.register_tile import vector_lanes
-
-        return vector_lanes(tvm.target.Target(resolved.cpu_target))
-    return 8
+    return resolved.vector_unit.lanes if resolved.backend == "tvm" and resolved.device == "cpu" else 8
 
 
 def bisect(

@@ -118,12 +118,12 @@ def test_non_tensor_keywords_are_constants_checked_at_call_time():
 
 
 def test_an_importer_failure_names_the_node_op_and_model_line(monkeypatch):
-    from kiln.backends.tvm import lower
+    from kiln.backends.tvm.converters import CONVERTERS
 
     def broken(node, importer):
         raise RuntimeError("planted importer failure")
 
-    monkeypatch.setitem(lower.CUSTOM_CONVERTERS, "gelu.default", broken)
+    monkeypatch.setitem(CONVERTERS, "gelu.default", broken)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
     with pytest.raises(kiln.BackendError) as caught:
         kiln.compile(model, (torch.randn(2, 8),))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.backends.tvm import lower
+from kiln.backends.tvm.converters import CONVERTERS
 from kiln.errors import NumericsError
 from tests.conftest import assert_matches, eager
 
@@ -31,7 +31,7 @@ def halved_gelu(node, importer):
 
 @pytest.fixture
 def planted_wrong_kernel(monkeypatch):
-    monkeypatch.setitem(lower.CUSTOM_CONVERTERS, "gelu.default", halved_gelu)
+    monkeypatch.setitem(CONVERTERS, "gelu.default", halved_gelu)
 
 
 def test_a_wrong_kernel_is_not_returned_and_is_named(planted_wrong_kernel):

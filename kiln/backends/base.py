@@ -49,6 +49,10 @@ class Backend(Protocol):
 
     def build(self, graph: Graph, context: BuildContext) -> Executable: ...
 
+    def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
+        """What a build's code depends on besides the graph and the options: the target as this
+        backend reads it (the compile cache's key holds it)."""
+
     def locate_disagreement(self, executable: Executable, graph: Graph, inputs: Sequence[torch.Tensor], tolerance: float) -> str:
         """A sentence naming where a build that disagrees with `graph` on `inputs` goes wrong."""
 

@@ -36,6 +36,9 @@ class EagerBackend:
     def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
         return EagerExecutable(graph)
 
+    def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
+        return {"target": target.name}
+
     def locate_disagreement(self, executable: EagerExecutable, graph: Graph, inputs: Sequence[torch.Tensor],
                             tolerance: float) -> str:
         return "The eager backend runs the graph itself: PyTorch computed other numbers on a second run."

@@ -58,6 +58,9 @@ class OnnxRuntimeBackend:
         context.say("export to ONNX for ONNX Runtime")
         return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)
 
+    def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
+        return {"target": target.name}
+
     def locate_disagreement(self, executable: OnnxRuntimeExecutable, graph: Graph, inputs: Sequence[torch.Tensor],
                             tolerance: float) -> str:
         return "ONNX Runtime computes the graph as Kiln exported it (kiln/ir/onnx/export.py): the export or ONNX Runtime's kernels differ."

@@ -8,12 +8,13 @@ triple names (`Toolchain`), and runs on the board (see `kiln/backends/tvm/runtim
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from kiln.errors import TargetError
 
@@ -57,6 +58,30 @@ def _feature_corrections(mcpu: str) -> list[str]:
     implied = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": mcpu}))) & set(KERNEL_FEATURES)
     present = host_features()
     return [f"+{name}" for name in sorted(present - implied)] + [f"-{name}" for name in sorted(implied - present)]
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """A CPU's SIMD registers: fp32 lanes of the widest, and how many of them there are (the
+    register tile's budget: AVX2 has 16 ymm registers, AVX-512 32 zmm, AArch64 NEON 32)."""
+
+    lanes: int
+    registers: int
+
+    @property
+    def accumulators(self) -> int:
+        """Registers a tile may hold: the rest carry the weight vectors and the broadcast input."""
+        return self.registers - 2
+
+
+def vector_unit_of(llvm_features: Iterable[str], triple: str) -> VectorUnit:
+    """The SIMD registers of a CPU with these LLVM features and target triple."""
+    features = set(llvm_features)
+    if "avx512f" in features:
+        return VectorUnit(16, 32)
+    if "avx" in features:
+        return VectorUnit(8, 16)
+    return VectorUnit(4, 32 if triple.startswith("aarch64") else 16)
 
 
 def host_llvm_target() -> dict[str, Any]:
@@ -178,14 +203,24 @@ class ResolvedTarget:
         """True when the code cannot run on this machine's CPU."""
         return self.backend == "tvm" and self.architecture != platform.machine()
 
-    @property
-    def cpu_features(self) -> list[str]:
-        """KERNEL_FEATURES the code may use: those the target's CPU (its mcpu and mattr) implies."""
+    @functools.cached_property
+    def _llvm_features(self) -> frozenset[str]:
+        """Every feature LLVM says the target's CPU (its mcpu and mattr) has: asked once per target."""
         if self.backend != "tvm":
-            return []
+            return frozenset()
         from tvm.target import Target, codegen
 
-        return sorted(set(codegen.llvm_get_cpu_features(Target(self.cpu_target))) & set(KERNEL_FEATURES))
+        return frozenset(codegen.llvm_get_cpu_features(Target(self.cpu_target)))
+
+    @property
+    def cpu_features(self) -> list[str]:
+        """KERNEL_FEATURES the code may use: those the target's CPU implies."""
+        return sorted(self._llvm_features & set(KERNEL_FEATURES))
+
+    @property
+    def vector_unit(self) -> VectorUnit:
+        """The CPU side's SIMD registers (what register tiles and pruned channel counts keep to)."""
+        return vector_unit_of(self._llvm_features, str(self.cpu_target.get("mtriple", "")))
 
     def missing_cpu_features(self) -> list[str]:
         """Of `cpu_features`, those this machine's CPU lacks (its code would stop on an illegal

@@ -1,12 +1,12 @@
 """Kiln's integer operators, as torch custom ops so that quantized graphs stay ordinary Kiln IR:
 they run eagerly (the numerical reference the pass manager measures drift against), trace through
-torch.export, and lower to TVM integer compute (kiln/backends/tvm/quantized.py).
+torch.export, and lower to TVM integer compute (kiln/backends/tvm/converters/quantized.py).
 
 Activations are uint8 with a zero point, weights int8 symmetric per output channel; products
 accumulate in int32 of (x − zero_point)·w. Here the input is padded with its zero point, so that
 padding contributes nothing once it is taken off; TVM's lowering carries the activations as uint8
 between kernels and, inside a layer, as int16 less their zero point instead
-(kiln/backends/tvm/quantized.py), what AVX2's vpmaddwd multiplies.
+(kiln/backends/tvm/converters/quantized.py), what AVX2's vpmaddwd multiplies.
 """
 
 from __future__ import annotations

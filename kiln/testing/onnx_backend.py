@@ -86,7 +86,7 @@ class KilnRep(BackendRep):
             try:
                 # the suite's cases feed NaN and infinities on purpose (Cast, IsNaN, Max): what they compute is the test
                 options = {"allow_nonfinite_inputs": True, **self.options}
-                module = kiln.compile(_bind(self.model, bound), examples, target=self.target, input_shapes=shapes, **options)
+                module = kiln_compile(_bind(self.model, bound), examples, target=self.target, input_shapes=shapes, **options)
             except ValueRequiredError as error:
                 sources = [name for name in _value_sources(self.model, error.name) if name in arrays and name not in self.value_inputs]
                 if not sources:

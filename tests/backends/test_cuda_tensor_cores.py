@@ -22,7 +22,7 @@ from kiln import models
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
 from kiln.backends.tvm.cuda.gemm_tile import CANDIDATES, DLIGHT_TILE
 from kiln.backends.tvm.cuda.tensor_core import FRAGMENT
-from kiln.backends.tvm.quantized import is_call
+from kiln.backends.tvm.converters.quantized import is_call
 from kiln.ir.stats import op_name
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="building CUDA modules needs nvcc (the CUDA toolkit)")

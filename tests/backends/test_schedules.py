@@ -1,5 +1,6 @@
 """Kiln's CPU schedule strategies on a range of shapes: odd sizes, tails that do not divide the
-vector width, batch > 1, strides, padding, dilation, groups. Each compiled op must match eager."""
+vector width, batch > 1, strides, padding, dilation, groups. Each compiled op must match eager,
+and the reductions say which strategy scheduled them."""
 
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ CONVOLUTIONS = {
 }
 
 
-def _check(model: nn.Module, *inputs: torch.Tensor, tmp_path=None) -> str:
-    """Compile for the host CPU, compare with eager, return the scheduled TIR."""
+def _check(model: nn.Module, *inputs: torch.Tensor, tmp_path=None, strategy: str | None = None, kernel: str = "") -> str:
+    """Compile for the host CPU, compare with eager, return the scheduled TIR. With `strategy`:
+    the kernel whose name holds `kernel` was scheduled by it (the rules fall back silently, so a
+    broken strategy would still match eager: this is what sees it)."""
     compiled = kiln.compile(model.eval(), inputs, debug_dir=tmp_path)
     assert_matches(compiled(*inputs), eager(model, *inputs))
+    if strategy is not None:
+        rules = {name: info["rule"] for name, info in compiled.executable.kernel_info.items() if kernel in name}
+        assert rules and all(strategy in rule.split(", ") for rule in rules.values()), rules
     return next(tmp_path.glob("*_tvm_ScheduleCPU.py")).read_text() if tmp_path else ""
 
 
@@ -39,7 +45,8 @@ def _check(model: nn.Module, *inputs: torch.Tensor, tmp_path=None) -> str:
 def test_conv2d(name, tmp_path):
     cin, cout, k, stride, pad, dilation, groups, h, w, batch = CONVOLUTIONS[name]
     model = nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups), nn.ReLU())
-    scheduled = _check(model, torch.randn(batch, cin, h, w), tmp_path=tmp_path)
+    scheduled = _check(model, torch.randn(batch, cin, h, w), tmp_path=tmp_path, strategy="register_tiled_reduction",
+                       kernel="conv2d")
     assert "T.parallel(" in scheduled
 
 
@@ -96,7 +103,9 @@ def test_conv_with_batch_norm_and_residual_epilogue(tmp_path):
 
 @pytest.mark.parametrize("rows, inner, outer", [(1, 7, 5), (13, 33, 48), (128, 64, 40), (3, 16, 1000), (128, 384, 96)])
 def test_linear(rows, inner, outer):
-    _check(nn.Linear(inner, outer), torch.randn(rows, inner))
+    # 5 columns fill no vector of 4 or more: the fallback; every other shape, the register tile
+    strategy = "register_tiled_reduction" if outer % 4 == 0 else "parallel_vectorize"
+    _check(nn.Linear(inner, outer), torch.randn(rows, inner), strategy=strategy, kernel="matmul")
 
 
 AVX512, AVX2 = VectorUnit(lanes=16, registers=32), VectorUnit(lanes=8, registers=16)
@@ -121,7 +130,7 @@ def test_register_tile_choices():
 
 
 def test_linear_on_3d_input_with_batch():
-    _check(nn.Linear(16, 24), torch.randn(2, 9, 16))
+    _check(nn.Linear(16, 24), torch.randn(2, 9, 16), strategy="register_tiled_reduction", kernel="matmul")
 
 
 class BatchMatmul(nn.Module):
@@ -163,7 +172,8 @@ def test_depthwise_tile_is_a_stack_buffer_not_a_workspace_allocation(tmp_path):
     # a short reduction (9 steps): the tile must not be a local-scope buffer, which TVM fetches
     # from the workspace allocator once per tile
     model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU())
-    scheduled = _check(model, torch.randn(1, 32, 14, 14), tmp_path=tmp_path)
+    scheduled = _check(model, torch.randn(1, 32, 14, 14), tmp_path=tmp_path, strategy="register_tiled_reduction",
+                       kernel="conv2d")
     assert "_global = T.sblock_alloc_buffer" in scheduled and 'scope="local"' not in scheduled
 
 
@@ -204,6 +214,7 @@ def test_fallback_runs_outer_loops_in_parallel_and_inner_ones_serially(tmp_path)
 def test_single_row_matmul_is_register_tiled(tmp_path):
     # TVM drops a GEMV's row axis; the tiled reduction puts it back rather than leave the matmul to
     # the fallback, which accumulates in memory (a 1280 -> 1000 classifier: 209 -> 90 us, 1 thread)
-    scheduled = _check(nn.Linear(1280, 1000), torch.randn(1, 1280), tmp_path=tmp_path)
+    scheduled = _check(nn.Linear(1280, 1000), torch.randn(1, 1280), tmp_path=tmp_path, strategy="register_tiled_reduction",
+                       kernel="matmul")
     kernel = scheduled.split("def fused_packed_matmul")[1].split("@T.prim_func")[0]
     assert 'scope="local"' in kernel and "T.unroll(" in kernel

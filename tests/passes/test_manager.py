@@ -138,15 +138,19 @@ def test_an_in_place_op_is_neither_folded_nor_merged():
 
 
 def _planted(monkeypatch, name: str) -> None:
-    """The registered pass `name`, made to also shift the last layer's bias by 0.5 (a
-    deliberately broken compression or quantization pass)."""
+    """The registered pass `name`, made to also scale the graph's outputs by 1.5 (a deliberately
+    broken compression or quantization pass)."""
     from kiln.passes import registry
 
     real = registry.PASSES[name]
 
     def broken(graph: Graph, **options):
         real.rewrite(graph, **options)
-        return plant_wrong_bias(graph)
+        output = graph.output_node
+        with graph.module.graph.inserting_before(output):
+            scaled = [graph.module.graph.call_function(torch.ops.aten.mul.Tensor, (value, 1.5)) for value in output.args[0]]
+        output.args = (tuple(scaled),)
+        return 1
 
     monkeypatch.setitem(registry.PASSES, name, registry.Pass(name, real.description, broken, real.options,
                                                              real.preserves_values, real.stage))
@@ -155,7 +159,7 @@ def _planted(monkeypatch, name: str) -> None:
 def test_bisection_names_a_planted_bad_quantization_pass(cnn, monkeypatch):
     model, inputs = cnn
     _planted(monkeypatch, "quantize_dynamic_int8")
-    result = kiln.bisect(model, inputs, tolerance=0.05, quantize="dynamic_int8", target="eager")
+    result = kiln.bisect(model, inputs, tolerance=0.2, quantize="dynamic_int8", target="eager")
     assert result.culprit == "quantize_dynamic_int8", result
 
 
@@ -174,7 +178,7 @@ def test_compression_and_quantization_are_passes_of_the_one_list(cnn):
     assert "quantize_dynamic_int8" not in [row.name for row in unquantized.report.rows]
     pruned = kiln.compile(model, inputs, target="eager", prune=kiln.Prune(ratio=0.25), calibration=[inputs],
                           stop_after="prune_channels")
-    assert [row.name for row in pruned.report.rows if row.stage == "kiln"] == ["input", "prune_channels"]
+    assert [row.name for row in pruned.report.rows if row.stage == "kiln"] == ["input", "prune_heads", "prune_channels"]
 
 
 def test_a_pipeline_out_of_stage_order_is_refused_naming_the_passes(cnn):

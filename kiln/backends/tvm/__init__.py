@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from kiln.backends.tvm.kernel_check import first_disagreeing_kernel
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.provenance import kernel_sources
 from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
-from kiln.backends.tvm.tuning.database import TuningDatabase
+from kiln.backends.tvm.tuning.database import RECORDS_FILE, TuningDatabase
 from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
 from kiln.report.records import Drift, PassRecord
@@ -67,6 +68,13 @@ class TVMBackend:
         if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
             context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
         return executable
+
+    def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
+        """The target with its CPU features, and the SHA-256 of the tuning records a build for it
+        would apply (None without any)."""
+        records = TuningDatabase.for_target(tuning_dir, tvm.target.Target(target.tvm_target)).path / RECORDS_FILE
+        tuning = hashlib.sha256(records.read_bytes()).hexdigest() if records.is_file() else None
+        return {"target": [target.name, target.tvm_target, target.cpu_features], "tuning": tuning}
 
     def locate_disagreement(self, executable: TVMExecutable, graph: Graph, inputs, tolerance: float) -> str:
         return first_disagreeing_kernel(executable, graph, inputs, tolerance)

@@ -22,7 +22,7 @@ from kiln.backends.tvm.cpu import amx, winograd
 from kiln.backends.tvm.constants import constant_array, tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
-from kiln.backends.tvm.quantized import uint8_source
+from kiln.backends.tvm.converters.quantized import uint8_source
 from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 # *_DOT: panels interleaved in groups of reduction steps for a dot-product instruction (int8, bf16)

@@ -14,33 +14,16 @@ from dataclasses import dataclass
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
 
+from kiln.backends.targets import VectorUnit, vector_unit_of
+
 # TVM puts a constant-size buffer below this on the stack and fetches a larger one from the workspace
 # allocator, once per tile; a reduction of up to STACK_TILE_STEPS steps does not amortize that call
 STACK_ALLOCATION_BYTES, STACK_TILE_STEPS = 1024, 256
 FLOAT_BYTES = 4  # fp32 and int32 accumulators alike
 
 
-@dataclass(frozen=True)
-class VectorUnit:
-    """The target's SIMD registers: fp32 lanes of the widest, and how many of them there are (the
-    register tile's budget: AVX2 has 16 ymm registers, AVX-512 32 zmm, AArch64 NEON 32)."""
-
-    lanes: int
-    registers: int
-
-    @property
-    def accumulators(self) -> int:
-        """Registers a tile may hold: the rest carry the weight vectors and the broadcast input."""
-        return self.registers - 2
-
-
 def vector_unit(target: Target) -> VectorUnit:
-    features = llvm_get_cpu_features(target)
-    if "avx512f" in features:
-        return VectorUnit(16, 32)
-    if "avx" in features:
-        return VectorUnit(8, 16)
-    return VectorUnit(4, 32 if str(target.attrs.get("mtriple", "")).startswith("aarch64") else 16)
+    return vector_unit_of(llvm_get_cpu_features(target), str(target.attrs.get("mtriple", "")))
 
 
 def vector_lanes(target: Target) -> int:

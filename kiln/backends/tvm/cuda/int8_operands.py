@@ -1,7 +1,7 @@
 """int8 layers on the GPU's tensor cores: uint8 activations as signed int8 operands.
 
 Kiln's integer layers multiply `astype(u8, int16) − zero_point` by int8 weights
-(kiln/backends/tvm/quantized.py): int16 operands, which no tensor-core instruction takes (mma's
+(kiln/backends/tvm/converters/quantized.py): int16 operands, which no tensor-core instruction takes (mma's
 integer forms multiply 8-bit values). Shifted by 128 a uint8 value is an int8 one, exactly, and
 u − zp = (u − 128) − (zp − 128), so x · W = (u − 128) · W − (zp − 128) · ΣW. This pass rewrites
 each such convolution (groups 1) and matmul by a constant weight into int8 × int8 → int32 (a GEMM
@@ -18,7 +18,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.constants import constant_array
-from kiln.backends.tvm.quantized import is_call, uint8_source
+from kiln.backends.tvm.converters.quantized import is_call, uint8_source
 from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 SHIFT = 128  # uint8 − 128 is int8

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch.fx as fx
 
+from kiln.backends.tvm.converters.common import product_of
 from kiln.ir.quantized_ops import reciprocal
 
 # the zero point of dynamic int8 activations carried as uint8: symmetric int8 values + 128
@@ -185,14 +186,6 @@ def _weight_only_matmul(x, panels, scales, bits: int):
     return te.compute((rows, count * width), lambda i, j: te.sum(x[i, k] * panel[j // width, k, j % width], axis=k), name="linear_weight_only")
 
 
-def _product(dims: list) -> Any:
-    """The product of static or symbolic dims (a reshape to [-1, K] leaves a symbolic one unknown)."""
-    total = 1
-    for dim in dims:
-        total = total * dim
-    return total
-
-
 def _linear_weight_only(node: fx.Node, importer) -> Any:
     from tvm import relax, tirx
 
@@ -201,7 +194,7 @@ def _linear_weight_only(node: fx.Node, importer) -> Any:
     bb = importer.block_builder
     shape = list(x.ty.shape)  # leading dims may be symbolic (a prompt's length)
     out_features, stored = (int(d) for d in weight.ty.shape)
-    rows = _product(shape[:-1])
+    rows = product_of(shape[:-1])
     direct = isinstance(rows, (int, tirx.IntImm)) and int(rows) <= DIRECT_ROWS
     width = next(w for w in (PANEL["direct" if direct else "rows"], 16, 8, 1) if out_features % w == 0)
     # constant rearrangements of integer constants: FoldConstant does them once, still integer
@@ -233,7 +226,7 @@ def _embedding_weight_only(node: fx.Node, importer) -> Any:
     weight, scales, bits, indices = importer.env[node.args[0]], importer.env[node.args[1]], node.args[2], importer.env[node.args[3]]
     bb = importer.block_builder
     index_shape = list(indices.ty.shape)
-    flat = bb.emit(relax.op.reshape(indices, [_product(index_shape)]))
+    flat = bb.emit(relax.op.reshape(indices, [product_of(index_shape)]))
     # "clip": the indices are guarded (index_guard.py), and a "fast" take makes TVM warn at every build
     rows = bb.emit(relax.op.take(weight, flat, axis=0, mode="clip"))
     row_scales = bb.emit(relax.op.take(scales, flat, axis=0, mode="clip"))
@@ -242,7 +235,7 @@ def _embedding_weight_only(node: fx.Node, importer) -> Any:
     return bb.emit(relax.op.reshape(widened, index_shape + [columns]))
 
 
-QUANTIZED_CONVERTERS = {
+CONVERTERS: dict[str, Callable[..., Any]] = {
     "embedding_weight_only.default": _embedding_weight_only,
     "linear_weight_only.default": _linear_weight_only,
     "dequantize.default": _dequantize,

@@ -1,0 +1,109 @@
+"""Indexing and search: advanced indexing, gathers, scatters, top-k."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from kiln.backends.tvm.converters.common import stock_converter
+from kiln.errors import UnsupportedOpError
+from kiln.ir.source import model_source
+
+
+def _index(node: fx.Node, importer) -> Any:
+    """Advanced indexing x[..., i, j, ...] (integer index tensors, None for a full axis) as one take
+    over the indexed axes merged into one: the linear index is Σ (i_k mod size_k)·stride_k over
+    the broadcast index tensors, so negative indices wrap as in torch. Torch's layout rule follows:
+    adjacent indexed axes keep their place, separated ones move to the front. The importer's
+    sequential takes assumed in-range indices (Falcon's `qkv[..., [-2], :]` read garbage) and failed
+    on broadcast index tensors (`unfold`'s)."""
+    from tvm import relax, tirx
+
+    indices = list(node.args[1])
+    given = [axis for axis, index in enumerate(indices) if index is not None]
+    index_nodes = [indices[axis] for axis in given]
+    bb, x = importer.block_builder, importer.env[node.args[0]]
+    shape = list(x.ty.shape)
+    sizes = [shape[axis] for axis in given]
+    if any(index.meta["val"].dtype == torch.bool for index in index_nodes) or not all(
+            isinstance(size, tirx.IntImm) for size in sizes):
+        return stock_converter(importer, "index.Tensor")(node)
+    sizes = [int(size) for size in sizes]
+    adjacent = given == list(range(given[0], given[-1] + 1))
+    if not adjacent:  # the indexed axes first, the rest in order
+        order = given + [axis for axis in range(len(shape)) if axis not in given]
+        x = bb.emit(relax.op.permute_dims(x, order))
+        shape = [shape[axis] for axis in order]
+        given = list(range(len(given)))
+    first, last = given[0], given[-1]
+    merged = 1
+    for size in sizes:
+        merged *= size
+    if len(given) > 1:
+        x = bb.emit(relax.op.reshape(x, shape[:first] + [merged] + shape[last + 1:]))
+    linear, stride = None, merged
+    for index_node, size in zip(index_nodes, sizes):
+        stride //= size
+        index = importer.env[index_node]
+        dtype = str(index.ty.dtype)
+        index = bb.emit(relax.op.floor_mod(index, relax.const(size, dtype)))
+        term = index if stride == 1 else bb.emit(relax.op.multiply(index, relax.const(stride, dtype)))
+        linear = term if linear is None else bb.emit(relax.op.add(linear, term))
+    return bb.emit(relax.op.take(x, linear, axis=first, mode="clip"))
+
+
+def _take(data_at: int, index_at: int, axis_of: Callable[[fx.Node], int | None]):
+    """embedding, index_select and take as Relax's take in "clip" mode, not the importer's "fast":
+    the indices are already guarded (kiln/backends/tvm/index_guard.py), and TVM warns at every
+    build that a fast take faults on an index out of range."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        data, index = importer.env[node.args[data_at]], importer.env[node.args[index_at]]
+        bb = importer.block_builder
+        axis = axis_of(node)
+        if axis is None:
+            data = bb.emit(relax.op.reshape(data, [-1]))
+        return bb.emit(relax.op.take(data, index, axis=0 if axis is None else axis % len(data.ty.shape), mode="clip"))
+
+    return convert
+
+
+def _scatter_reduce(node: fx.Node, importer) -> Any:
+    """scatter_reduce (ONNX ScatterElements/ScatterND with a reduction) as Relax's scatter_elements,
+    which folds the existing values in, as torch does with include_self=True."""
+    from tvm import relax
+
+    if not node.kwargs.get("include_self", node.args[5] if len(node.args) > 5 else True):
+        raise UnsupportedOpError("aten.scatter_reduce.two with include_self=False", node.name, model_source(node), "the TVM backend")
+    data, dim, index, source, reduce = (node.args[i] for i in range(5))
+    if reduce == "mean":  # TVM's running mean gives other numbers than torch's where indices repeat
+        raise UnsupportedOpError("aten.scatter_reduce.two with reduce='mean'", node.name, model_source(node), "the TVM backend")
+    reduction = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}[reduce]
+    env = importer.env
+    return importer.block_builder.emit(relax.op.scatter_elements(env[data], env[index], env[source], dim, reduction))
+
+
+def _topk(node: fx.Node, importer) -> Any:
+    """topk through TOPI's kernel: the importer emits Relax's topk, which LegalizeOps leaves
+    unlowered on CPU targets."""
+    from tvm import topi
+
+    x = importer.env[node.args[0]]
+    k = node.args[1]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
+    largest = node.args[3] if len(node.args) > 3 else node.kwargs.get("largest", True)
+    return importer.block_builder.emit_te(topi.topk, x, k, dim % len(x.ty.shape), "both", not largest, "int64")
+
+
+CONVERTERS: dict[str, Callable[..., Any]] = {
+    "index.Tensor": _index,
+    "embedding.default": _take(0, 1, lambda node: 0),
+    "index_select.default": _take(0, 2, lambda node: node.args[1]),
+    "take.default": _take(0, 1, lambda node: None),
+    "scatter_reduce.two": _scatter_reduce,
+    "topk.default": _topk,
+}
