@@ -32,5 +32,5 @@ from kiln.version import __version__
 
 __all__ = [
     "PASSES", "PIPELINES", "TARGETS", "ArtifactError", "BackendError", "CompiledCausalLM", "CompiledModule", "FrontendError", "InputMismatchError",
-    "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "compile_causal_lm", "distill", "load", "register_pass", "tune",
+    "KilnError", "LowRank", "PassError", "Prune", "Quantize", "TargetError", "UnsupportedOpError", "bisect", "compile", "compile_causal_lm", "distill", "load", "register_pass", "tune", "__version__",
 ]

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from kiln import artifact, background
-from kiln.version import __version__
+from kiln import background
 from kiln.errors import KilnError
 from kiln.fingerprint import hash_tensors
 from kiln.module import CompiledModule, load_module
+from kiln.version import __version__
 
 if TYPE_CHECKING:
     from kiln.ir.graph import Graph

@@ -19,16 +19,16 @@ from kiln.fingerprint import model_fingerprint, recording_sources, source_hashes
 from kiln.ir.graph import Graph
 from kiln.ir.torch_frontend import from_torch, inference_mode
 from kiln.module import CompiledModule
-from kiln.passes import BisectResult, PassManager, resolve_pipeline
-from kiln.report.debug_dir import DebugDir
-from kiln.report.records import Drift, PassRecord, Report
 from kiln.numerics import (FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, float64_outputs, lossy_passes,
                            require_agreement)
+from kiln.passes import BisectResult, PassManager, resolve_pipeline
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.low_rank import LowRank, low_rank_passes
+from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
 from kiln.passes.pruning import Prune, pruning_passes
 from kiln.passes.quantization import Quantize, quantization_passes
-from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
+from kiln.report.debug_dir import DebugDir
+from kiln.report.records import Drift, PassRecord, Report
 from kiln.signature import Signature
 
 

@@ -9,11 +9,11 @@ import torch
 
 from kiln import artifact
 from kiln.backends import Executable, ResolvedTarget, get_backend
-from kiln.version import __version__
 from kiln.errors import ArtifactError, BackendError, KilnError, TargetError
 from kiln.ir.graph import Graph
 from kiln.report.records import Report
 from kiln.signature import Signature
+from kiln.version import __version__
 
 if TYPE_CHECKING:
     from kiln.backends.tvm.runtime.profile import Profile

@@ -12,10 +12,10 @@ import torch
 
 from kiln.errors import KilnError, PassError
 from kiln.ir.graph import Graph
-from kiln.report.records import Drift, PassRecord, Report
-from kiln.report.debug_dir import DebugDir
 from kiln.passes.pipelines import check_order
 from kiln.passes.registry import PassResult, get_pass
+from kiln.report.debug_dir import DebugDir
+from kiln.report.records import Drift, PassRecord, Report
 
 Progress = Callable[[str], None]
 

@@ -6,7 +6,6 @@ the IR dumps beside it, `kiln/report/page.py` draws it)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field

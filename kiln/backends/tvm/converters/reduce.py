@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 import torch.fx as fx
 
 from kiln.backends.tvm.converters.common import in_float32
