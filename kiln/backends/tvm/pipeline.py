@@ -54,8 +54,10 @@ def fusion_passes(target: Target) -> NamedPasses:
     cpu_layout: NamedPasses = [
         # channels-last: the output channel, the axis the schedules vectorize, is contiguous in
         # activations and weights; weight transposes fold into constants, activation ones sit at
-        # the graph's edges
-        ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"]})),
+        # the graph's edges; a transposed convolution stays channels-first, the one layout TVM
+        # lowers it in (NHWC carried into it reached VM codegen unlowered: every U-Net decoder)
+        ("ConvertLayout", lambda: _conv2d_layout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                                  "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})),
         # W.T of linear layers and HWIO conv weights become constants, in torch; TVM folds the rest
         ("FoldWeightLayouts", fold_weight_layouts),
         ("FoldConstantWeights", relax.transform.FoldConstant),
