@@ -78,8 +78,20 @@ def test_float64_layers_compute_in_float64(case):
 
 
 def test_kernel_sources_read_a_uniquified_binding_as_its_own_node_not_the_node_its_digits_spell():
-    from kiln.backends.tvm.provenance import _kiln_names
+    from kiln.backends.tvm.provenance import kiln_names
 
     known = {"conv2d_1", "conv2d_11", "add_1"}
-    assert _kiln_names(["conv2d_1", "conv2d_11", "add_12", "lv3"], known) == ["conv2d_1", "add_1"]
-    assert _kiln_names(["conv2d_11", "add_1"], known) == ["conv2d_11", "add_1"]
+    assert kiln_names(["conv2d_1", "conv2d_11", "add_12", "lv3"], known) == ["conv2d_1", "add_1"]
+    assert kiln_names(["conv2d_11", "add_1"], known) == ["conv2d_11", "add_1"]
+
+
+class Sorted(torch.nn.Module):
+    def forward(self, x):
+        return torch.sort(x, dim=-1).values * 2
+
+
+def test_an_op_no_lowering_takes_is_named_before_code_generation():
+    """TVM lowers no sort on the CPU: it reached the VM code generator, whose error named neither
+    the op's node nor the model line."""
+    with pytest.raises(kiln.UnsupportedOpError, match=r"relax.argsort .*node 'sort'"):
+        kiln.compile(Sorted(), (torch.randn(4, 8),))

@@ -19,6 +19,7 @@ from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.provenance import kernel_sources
 from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
 from kiln.backends.tvm.tuning.database import RECORDS_FILE, TuningDatabase
+from kiln.backends.tvm.unlowered import refuse_unlowered
 from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
 from kiln.report.records import Drift, PassRecord
@@ -58,6 +59,7 @@ class TVMBackend:
             note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
             context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
         mod = run_passes(mod, target, schedule_passes(database, target), context)
+        refuse_unlowered(mod, graph)
         if context.debug.enabled:  # the fused kernels, drawn by the HTML report beside the graph passes
             from kiln.report.graph_view import kernel_graph_data
 

@@ -22,28 +22,28 @@ from tvm import relax
 def kernel_sources(before: tvm.IRModule, after: tvm.IRModule, nodes: Iterable[str]) -> dict[str, list[str]]:
     """Kernel (PrimFunc or fused function) name -> the Kiln nodes it computes, in order."""
     known = set(nodes)
-    calls_before = [(_callee(b.value), set(_arguments(b.value)), _name(b.var)) for b in _bindings(before["main"]) if _callee(b.value)]
+    calls_before = [(_callee(b.value), set(_arguments(b.value)), var_name(b.var)) for b in _bindings(before["main"]) if _callee(b.value)]
     sources: dict[str, list[str]] = {}
     for var, function in after.functions.items():
         if isinstance(function, relax.Function) and function.attrs is not None and "Primitive" in function.attrs:
-            parameters = {_name(p) for p in function.params}
+            parameters = {var_name(p) for p in function.params}
             names = []
             for binding in _bindings(function):
-                name = _name(binding.var)
+                name = var_name(binding.var)
                 if name == "gv":  # the group's output: the binding before fusion with its callee and inner arguments
                     callee, inner = _callee(binding.value), set(_arguments(binding.value)) - parameters - {"const"}
                     matches = [before_name for c, arguments, before_name in calls_before if c == callee and inner <= arguments]
                     name = matches[0] if len(matches) == 1 else ""
                 names.append(name)
-            sources[var.name_hint] = _kiln_names(names, known)
+            sources[var.name_hint] = kiln_names(names, known)
     for binding in _bindings(after["main"]):
         callee = _callee(binding.value)
         if callee and not callee.startswith("fused_"):
-            sources.setdefault(callee, []).extend(_kiln_names([_name(binding.var)], known))
+            sources.setdefault(callee, []).extend(kiln_names([var_name(binding.var)], known))
     return sources
 
 
-def _kiln_names(names: list[str], known: set[str]) -> list[str]:
+def kiln_names(names: list[str], known: set[str]) -> list[str]:
     """Relax names back to Kiln node names: a name BlockBuilder made unique has digits appended
     ("conv2d1" for a second binding of node "conv2d"); a name no Kiln node has (a variable TVM
     made, "lv3") is dropped. The appended digits can spell another node's name ("conv2d_1" + "1"
@@ -76,8 +76,8 @@ def _callee(value) -> str | None:
 
 def _arguments(value) -> tuple[str, ...]:
     arguments = value.args[1].fields if getattr(value.op, "name", "") == "relax.call_tir" else value.args
-    return tuple(_name(a) if isinstance(a, relax.Var) else "const" for a in arguments)
+    return tuple(var_name(a) if isinstance(a, relax.Var) else "const" for a in arguments)
 
 
-def _name(var) -> str:
+def var_name(var) -> str:
     return str(getattr(var, "name_hint", None) or var.name)
