@@ -38,3 +38,12 @@ ZOO: dict[str, Callable[[], Example]] = {
     ),
     "multi_input_output": _seeded(lambda: (TwoHeads(), (torch.randn(2, 3, 16, 16), torch.randn(2, 24)))),
 }
+
+# what `kiln demo`, `kiln tune` and `kiln compile` offer by name: the zoo's models, the encoder at a
+# BERT-like sequence of 128
+DEMOS: dict[str, Callable[[], Example]] = {
+    "resnet18": ZOO["resnet18"],
+    "mobilenet_v2": ZOO["mobilenet_v2"],
+    "cnn": _seeded(lambda: (SmallCNN(), (torch.randn(1, 3, 32, 32),))),
+    "encoder": _seeded(lambda: (TransformerEncoder(EncoderConfig(layers=2)), (torch.randint(0, 30522, (1, 128)),))),
+}
