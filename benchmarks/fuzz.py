@@ -90,7 +90,7 @@ def report(outcomes: list, seed_value: int, seconds: float) -> str:
     if problems:
         lines += ["## Graphs that did not match", ""]
         for outcome in problems:
-            lines += [f"### {outcome.kind}: {outcome.detail}", "", "```", str(outcome.program), "```", ""]
+            lines += [f"### {outcome.kind}: {outcome.detail}", "", "```", str(outcome.case), "```", ""]
     return "\n".join(lines)
 
 

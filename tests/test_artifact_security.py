@@ -3,7 +3,6 @@ own temporary folder and leaves no temporary files; signed artifacts are checked
 library is mapped."""
 
 import json
-import os
 import stat
 import subprocess
 import sys

@@ -31,7 +31,7 @@ import torch.utils._pytree as pytree
 from hypothesis import strategies as st
 from torch import nn
 
-from kiln.testing.compare import disagreement
+from kiln.testing.compare import Verdict, disagreement
 
 FAMILIES = ("affine", "conv", "embedding", "gather", "in_place", "keywords", "values")
 HOSTILE = ("valid", "other_batch", "index_high", "index_negative", "nan", "inf", "non_contiguous", "channels_last",
@@ -60,15 +60,9 @@ class Compile:
 
 
 @dataclass
-class Outcome:
-    kind: str  # matched, refused, wrong, crashed
-    detail: str = ""
-
-
-@dataclass
 class Session:
     compiles: tuple[Compile, ...]
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Verdict] = field(default_factory=list)
 
     def __str__(self) -> str:
         return "\n".join(f"compile {c.model} batch={c.batch} dynamic={c.dynamic} target={c.target} {c.opt_level} "
@@ -226,21 +220,21 @@ def _tolerance(outputs: Any) -> float:
     return TOLERANCE[torch.float64] if dtypes == {torch.float64} else TOLERANCE[torch.float32]
 
 
-def check_call(model: nn.Module, compiled, kind: str, args: tuple, kwargs: dict) -> Outcome:
+def check_call(model: nn.Module, compiled, kind: str, args: tuple, kwargs: dict) -> Verdict:
     import kiln
 
     expected, eager_after, eager_error = _eager(model, args, kwargs)
     got, kiln_after, kiln_error = _call(compiled, args, kwargs)
     if kiln_error is not None and not isinstance(kiln_error, kiln.KilnError):
-        return Outcome("crashed", f"{kind}: {type(kiln_error).__name__}: {str(kiln_error)[:300]}")
+        return Verdict("crashed", f"{kind}: {type(kiln_error).__name__}: {str(kiln_error)[:300]}")
     if kiln_error is not None:
-        return Outcome("refused", f"{kind}: {type(kiln_error).__name__}: {str(kiln_error).splitlines()[0][:200]}")
+        return Verdict("refused", f"{kind}: {type(kiln_error).__name__}: {str(kiln_error).splitlines()[0][:200]}")
     if eager_error is not None:
-        return Outcome("wrong", f"{kind}: eager raises {type(eager_error).__name__}: {str(eager_error)[:120]}; Kiln returned outputs")
+        return Verdict("wrong", f"{kind}: eager raises {type(eager_error).__name__}: {str(eager_error)[:120]}; Kiln returned outputs")
     as_tensors = lambda value: pytree.tree_map(lambda x: torch.from_numpy(x) if isinstance(x, np.ndarray) else x, value)  # noqa: E731
     tolerance = _tolerance(expected)
     difference = disagreement(got, expected, tolerance) or disagreement(as_tensors(kiln_after), as_tensors(eager_after), tolerance)
-    return Outcome("wrong", f"{kind}: {difference}") if difference else Outcome("matched", kind)
+    return Verdict("wrong", f"{kind}: {difference}") if difference else Verdict("matched", kind)
 
 
 def sessions() -> st.SearchStrategy[Session]:
@@ -287,10 +281,10 @@ def run_session(session: Session, cache_dir: str | None = None) -> Session:
                 compiled = kiln.compile(model, _copies(args), example_kwargs=_copies(kwargs), target=step.target,
                                         opt_level=step.opt_level, threads=step.threads, dynamic_batch=step.dynamic)
             except kiln.KilnError as error:
-                session.outcomes.append(Outcome("refused", f"compile: {type(error).__name__}: {str(error).splitlines()[0][:200]}"))
+                session.outcomes.append(Verdict("refused", f"compile: {type(error).__name__}: {str(error).splitlines()[0][:200]}"))
                 continue
             except Exception as error:  # noqa: BLE001 - what the fuzzer exists to find
-                session.outcomes.append(Outcome("crashed", f"compile: {type(error).__name__}: {str(error)[:300]}"))
+                session.outcomes.append(Verdict("crashed", f"compile: {type(error).__name__}: {str(error)[:300]}"))
                 continue
             for kind in step.calls:
                 outcome = check_call(model, compiled, kind, *hostile(kind, spec, step.batch, generator))

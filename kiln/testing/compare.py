@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,3 +40,13 @@ def disagreement(got: Any, want: Any, tolerance: float) -> str | None:
         if not error <= tolerance * scale:
             return f"output {position}: max |Δ| {error:.3e} of scale {scale:.3e}"
     return None
+
+
+@dataclass
+class Verdict:
+    """What a suite made of one case: its kind (each suite names its own: matched, refused,
+    wrong, crashed, ...), a line of detail, and the case itself where it is worth printing."""
+
+    kind: str
+    detail: str = ""
+    case: Any = field(default=None, repr=False)

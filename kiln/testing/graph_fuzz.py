@@ -12,14 +12,14 @@ and classifies each outcome (`classify`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from kiln.testing.compare import disagreement
+from kiln.testing.compare import Verdict, disagreement
 
 Shape = tuple[int, ...]
 
@@ -228,21 +228,11 @@ def _broadcast(a: Shape, b: Shape) -> Shape:
     return tuple(max(x, y) for x, y in zip(a, b))
 
 
-@dataclass
-class Outcome:
-    """What `kiln.compile` made of one program: matched, refused (a Kiln error naming what it
-    cannot do), mismatched (wrong numbers) or crashed (any other exception)."""
-
-    kind: str
-    detail: str = ""
-    program: Program | None = field(default=None, repr=False)
-
-
 # max |Δ| relative to the output's scale, per dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
 
 
-def classify(program: Program, target: str = "llvm") -> Outcome:
+def classify(program: Program, target: str = "llvm") -> Verdict:
     import kiln
 
     model, inputs = RandomGraph(program), program.inputs()
@@ -252,10 +242,10 @@ def classify(program: Program, target: str = "llvm") -> Outcome:
         got = kiln.compile(model, inputs, target=target, threads=1)(*inputs)
     except kiln.KilnError as error:
         internal = isinstance(error, (kiln.BackendError, kiln.errors.InternalError))
-        return Outcome("kiln error" if internal else "refused", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", program)
+        return Verdict("kiln error" if internal else "refused", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", program)
     except Exception as error:  # noqa: BLE001 - what the fuzzer exists to find
-        return Outcome("crashed", f"{type(error).__name__}: {str(error)[:200]}", program)
+        return Verdict("crashed", f"{type(error).__name__}: {str(error)[:200]}", program)
     difference = disagreement(got, expected, TOLERANCE[program.dtype])
     if difference is not None:
-        return Outcome("mismatched", difference, program)
-    return Outcome("matched", "", program)
+        return Verdict("mismatched", difference, program)
+    return Verdict("matched", "", program)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from kiln.testing.compare import disagreement
+from kiln.testing.compare import Verdict, disagreement
 
 SAMPLES_PER_OP = 2
 # ops whose values are undefined (uninitialized memory): only their outputs' structure, shapes and dtypes count
@@ -43,12 +43,6 @@ class Case:
 
     def __str__(self) -> str:
         return f"{self.op} {str(self.dtype).removeprefix('torch.')} #{self.sample}"
-
-
-@dataclass(frozen=True)
-class Result:
-    kind: str  # ok, wrong, refused, crashed, not captured, eager fails
-    detail: str = ""
 
 
 @functools.cache
@@ -109,22 +103,22 @@ def shuffled(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.flatten()[torch.randperm(t.numel(), generator=generator)].reshape(t.shape).clone() for t in tensors)
 
 
-def run(case: Case, target: str = "llvm") -> Result:
+def run(case: Case, target: str = "llvm") -> Verdict:
     import kiln
 
     built = model_of(case)
     if built is None:
-        return Result("eager fails", "no such sample")
+        return Verdict("eager fails", "no such sample")
     model, tensors = built
     try:
         with torch.no_grad():
             expected = model(*[t.clone() for t in tensors])
     except Exception as error:  # noqa: BLE001 - a sample that does not run eagerly is not Kiln's to run
-        return Result("eager fails", f"{type(error).__name__}: {error}")
+        return Verdict("eager fails", f"{type(error).__name__}: {error}")
     try:
         torch.export.export(model, tensors)
     except Exception as error:  # noqa: BLE001 - torch.export's limits, not Kiln's
-        return Result("not captured", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        return Verdict("not captured", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     try:
         compiled = kiln.compile(model, tensors, target=target, cache=False, threads=1)
         calls = [(tensors, expected)]
@@ -142,9 +136,9 @@ def run(case: Case, target: str = "llvm") -> Result:
             difference = disagreement(got, want, TOLERANCE)
             if difference is not None:
                 which = "the sample" if inputs is tensors else "shuffled inputs"
-                return Result("wrong", f"on {which}: {difference}")
+                return Verdict("wrong", f"on {which}: {difference}")
     except kiln.KilnError as error:
-        return Result("refused", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        return Verdict("refused", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     except Exception as error:  # noqa: BLE001 - what the suite exists to find
-        return Result("crashed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    return Result("ok")
+        return Verdict("crashed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return Verdict("ok")

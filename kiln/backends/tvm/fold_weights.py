@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from kiln.backends.tvm.constants import constant_tensor, tensor_constant
+from kiln.backends.tvm.dlpack import constant_tensor, tensor_constant
 from kiln.backends.tvm.relax_rewrite import mutator_pass
 
 

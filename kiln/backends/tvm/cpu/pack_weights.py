@@ -19,7 +19,7 @@ from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from kiln.backends.tvm.cpu import amx, winograd
-from kiln.backends.tvm.constants import constant_array, tensor_constant
+from kiln.backends.tvm.dlpack import constant_array, tensor_constant
 from kiln.backends.tvm.cpu.dot_instructions import AMX_PANEL_WIDTHS, DOT_ANNOTATION, TAPS_ANNOTATION, DotInstruction
 from kiln.backends.tvm.cpu.register_tile import VectorUnit, column_lanes, register_tile
 from kiln.backends.tvm.converters.quantized import uint8_source

@@ -99,9 +99,9 @@ def register_tile(
             # the budget measured on AVX2 (7 × 2: FMAs take the weights as memory operands)
             mr = max(min(mr, (unit.registers - 1 - count) // count), 1)
         if steps <= STACK_TILE_STEPS:
-            # as many rows as keep the tile on the stack (AVX-512, 1 thread: Winograd's 256-channel
-            # matmuls 1.25 -> 0.74 ms with 7×32 tiles instead of 14×32, MobileNetV2 8.1 -> 7.0 ms);
-            # longer reductions amortize the allocation and keep the larger tile
+            # as many rows as keep the tile on the stack (a workspace allocation per tile costs a
+            # short reduction more than the smaller tile does); longer reductions amortize the
+            # allocation and keep the larger tile
             mr = max(min(mr, (STACK_ALLOCATION_BYTES - 1) // (count * lanes * FLOAT_BYTES)), 1)
         mr = largest_divisor(rows, mr) if rows is not None else 1
         key = (_multiply_adds_per_cycle(mr, count), mr * count / (mr + count))

@@ -239,8 +239,6 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
     elif _fits_in_cache(sch.get(block)):
         # weights that stay in cache anyway: rows outermost, so each thread takes a band of the
         # image (all its channels), the band the next layer's thread reads back from its own cache
-        # (Zen 4, 2 threads, interleaved: MobileNetV2 8.0 -> 6.7 ms, ResNet-18 20.0 -> 14.2 ms in
-        # a slow hour of the machine; 1 thread unchanged)
         sch.reorder(*spatial[:-2], row_outer, column_outer)
         tile = sch.fuse(*spatial[:-2], row_outer, column_outer)
         sch.parallel(tile)
@@ -249,10 +247,9 @@ def _tiled_reduction(sch: s_tir.Schedule, info: SBlockInfo, unit: VectorUnit, do
         sch.parallel(tile)
     # TVM fetches every local-scope tile from the workspace allocator, once per tile, and puts small
     # global-scope buffers on the stack. For a short reduction (depthwise: 9 steps) that call costs
-    # more than the reduction itself (MobileNetV2, 1 thread: 19.6 -> 13.8 ms with a global tile); for
-    # a long one the global tile is the slower (ResNet-18: 58 -> 76 ms), so it stays local there.
-    # an instruction accumulates in the register tile, "local" whatever the reduction's length (a
-    # strided 1×1 convolution of 64 channels on AMX's fallback, VNNI: ResNet-18's 0.39 -> 0.03 ms)
+    # more than the reduction itself; for a long one the global tile is the slower, so it stays
+    # local there. A dot-product instruction accumulates in the register tile: "local" whatever the
+    # reduction's length.
     short = dot is None and _reduction_steps(sch.get(block)) <= SHORT_REDUCTION
     write_back = sch.cache_write(block, 0, "global" if short else "local")
     sch.reverse_compute_at(write_back, tile)

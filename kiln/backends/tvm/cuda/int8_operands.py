@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from kiln.backends.tvm.constants import constant_array
+from kiln.backends.tvm.dlpack import constant_array
 from kiln.backends.tvm.converters.quantized import is_call, uint8_source
 from kiln.backends.tvm.relax_rewrite import mutator_pass
 
