@@ -21,7 +21,7 @@ from onnx.backend.base import Backend, BackendRep
 from kiln.errors import ValueRequiredError
 from kiln.ir.onnx import narrow_types as onnx_narrow_types
 from kiln.ir.onnx.frontend import check_model
-from kiln.ir.onnx.ops.core import tensor_from_numpy, tensor_to_numpy
+from kiln.ir.onnx.ops.registry import tensor_from_numpy, tensor_to_numpy
 
 
 def _bind(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:

@@ -25,8 +25,8 @@ from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError, UnsupportedOpError, ValueRequiredError
 from kiln.ir.graph import Graph
-from kiln.ir.onnx.ops import nn, quant, recurrent  # noqa: F401 - they register their converters
-from kiln.ir.onnx.ops.core import CONVERTERS, NodeContext, tensor_from_numpy, torch_dtype
+from kiln.ir.onnx.ops import CONVERTERS
+from kiln.ir.onnx.ops.registry import NodeContext, tensor_from_numpy, torch_dtype
 from kiln.ir.torch_frontend import from_torch
 
 # The default domain's opsets read: from 7 up to the newest the installed onnx package defines.

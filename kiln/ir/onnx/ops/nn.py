@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx.reference import ReferenceEvaluator
 
 from kiln.errors import FrontendError
-from kiln.ir.onnx.ops.core import NodeContext, ceil_pads, converts, same_pads, torch_dtype, window_sums
+from kiln.ir.onnx.ops.registry import NodeContext, ceil_pads, converts, same_pads, torch_dtype, window_sums
 
 
 def _refuse(c: NodeContext, what: str) -> FrontendError:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from kiln.errors import FrontendError
 from kiln.ir.onnx import narrow_types as onnx_narrow_types
-from kiln.ir.onnx.ops.core import NodeContext, converts, same_pads, torch_dtype, torch_pads
+from kiln.ir.onnx.ops.registry import NodeContext, converts, same_pads, torch_dtype, torch_pads
 
 _RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767), torch.uint16: (0, 65535),
            torch.int32: (-(2**31), 2**31 - 1)}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kiln.errors import FrontendError
-from kiln.ir.onnx.ops.core import NodeContext, converts
+from kiln.ir.onnx.ops.registry import NodeContext, converts
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 _ACTIVATIONS: dict[str, Activation] = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
