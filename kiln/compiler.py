@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence, TypeVar, Union
 import torch
 import torch.utils._pytree as pytree
 
-from kiln.backends import BuildContext, get_backend, resolve_target
+from kiln.backends import BuildContext, build, get_backend, resolve_target
 from kiln.cache import CompileCache, graph_key, versions, warn_unusable
 from kiln.errors import FrontendError, KilnError, NumericsError, TargetError, stage
 from kiln.fingerprint import model_fingerprint, recording_sources, source_hashes
@@ -22,6 +22,7 @@ from kiln.module import CompiledModule
 from kiln.numerics import (FLOAT32_TOLERANCE, PASS_SHARE, cached_build_agrees, default_tolerance, float64_outputs, lossy_passes,
                            require_agreement)
 from kiln.passes import BisectResult, PassManager, resolve_pipeline
+from kiln.pipeline import compile_graph
 from kiln.passes.bisect import bisect as bisect_pipeline
 from kiln.passes.low_rank import LowRank, low_rank_passes
 from kiln.passes.pipelines import DEFAULT_LEVEL, PassSpec
@@ -205,21 +206,18 @@ def compile(  # noqa: A001 - the public name users expect
                 compile_cache.remember(fingerprint, key, source_hashes(sources))
             cached.defer_graph(lambda: PassManager(pipeline).run(graph)[0])
             return _on_board(cached, remote, inputs, reference, None, tolerance, verify)
-    with stage("the graph passes"):
-        manager = PassManager(pipeline, inputs=inputs, reference=reference, debug=debug, progress=progress, verify=verify,
-                              tolerance=PASS_SHARE * tolerance)
-        graph, report = manager.run(graph)
-    if dropped:
-        report.rows[-1].note = f"{report.rows[-1].note}; {dropped}".strip("; ")
-    tolerance = given_tolerance if given_tolerance is not None else default_tolerance(graph)  # after half precision, int8
-
     backend = get_backend(resolved.backend)
-    context = BuildContext(resolved, report, debug, inputs, reference, progress, threads, _path(tuning_dir))
-    with stage(f"the {resolved.backend} backend"):
-        executable = backend.build(graph, context)
+    context = BuildContext(resolved, Report(), debug, inputs, reference, progress, threads, _path(tuning_dir))
+    with stage(f"compiling for {resolved.name}"):
+        executable, graph, graph_outputs = compile_graph(graph, pipeline, backend, context, verify, PASS_SHARE * tolerance)
+    report = context.report
+    if dropped:  # on the last graph pass's row: what the build starts from
+        last_pass = [row for row in report.rows if row.stage == "kiln"][-1]
+        last_pass.note = f"{last_pass.note}; {dropped}".strip("; ")
+    tolerance = given_tolerance if given_tolerance is not None else default_tolerance(graph)  # after half precision, int8
     if verify and _runs_here(executable):
         with stage("checking the build against eager"):
-            require_agreement(executable(inputs), reference, manager.last_outputs, report, tolerance,
+            require_agreement(executable(inputs), reference, graph_outputs, report, tolerance,
                               lambda: backend.locate_disagreement(executable, graph, inputs, tolerance),
                               lambda: float64_outputs(graph, inputs))
     compiled = CompiledModule(executable, Signature.of(graph, not allow_nonfinite_inputs), resolved, report, threads, graph)
@@ -433,7 +431,7 @@ def bisect(
     if result.culprit is not None:
         return result
     optimized, _ = PassManager(pipeline).run(graph)
-    executable = get_backend(resolved.backend).build(optimized, BuildContext(resolved))
+    executable = build(get_backend(resolved.backend), optimized, BuildContext(resolved))
     drift = Drift.between(executable(inputs), reference)
     if drift.exceeds(tolerance):
         return BisectResult(f"backend:{resolved.backend}", len(pipeline), drift, result.runs + 1)

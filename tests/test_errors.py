@@ -135,9 +135,9 @@ def test_an_importer_failure_names_the_node_op_and_model_line(monkeypatch):
 def test_an_unexpected_failure_is_a_kiln_error_naming_the_stage(monkeypatch):
     from kiln.backends import tvm as tvm_backend
 
-    def broken(graph, context, *rest):
+    def broken(graph):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(tvm_backend, "lower_and_fuse", broken)
-    with pytest.raises(kiln.KilnError, match="the tvm backend failed: ZeroDivisionError: planted"):
+    monkeypatch.setattr(tvm_backend, "to_relax", broken)
+    with pytest.raises(kiln.KilnError, match="tvm step 'import' failed: ZeroDivisionError: planted"):
         kiln.compile(models.MLP().eval(), (torch.randn(4, 64),))

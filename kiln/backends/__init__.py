@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.backends.base import Backend, BuildContext, Executable
+from kiln.backends.base import Backend, BackendSteps, BuildContext, Executable, build
 from kiln.backends.targets import TARGETS, ResolvedTarget, TargetPreset, resolve_target
 from kiln.errors import TargetError
 
@@ -24,4 +24,4 @@ def get_backend(name: str) -> Backend:
     raise TargetError(f"unknown backend '{name}'")
 
 
-__all__ = ["TARGETS", "Backend", "BuildContext", "Executable", "ResolvedTarget", "TargetPreset", "get_backend", "resolve_target"]
+__all__ = ["TARGETS", "Backend", "BackendSteps", "BuildContext", "Executable", "ResolvedTarget", "TargetPreset", "build", "get_backend", "resolve_target"]

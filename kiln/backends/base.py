@@ -1,4 +1,5 @@
-"""What every backend provides: `build(graph, context) -> Executable`, and `load(folder)`."""
+"""What every backend provides: the steps that turn a graph into an Executable (`steps(context)`,
+run by the pass loop like Kiln's graph passes), and `load(folder)`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 from kiln.backends.targets import ResolvedTarget
 from kiln.ir.graph import Graph
+from kiln.passes.instruments import Outputs, standard_instruments
+from kiln.passes.loop import Step, run_steps
 from kiln.report.records import Report
 from kiln.report.debug_dir import DebugDir
 
@@ -44,10 +47,22 @@ class BuildContext:
             self.progress(message)
 
 
+@dataclass
+class BackendSteps:
+    """A backend's part of the compilation, in the order it runs (kiln/pipeline.py lists it
+    beside Kiln's): the graph into the backend's IR, the backend's own passes, scheduling, and
+    code generation, whose last step makes the Executable."""
+
+    lowering: list[Step]
+    passes: list[Step]
+    schedule: list[Step]
+    codegen: list[Step]
+
+
 class Backend(Protocol):
     name: str
 
-    def build(self, graph: Graph, context: BuildContext) -> Executable: ...
+    def steps(self, context: BuildContext) -> BackendSteps: ...
 
     def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
         """What a build's code depends on besides the graph and the options: the target as this
@@ -58,3 +73,12 @@ class Backend(Protocol):
 
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> Executable: ...
+
+
+def build(backend: Backend, graph: Graph, context: BuildContext) -> Executable:
+    """The backend's steps alone on an optimized graph, through the pass loop with its rows in
+    the context's report (what bisection and tuning build with)."""
+    steps = backend.steps(context)
+    outputs = Outputs(context.inputs, context.reference)
+    instruments = standard_instruments(context.progress, context.debug, outputs)
+    return run_steps(graph, [*steps.lowering, *steps.passes, *steps.schedule, *steps.codegen], context.report, instruments)

@@ -7,10 +7,11 @@ from typing import Any, Sequence
 
 import torch
 
-from kiln.backends.base import BuildContext
+from kiln.backends.base import BackendSteps, BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.ir.graph import Graph
 from kiln.ir.serialize import load_graph, save_graph
+from kiln.passes.loop import Step, StepOutcome
 from kiln.timing import median_seconds
 
 GRAPH_FILE = "graph.kilnir"
@@ -33,8 +34,8 @@ class EagerExecutable:
 class EagerBackend:
     name = "eager"
 
-    def build(self, graph: Graph, context: BuildContext) -> EagerExecutable:
-        return EagerExecutable(graph)
+    def steps(self, context: BuildContext) -> BackendSteps:
+        return BackendSteps([], [], [], [Step("build", self.name, lambda graph: StepOutcome(EagerExecutable(graph)))])
 
     def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
         return {"target": target.name}

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 import torch
 
-from kiln.backends.base import BuildContext
+from kiln.backends.base import BackendSteps, BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.ir.graph import Graph
+from kiln.passes.loop import Step, StepOutcome
 from kiln.timing import median_seconds
 
 MODEL_FILE = "model.onnx"
@@ -52,11 +53,13 @@ class OnnxRuntimeExecutable:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def build(self, graph: Graph, context: BuildContext) -> OnnxRuntimeExecutable:
+    def steps(self, context: BuildContext) -> BackendSteps:
         from kiln.ir.onnx.export import to_onnx
 
-        context.say("export to ONNX for ONNX Runtime")
-        return OnnxRuntimeExecutable(to_onnx(graph).SerializeToString(), context.threads)
+        export = Step("export_onnx", self.name, lambda graph: StepOutcome(to_onnx(graph)))
+        session = Step("session", self.name, lambda model: StepOutcome(OnnxRuntimeExecutable(model.SerializeToString(),
+                                                                                               context.threads)))
+        return BackendSteps([export], [], [], [session])
 
     def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
         return {"target": target.name}

@@ -4,72 +4,88 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import tvm
 
-from kiln.backends.base import BuildContext
+from kiln.backends.base import BackendSteps, BuildContext
 from kiln.backends.targets import ResolvedTarget
 from kiln.backends.tvm.runtime.executable import TVMExecutable
 from kiln.backends.tvm.index_guard import guard_indices
 from kiln.backends.tvm.kernel_check import first_disagreeing_kernel
 from kiln.backends.tvm.lower import to_relax
 from kiln.backends.tvm.provenance import kernel_sources
-from kiln.backends.tvm.pipeline import build, fusion_passes, kernel_info, run_passes, schedule_passes
+from kiln.backends.tvm.pipeline import codegen_step, fusion_passes, kernel_info, schedule_passes, tvm_steps
 from kiln.backends.tvm.tuning.database import RECORDS_FILE, TuningDatabase
 from kiln.backends.tvm.unlowered import refuse_unlowered
 from kiln.backends.tvm.runtime.threads import size_thread_pool
 from kiln.ir.graph import Graph
-from kiln.report.records import Drift, PassRecord
+from kiln.passes.instruments import standard_instruments
+from kiln.passes.loop import Step, StepOutcome, run_steps
 
 size_thread_pool()
 
 
-def lower_and_fuse(graph: Graph, context: BuildContext, sources: dict[str, list[str]] | None = None) -> tvm.IRModule:
-    """Kiln graph → Relax with fused, not yet scheduled TIR functions (what tuning works on);
-    `sources` is filled with the Kiln nodes each kernel computes (kiln/backends/tvm/provenance.py)."""
-    target = tvm.target.Target(context.target.tvm_target)
-    context.say("import into TVM Relax")
-    start = time.perf_counter()
-    mod = to_relax(graph)
-    record = context.report.add(PassRecord(context.report.next_index(), "import", "tvm", time.perf_counter() - start))
-    if context.debug.enabled:
-        context.debug.dump(record.index, "tvm_import", mod.script(show_meta=False), suffix=".py")
-    def observe(name: str, before: tvm.IRModule, after: tvm.IRModule) -> None:
-        if name == "FuseOps" and sources is not None:
-            sources.update(kernel_sources(before, after, (node.name for node in graph.nodes)))
+class TVMBuild:
+    """What one build's steps share: the graph's index checks (kiln/backends/tvm/index_guard.py)
+    and the Kiln nodes each fused kernel computes (kiln/backends/tvm/provenance.py), which the
+    executable carries."""
 
-    return run_passes(mod, target, fusion_passes(target), context, observe)
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+        self.graph: Graph | None = None
+        self.index_checks: list = []
+        self.sources: dict[str, list[str]] = {}
+
+    def import_graph(self, graph: Graph) -> StepOutcome:
+        """Kiln graph → Relax, its indexing guarded first."""
+        self.graph, self.index_checks = guard_indices(graph)
+        note = f"{len(self.index_checks)} index checks" if self.index_checks else ""
+        return StepOutcome(to_relax(self.graph), note=note)
+
+    def observe(self, name: str, before: tvm.IRModule, after: tvm.IRModule) -> None:
+        if name == "FuseOps":
+            self.sources.update(kernel_sources(before, after, (node.name for node in self.graph.nodes)))
+
+    def check(self, mod: tvm.IRModule) -> None:
+        """Before code generation: an op no lowering made a kernel is refused naming its node; with
+        a debug directory, the fused kernels are drawn beside the graph passes (kiln/report/)."""
+        refuse_unlowered(mod, self.graph)
+        if self.context.debug.enabled:
+            from kiln.report.graph_view import kernel_graph_data
+
+            self.context.debug.dump(self.context.report.next_index() - 1, "tvm_kernels", json.dumps(kernel_graph_data(mod)),
+                                    suffix=".graph.json")
+
+    def executable(self, mod: tvm.IRModule, program, weights) -> TVMExecutable:
+        return TVMExecutable(self.context.target, self.context.threads, library=program, weights=weights,
+                             kernels=kernel_info(mod, self.sources), index_checks=self.index_checks)
+
+
+def lower_and_fuse(graph: Graph, context: BuildContext) -> tvm.IRModule:
+    """Kiln graph → Relax with fused, not yet scheduled TIR functions: what tuning works on."""
+    steps = TVMBackend().steps(context)
+    return run_steps(graph, steps.lowering + steps.passes, context.report, standard_instruments(context.progress, context.debug))
 
 
 class TVMBackend:
     name = "tvm"
 
-    def build(self, graph: Graph, context: BuildContext) -> TVMExecutable:
+    def steps(self, context: BuildContext) -> BackendSteps:
+        """Import into Relax → TVM's passes (layout, weight packing, fusion) → schedules (tuned
+        records, then Kiln's rules) → code generation."""
         target = tvm.target.Target(context.target.tvm_target)
         if context.target.toolchain is not None:
             context.target.toolchain.require(context.target.name)  # fail before the long part
-        sources: dict[str, list[str]] = {}
-        graph, index_checks = guard_indices(graph)
-        mod = lower_and_fuse(graph, context, sources)
+        build, folder = TVMBuild(context), context.debug.path
         database = TuningDatabase.for_target(context.tuning_dir, target)
-        if not database.exists() and database.others():
-            note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
-            context.report.add(PassRecord(context.report.next_index(), "ApplyTuningDatabase", "tvm", 0.0, note=note))
-        mod = run_passes(mod, target, schedule_passes(database, target), context)
-        refuse_unlowered(mod, graph)
-        if context.debug.enabled:  # the fused kernels, drawn by the HTML report beside the graph passes
-            from kiln.report.graph_view import kernel_graph_data
-
-            context.debug.dump(context.report.rows[-1].index, "tvm_kernels", json.dumps(kernel_graph_data(mod)), suffix=".graph.json")
-        program, weights = build(mod, target, context)
-        executable = TVMExecutable(context.target, context.threads, library=program, weights=weights, kernels=kernel_info(mod, sources),
-                                   index_checks=index_checks)
-        if context.inputs is not None and context.reference is not None and executable.why_not_here() is None:
-            context.report.rows[-1].drift = Drift.between(executable(context.inputs), context.reference)
-        return executable
+        return BackendSteps(
+            lowering=[Step("import", "tvm", build.import_graph)],
+            passes=tvm_steps(fusion_passes(target), target, folder, build.observe),
+            schedule=_records_elsewhere(database) + tvm_steps(schedule_passes(database, target), target, folder),
+            codegen=[codegen_step(target, folder, build.check, build.executable)],
+        )
 
     def identity(self, target: ResolvedTarget, tuning_dir: Path | None) -> dict[str, Any]:
         """The target with its CPU features, and the SHA-256 of the tuning records a build for it
@@ -84,3 +100,11 @@ class TVMBackend:
     def load(self, folder: Path, target: ResolvedTarget, threads: int | None,
              mapped: dict[str, Any] | None = None) -> TVMExecutable:
         return TVMExecutable.load(folder, target, threads, mapped)
+
+
+def _records_elsewhere(database: TuningDatabase) -> list[Step]:
+    """A row saying the tuning records found are for another CPU or target, where none are for this one."""
+    if database.exists() or not database.others():
+        return []
+    note = f"no records for {database.path.name}; not used (other CPU/target): {', '.join(database.others())}"
+    return [Step("ApplyTuningDatabase", "tvm", lambda mod: StepOutcome(mod, note=note))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -22,7 +21,6 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
-from kiln.backends.base import BuildContext
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
@@ -33,7 +31,7 @@ from kiln.backends.tvm.cpu.schedules import STRATEGY_ANNOTATION
 from kiln.backends.tvm.schedule_rules import schedule_rules
 from kiln.backends.tvm.tuning.database import TuningDatabase
 from kiln.backends.tvm.cpu.dot_instructions import DOT_INSTRUCTIONS, bf16_dots, integer_dots
-from kiln.report.records import PassRecord
+from kiln.passes.loop import Step, StepOutcome
 
 
 # TVM marks `round` vectorizable but not `nearbyint`, which Relax's round legalizes to (both become
@@ -160,26 +158,26 @@ def kernel_info(mod: tvm.IRModule, sources: dict[str, list[str]] | None = None) 
     return info
 
 
-def run_passes(mod: tvm.IRModule, target: tvm.target.Target, passes: NamedPasses, context: BuildContext,
-               observe: Callable[[str, tvm.IRModule, tvm.IRModule], None] | None = None) -> tvm.IRModule:
-    """Each pass in turn, a report row each; `observe(name, before, after)` sees every step."""
-    with target:
-        for name, make_pass in passes:
-            context.say(f"tvm {name}")
-            start = time.perf_counter()
-            before = mod
+def tvm_steps(passes: NamedPasses, target: Target, debug_path,
+              observe: Callable[[str, tvm.IRModule, tvm.IRModule], None] | None = None) -> list[Step]:
+    """TVM's passes as steps of the pass loop (kiln/passes/loop.py), each run under `target` and
+    noting the functions it left; a pass that fails writes its reproducer into `debug_path` (or
+    a temporary folder). `observe(name, before, after)` sees every pass."""
+
+    def step(name: str, make_pass: Callable[[], Callable[[tvm.IRModule], tvm.IRModule]]) -> Step:
+        def run(mod: tvm.IRModule) -> StepOutcome:
             try:
-                mod = make_pass()(mod)
+                with target:
+                    after = make_pass()(mod)
             except Exception as error:
-                raise write_reproducer(mod, target, name, make_pass, context.debug.path, error) from error
-            record = context.report.add(
-                PassRecord(context.report.next_index(), name, "tvm", time.perf_counter() - start, note=_describe(mod))
-            )
-            if context.debug.enabled:
-                context.debug.dump(record.index, f"tvm_{name}", mod.script(show_meta=False), suffix=".py")
+                raise write_reproducer(mod, target, name, make_pass, debug_path, error) from error
             if observe is not None:
-                observe(name, before, mod)
-    return mod
+                observe(name, mod, after)
+            return StepOutcome(after, note=_describe(after))
+
+        return Step(name, "tvm", run)
+
+    return [step(name, make_pass) for name, make_pass in passes]
 
 
 def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -236,16 +234,18 @@ def _host_triple() -> str:
     return str(tvm.get_global_func("target.llvm_get_system_triple")())
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target,
-          context: BuildContext) -> tuple[relax.VMExecutable, list[tvm.runtime.Tensor]]:
-    """The program, its weights apart (`compile_module(..., lift=True)`), with a report row."""
-    context.say("tvm codegen (TIR lowering + LLVM)")
-    start = time.perf_counter()
-    try:
-        built = compile_module(mod, target, lift=True)
-    except Exception as error:
-        raise write_reproducer(mod, target, "codegen", None, context.debug.path, error) from error
-    context.report.add(
-        PassRecord(context.report.next_index(), "codegen", "tvm", time.perf_counter() - start, note=str(target.attrs.get("mcpu", "")))
-    )
-    return built
+def codegen_step(target: Target, debug_path, check: Callable[[tvm.IRModule], None],
+                 make: Callable[[tvm.IRModule, relax.VMExecutable, list], Any]) -> Step:
+    """Code generation as the loop's last step: `check(mod)` first (it may refuse the module),
+    then the program, its weights apart (`compile_module(..., lift=True)`), made into an
+    executable by `make(mod, program, weights)`."""
+
+    def run(mod: tvm.IRModule) -> StepOutcome:
+        check(mod)
+        try:
+            program, weights = compile_module(mod, target, lift=True)
+        except Exception as error:
+            raise write_reproducer(mod, target, "codegen", None, debug_path, error) from error
+        return StepOutcome(make(mod, program, weights), note=str(target.attrs.get("mcpu", "")))
+
+    return Step("codegen", "tvm", run)

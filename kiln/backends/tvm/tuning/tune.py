@@ -62,7 +62,6 @@ def tune(
     to stderr. Interrupted, it resumes where it stopped when run again with the same arguments.
     """
     from kiln.backends.tvm import lower_and_fuse
-    from kiln.backends.tvm.index_guard import guard_indices
     from kiln.backends.tvm.runtime.remote import warn_if_public
     from kiln.backends.tvm.runtime.threads import usable_cores
     from kiln.backends.tvm.tuning.search import Measurement, tune_module
@@ -76,7 +75,7 @@ def tune(
     start = time.perf_counter()
     graph, _ = PassManager(resolve_pipeline(opt_level)).run(from_torch(model.eval(), example_inputs))
     tvm_target = tvm.target.Target(resolved.tvm_target)
-    mod = lower_and_fuse(guard_indices(graph)[0], BuildContext(resolved))  # the kernels a build compiles
+    mod = lower_and_fuse(graph, BuildContext(resolved))  # the kernels a build compiles
     database = TuningDatabase.for_target(Path(tuning_dir) if tuning_dir else None, tvm_target)
     if resolved.cross and remote is None and tracker is None:
         raise TargetError(f"target '{resolved.name}' runs on a board: tune it there with remote='host:port' or tracker='host:port', key=...")
