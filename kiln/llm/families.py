@@ -16,6 +16,8 @@ from kiln.errors import FrontendError
 FAMILIES = {
     "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma", "phi3": "Phi-3",
     "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX", "opt": "OPT",
+    # mixture-of-experts decoders: Mistral's and Qwen2's attention, the experts as grouped products
+    "mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE",
 }
 
 

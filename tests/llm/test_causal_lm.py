@@ -30,6 +30,13 @@ MORE_FAMILIES = {
     "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
                                                   num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64)),
 }
+# mixture-of-experts decoders: routing by top-k, tokens sorted by expert, the experts as grouped products
+MOE_FAMILIES = {
+    "mixtral": lambda: tf.MixtralForCausalLM(tf.MixtralConfig(**SMALL, num_key_value_heads=2, num_local_experts=4,
+                                                              num_experts_per_tok=2)),
+    "qwen2_moe": lambda: tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**SMALL, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
+                                                                  moe_intermediate_size=32, shared_expert_intermediate_size=64)),
+}
 MAX_LENGTH = 48
 NEW_TOKENS = 20
 
@@ -95,6 +102,20 @@ def test_llama_greedy_generation_equals_transformers_here_and_after_loading(llam
 def test_more_families_generate_as_transformers(family):
     model = _model(MORE_FAMILIES[family])
     _assert_greedy_matches(model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH))
+
+
+@pytest.mark.parametrize("family", ["mixtral", pytest.param("qwen2_moe", marks=pytest.mark.slow)])
+def test_a_mixture_of_experts_lm_generates_as_transformers_with_its_experts_as_grouped_products(family):
+    model = _model(MOE_FAMILIES[family])
+    _assert_greedy_matches(model, kiln.compile_causal_lm(model, max_length=MAX_LENGTH))
+    ids = _prompt(9)
+    compiled = kiln.compile(model, (ids,), example_kwargs={"use_cache": False}, cache=False)
+    torch.testing.assert_close(compiled(ids, use_cache=False).logits, model(ids, use_cache=False).logits, rtol=1e-4, atol=1e-4)
+    grouped = {name: kernel for name, kernel in compiled.executable.kernel_info.items()
+               if any(source.startswith("grouped_mm_fallback") for source in kernel["sources"])}
+    # one kernel per grouped product (gate/up and down of each layer), no loop over experts
+    assert len(grouped) >= 1 and all("grouped_matmul" in name for name in grouped), list(compiled.executable.kernel_info)
+    assert all("register_tiled_reduction" in kernel["rule"] for kernel in grouped.values()), grouped
 
 
 def test_left_padded_batch_generates_each_row_as_transformers(llama):

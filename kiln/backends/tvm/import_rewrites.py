@@ -173,6 +173,27 @@ def _promoted_operands(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     return emit(node.target, *args, **node.kwargs)
 
 
+def _pointwise_operands(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """A pointwise op's operands as torch reads them: integers promoted where the result is
+    floating (`_promoted_operands`); a Python integer where the schema takes a tensor (`perm //
+    2`, a wrapped number) made a 0-d tensor of the integer result's dtype, which the importer
+    made an int32 constant beside an int64 tensor and refused."""
+    promoted = _promoted_operands(node, emit)
+    if promoted is not None:
+        return promoted
+    result = node.meta["val"].dtype if isinstance(node.meta.get("val"), torch.Tensor) else None
+    if result is None or result.is_floating_point or result.is_complex or result == torch.bool:
+        return None
+    schema = node.target._schema.arguments
+    wrapped = [position for position, value in enumerate(node.args) if position < len(schema)
+               and isinstance(schema[position].type, torch.TensorType) and isinstance(value, int) and not isinstance(value, bool)]
+    if not wrapped:
+        return None
+    args = [emit(aten.scalar_tensor.default, value, dtype=result) if position in wrapped else value
+            for position, value in enumerate(node.args)]
+    return emit(node.target, *args, **node.kwargs)
+
+
 def _group_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     """native_group_norm's mean and rstd outputs ([N, group]), which the importer gets wrong:
     computed as torch defines them where something reads them."""
@@ -191,10 +212,61 @@ def _group_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     return normalized
 
 
+def _reduction_of_a_scalar(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """A reduction of a 0-d tensor (over dim 0 or -1, or all dims), which the importer's
+    converters index by a dimension it lacks (a modulo by zero, a failed check in TVM): the same
+    reduction of it made a 1-element vector, its result made 0-d again."""
+    x = argument(node, "self")
+    if not isinstance(x, fx.Node) or x.meta["val"].dim() != 0:
+        return None
+    args, kwargs = [], {}
+    for schema_argument in node.target._schema.arguments:
+        value = argument(node, schema_argument.name)
+        if schema_argument.name == "self":
+            value = emit(aten.reshape.default, x, [1])
+        elif schema_argument.name == "dim" and value is not None:
+            value = [0] * len(value) if isinstance(value, (list, tuple)) else 0
+        if schema_argument.kwarg_only:
+            kwargs[schema_argument.name] = value
+        else:
+            args.append(value)
+    return emit(aten.reshape.default, emit(node.target, *args, **kwargs), [])
+
+
+def _logical_reduction(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """any/all of a non-boolean tensor as any/all of x != 0: the importer's converter returned
+    the input's dtype (float32 where torch gives bool)."""
+    x = argument(node, "self")
+    if x.meta["val"].dtype == torch.bool:
+        return _reduction_of_a_scalar(node, emit)
+    return emit(node.target, emit(aten.ne.Scalar, x, 0), *node.args[1:], **node.kwargs)
+
+
+def _batch_of_one(node: fx.Node, emit: _Emitter) -> fx.Node | None:
+    """A convolution of an unbatched input (C, L...), which torch reads as a batch of one and the
+    importer refused: the input given a batch dimension, the result's taken off again."""
+    x, weight = argument(node, "input"), argument(node, "weight")
+    if x.meta["val"].dim() != weight.meta["val"].dim() - 1:
+        return None
+    args = [emit(aten.unsqueeze.default, x, 0), *node.args[1:]]
+    return emit(aten.squeeze.dims, emit(node.target, *args, **node.kwargs), [0])
+
+
+_REDUCTIONS = (aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin.default, aten.prod.dim_int,
+               aten.argmax.default, aten.argmin.default, aten.logsumexp.default, aten.any.dim, aten.any.dims,
+               aten.all.dim, aten.all.dims, aten.var.correction, aten.std.correction, aten.cumsum.default,
+               aten.cumprod.default, aten.norm.ScalarOpt_dim, aten.linalg_vector_norm.default, aten.squeeze.dim,
+               aten.squeeze.dims)
+
+
 REWRITES: dict[Any, Callable[[fx.Node, _Emitter], fx.Node | None]] = {
     **{op: _clamp for op in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default, aten.clamp.Tensor,
                              aten.clamp_min.Tensor, aten.clamp_max.Tensor)},
     aten.native_group_norm.default: _group_norm_statistics,
+    **{op: _reduction_of_a_scalar for op in _REDUCTIONS},
+    **{op: _batch_of_one for op in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.conv1d.padding,
+                                    aten.conv2d.padding, aten.conv3d.padding)},
+    **{op: _logical_reduction for op in (aten.any.dim, aten.any.dims, aten.all.dim, aten.all.dims)},
     **{op: _scaled_operand for op in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar,
                                       aten.rsub.Tensor, aten.rsub.Scalar)},
     aten.elu.default: _scaled_elu,
@@ -262,7 +334,7 @@ def rewrite_dropped_arguments(graph: fx.Graph) -> None:
             raise UnsupportedOpError(f"{node.target} with {reason}", node.name, model_source(node), "the TVM backend")
         rewrite = REWRITES.get(node.target)
         if rewrite is None and torch.Tag.pointwise in getattr(node.target, "tags", ()):
-            rewrite = _promoted_operands
+            rewrite = _pointwise_operands
         if rewrite is None:
             continue
         before = set(graph.nodes)

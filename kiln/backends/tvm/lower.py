@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from kiln.backends.tvm.converters import CONVERTERS
+from kiln.backends.tvm.decompositions import DECOMPOSITIONS
 from kiln.backends.tvm.import_rewrites import rewrite_dropped_arguments
 from kiln.errors import BackendError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph
@@ -74,6 +75,42 @@ def _program_for_import(graph: Graph) -> torch.export.ExportedProgram:
                            stage="decompose") from error
 
 
+def _decompose_unconverted(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Kiln's decompositions (kiln/backends/tvm/decompositions.py) wherever their ops appear;
+    then ops no converter reads, decomposed by torch's own decomposition of each (torch._decomp's
+    table, beyond the core ATen set `run_decompositions` applies), one op at a time, where the
+    decomposition leaves only ops a converter reads: the long tail of ATen compiles through the
+    decompositions PyTorch maintains for it. A decomposition into ops Kiln cannot read either
+    (torch's primitives) is not taken; what stays is refused by name (check_supported)."""
+    from torch._decomp import decomposition_table
+
+    known = supported_ops()
+
+    def unconverted(candidate: torch.export.ExportedProgram) -> set:
+        return {node.target for node in candidate.graph.nodes if node.op == "call_function"
+                and isinstance(node.target, torch._ops.OpOverload)
+                and (node.target.__name__ not in known or node.target in DECOMPOSITIONS)}
+
+    tried: set = set()
+    while True:
+        missing = unconverted(program)
+        decomposable = [op for op in missing if (op in DECOMPOSITIONS or op in decomposition_table) and op not in tried]
+        if not decomposable:
+            return program
+        op = decomposable[0]
+        tried.add(op)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+                candidate = program.run_decompositions({op: DECOMPOSITIONS.get(op, decomposition_table.get(op))})
+        except KilnError:
+            raise  # a decomposition that refuses its arguments, by name
+        except Exception:  # noqa: BLE001 - a decomposition torch cannot trace here: the op is refused by name
+            continue
+        if op in DECOMPOSITIONS or unconverted(candidate) <= missing - {op}:
+            program = candidate
+
+
 def to_relax(graph: Graph):
     """The Relax module for `graph`: weights bound as constants, one `main` with flat inputs."""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
@@ -104,7 +141,7 @@ def to_relax(graph: Graph):
         def create_convert_map(self):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 
-    program = _program_for_import(graph)
+    program = _decompose_unconverted(_program_for_import(graph))
     rewrite_dropped_arguments(program.graph)
     check_supported(program)
     return Importer().from_exported_program(program, False, False, False, CONVERTERS or None)

@@ -23,6 +23,7 @@ from tvm.target import Target
 
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
+from kiln.backends.tvm import legalize  # noqa: F401 - registers Kiln's legalizations with TVM
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit

@@ -1,4 +1,4 @@
-"""Indexing and search: advanced indexing, gathers, scatters, top-k."""
+"""Indexing and search: advanced indexing, gathers, scatters, sorting and top-k."""
 
 from __future__ import annotations
 
@@ -87,23 +87,97 @@ def _scatter_reduce(node: fx.Node, importer) -> Any:
     return importer.block_builder.emit(relax.op.scatter_elements(env[data], env[index], env[source], dim, reduction))
 
 
+def _sort_keys(x, bb, nan_smallest: bool = False):
+    """What TVM's sort library orders by, torch's order of floats made total: NaN above +inf,
+    +inf above every number (or, with `nan_smallest`, for min: NaN below −inf), in float64 where
+    there is room for it; the library's own comparison would put NaN anywhere."""
+    from tvm import relax
+
+    if "float" not in str(x.ty.dtype):
+        return x
+    keys = bb.emit(relax.op.astype(x, "float64"))
+    sign = -1.0 if nan_smallest else 1.0
+    infinity = bb.emit(relax.op.equal(x, relax.const(sign * float("inf"), x.ty.dtype)))
+    keys = bb.emit(relax.op.where(infinity, relax.const(sign * 1e300, "float64"), keys))
+    return bb.emit(relax.op.where(relax.op.isnan(x), relax.const(sign * float("inf"), "float64"), keys))
+
+
+def _top(x, k: int, axis: int, largest: bool, bb, nan_smallest: bool = False):
+    """The k largest (or smallest) values of `x` along `axis` and their indices, in order:
+    through TOPI's top-k kernel on the keys of `_sort_keys`, the values gathered from `x`."""
+    from tvm import relax, topi
+
+    indices = bb.emit_te(topi.topk, _sort_keys(x, bb, nan_smallest), k, axis, "indices", not largest, "int64")
+    return bb.emit(relax.op.gather_elements(x, indices, axis)), indices
+
+
 def _topk(node: fx.Node, importer) -> Any:
-    """topk through TOPI's kernel: the importer emits Relax's topk, which LegalizeOps leaves
-    unlowered on CPU targets."""
-    from tvm import topi
+    """topk (the importer emits Relax's topk, which LegalizeOps leaves unlowered on CPU targets)."""
+    from tvm import relax
 
     x = importer.env[node.args[0]]
-    k = node.args[1]
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
     largest = node.args[3] if len(node.args) > 3 else node.kwargs.get("largest", True)
-    return importer.block_builder.emit_te(topi.topk, x, k, dim % len(x.ty.shape), "both", not largest, "int64")
+    return importer.block_builder.emit(relax.Tuple(list(_top(x, node.args[1], dim % len(x.ty.shape), largest,
+                                                            importer.block_builder))))
+
+
+def _extreme(largest: bool):
+    """max.dim / min.dim: the value and the index of the first extreme, NaN winning as in torch
+    (the importer's max.dim is a top-k left unlowered; it has no min.dim)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax
+
+        x, dim = importer.env[node.args[0]], node.args[1]
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        bb = importer.block_builder
+        if len(x.ty.shape) == 0:  # a 0-d tensor is its own extreme, at index 0
+            return bb.emit(relax.Tuple([x, bb.emit(relax.op.zeros(relax.ShapeExpr([]), "int64"))]))
+        axis = dim % len(x.ty.shape)
+        values, indices = _top(x, 1, axis, largest, bb, nan_smallest=not largest)
+        if not keepdim:
+            values, indices = (bb.emit(relax.op.squeeze(tensor, [axis])) for tensor in (values, indices))
+        return bb.emit(relax.Tuple([values, indices]))
+
+    return convert
+
+
+def _sort(returns: str):
+    """sort and argsort through TVM's sort library (a stable sort, as torch's on the CPU) on the
+    keys of `_sort_keys`: the importer emits Relax's argsort, which LegalizeOps leaves unlowered.
+    `returns` is "both" (sort) or "indices" (argsort)."""
+
+    def convert(node: fx.Node, importer) -> Any:
+        from tvm import relax, topi
+
+        x = importer.env[node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+        descending = node.args[2] if len(node.args) > 2 else node.kwargs.get("descending", False)
+        bb = importer.block_builder
+        if len(x.ty.shape) == 0:  # a 0-d tensor is its own sort
+            indices = bb.emit(relax.op.zeros(relax.ShapeExpr([]), "int64"))
+            return bb.emit(relax.Tuple([x, indices])) if returns == "both" else indices
+        axis = dim % len(x.ty.shape)
+        indices = bb.emit_te(topi.argsort, _sort_keys(x, bb), None, axis, not descending, "int64")
+        if returns == "indices":
+            return indices
+        return bb.emit(relax.Tuple([bb.emit(relax.op.gather_elements(x, indices, axis)), indices]))
+
+    return convert
 
 
 CONVERTERS: dict[str, Callable[..., Any]] = {
+    "sort.default": _sort("both"),
+    "sort.stable": _sort("both"),
+    "argsort.default": _sort("indices"),
+    "argsort.stable": _sort("indices"),
     "index.Tensor": _index,
     "embedding.default": _take(0, 1, lambda node: 0),
     "index_select.default": _take(0, 2, lambda node: node.args[1]),
     "take.default": _take(0, 1, lambda node: None),
     "scatter_reduce.two": _scatter_reduce,
     "topk.default": _topk,
+    "max.dim": _extreme(True),
+    "min.dim": _extreme(False),
 }

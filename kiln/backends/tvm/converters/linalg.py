@@ -1,4 +1,5 @@
-"""Products: matmul in any rank, linear, addmm, in their inputs' dtype."""
+"""Products: matmul in any rank, linear, addmm, in their inputs' dtype; grouped products of
+mixture-of-experts layers."""
 
 from __future__ import annotations
 
@@ -73,7 +74,35 @@ def _linear(node: fx.Node, importer) -> Any:
     return _rows_product(importer, x, importer.block_builder.emit(relax.op.permute_dims(weight, [1, 0])), bias)
 
 
+def _grouped_mm(node: fx.Node, importer) -> Any:
+    """A mixture-of-experts layer's grouped product (`transformers::grouped_mm_fallback`, a loop
+    over experts in eager): rows sorted by expert, `offs` the cumulative row count of each expert,
+    row s multiplied by the matrix of the expert whose group holds it; rows past the last group
+    are zeros, as the loop leaves them. One kernel whose reduction reads the row's expert matrix,
+    no matrix copied per row."""
+    x, weight = importer.env[node.args[0]], importer.env[node.args[1]]
+    offsets = importer.env[node.args[2] if len(node.args) > 2 else node.kwargs["offs"]]
+    return importer.block_builder.emit_te(_grouped_product, x, weight, offsets, primfunc_name_hint="grouped_matmul")
+
+
+def _grouped_product(x, weight, offsets):
+    from tvm import te, tirx
+
+    rows, depth = x.shape
+    experts, _, columns = weight.shape
+    group = te.reduce_axis((0, experts), name="group")
+    expert = te.compute((rows,), lambda s: te.sum(tirx.Select(offsets[group].astype("int64") <= s, 1, 0).astype("int64"),
+                                                  axis=group), name="expert")
+    k = te.reduce_axis((0, depth), name="k")
+    last = tirx.IntImm("int64", int(experts) - 1)
+    product = te.compute((rows, columns), lambda s, o: te.sum(
+        x[s, k].astype(x.dtype) * weight[tirx.min(expert[s], last), k, o], axis=k), name="grouped_product")
+    return te.compute((rows, columns), lambda s, o: tirx.Select(expert[s] <= last, product[s, o],
+                                                               tirx.const(0, x.dtype)), name="grouped_matmul")
+
+
 CONVERTERS: dict[str, Callable[..., Any]] = {
+    "grouped_mm_fallback.default": _grouped_mm,
     **{name: _matmul for name in ("matmul.default", "mm.default", "bmm.default")},
     "addmm.default": _addmm,
     "linear.default": _linear,

@@ -109,7 +109,14 @@ def _scalar_tensor(node: fx.Node, importer) -> Any:
     return bb.emit(relax.op.astype(bb.emit(relax.op.reshape(as_tensor, [])), dtype))
 
 
+def _empty(node: fx.Node, importer) -> Any:
+    """empty, empty_permuted: zeros (any values are an empty tensor's), of sizes that may be
+    dynamic dims; the importer's own empty read the sizes unresolved and failed on a dynamic one."""
+    return stock_converter(importer, "zeros.default")(node)
+
+
 CONVERTERS: dict[str, Callable[..., Any]] = {
+    **{name: _empty for name in ("empty.default", "empty.memory_format", "empty_permuted.default")},
     "split_with_sizes.default": _split_with_sizes,
     "cat.default": _cat,
     "scalar_tensor.default": _scalar_tensor,
