@@ -27,6 +27,7 @@ Built = tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]
 _TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
              max_position_embeddings=64)
 _DECODER = dict(_TEXT, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_MOE = dict(_DECODER, intermediate_size=32, num_experts_per_tok=2)
 _VISION = dict(image_size=IMAGE, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
                num_attention_heads=4, intermediate_size=37)
 
@@ -197,6 +198,23 @@ CORPUS: dict[str, Architecture] = {
     "olmo": Architecture("decoder LM", _text("OlmoForCausalLM", "OlmoConfig", **_DECODER)),
     "starcoder2": Architecture("decoder LM", _text("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER)),
     "granite": Architecture("decoder LM", _text("GraniteForCausalLM", "GraniteConfig", **_DECODER)),
+    # mixture-of-experts decoders: top-k routing, tokens sorted by expert, grouped expert products (torch's
+    # grouped_mm in eager wants 16-byte strides: an even intermediate size)
+    "mixtral": Architecture("MoE decoder LM", _text("MixtralForCausalLM", "MixtralConfig", **_MOE, num_local_experts=4)),
+    "qwen2_moe": Architecture("MoE decoder LM", _text("Qwen2MoeForCausalLM", "Qwen2MoeConfig", **_MOE, num_experts=4,
+                                                      moe_intermediate_size=16, shared_expert_intermediate_size=32)),
+    "qwen3_moe": Architecture("MoE decoder LM", _text("Qwen3MoeForCausalLM", "Qwen3MoeConfig", **_MOE, num_experts=4,
+                                                      moe_intermediate_size=16, head_dim=8)),
+    "olmoe": Architecture("MoE decoder LM", _text("OlmoeForCausalLM", "OlmoeConfig", **_MOE, num_experts=4)),
+    "granitemoe": Architecture("MoE decoder LM", _text("GraniteMoeForCausalLM", "GraniteMoeConfig", **_MOE, num_local_experts=4)),
+    "phimoe": Architecture("MoE decoder LM", _text("PhimoeForCausalLM", "PhimoeConfig", **_MOE, num_local_experts=4)),
+    "deepseek_v3": Architecture("MoE decoder LM", _text(
+        "DeepseekV3ForCausalLM", "DeepseekV3Config", **dict(_MOE, num_key_value_heads=4), n_routed_experts=4,
+        moe_intermediate_size=16, n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_group=1, topk_group=1)),
+    "jamba": Architecture("MoE decoder LM", _text(
+        "JambaForCausalLM", "JambaConfig", **_MOE, num_experts=4, attn_layer_period=2, attn_layer_offset=1,
+        expert_layer_period=2, expert_layer_offset=1, mamba_d_state=4, mamba_dt_rank=4, mamba_expand=2)),
     # encoder-decoders, one teacher-forced step
     "bart": Architecture("encoder-decoder", _seq2seq("BartForConditionalGeneration", "BartConfig", **_BART)),
     "t5": Architecture("encoder-decoder", _seq2seq("T5ForConditionalGeneration", "T5Config", **_T5)),

@@ -163,3 +163,31 @@ def test_a_convolution_of_an_unbatched_input_gives_eagers_values(layer, shape):
     model, x = layer().eval(), torch.randn(shape)
     compiled_model = kiln.compile(model, (x,), cache=False)
     torch.testing.assert_close(compiled_model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_exp2_is_exact_at_integers_and_unfold_gathers_every_window():
+    x = torch.tensor([0.0, 1.0, 3.0, -2.0, 10.0, 0.5])
+    assert torch.equal(compiled(torch.exp2, x)(x), torch.exp2(x))
+    for shape, dim, size, step in [((2, 11, 3), 1, 4, 2), ((2, 10), -1, 3, 3), ((5,), 0, 2, 1)]:
+        y = torch.randn(shape)
+        op = lambda y: y.unfold(dim, size, step)  # noqa: E731
+        assert torch.equal(compiled(op, y)(y), op(y))
+
+
+def test_addmv_ignores_its_term_where_beta_is_zero_and_addbmm_sums_the_batch():
+    term, matrix, vector = torch.full((4,), NAN), torch.randn(4, 3), torch.randn(3)
+    op = lambda t, m, v: torch.addmv(t, m, v, beta=0, alpha=2)  # noqa: E731
+    torch.testing.assert_close(compiled(op, term, matrix, vector)(term, matrix, vector), op(term, matrix, vector))
+    term, first, second = torch.randn(4, 5), torch.randn(2, 4, 3), torch.randn(2, 3, 5)
+    op = lambda t, a, b: torch.addbmm(t, a, b, beta=0.5)  # noqa: E731
+    torch.testing.assert_close(compiled(op, term, first, second)(term, first, second), op(term, first, second))
+
+
+@pytest.mark.parametrize("options", [{}, {"right": True}, {"side": "right", "out_int32": True}])
+def test_searchsorted_places_nan_and_infinities_as_torch_does(options):
+    sequence = torch.tensor([-INF, -1.0, 0.0, 0.0, 2.0, 5.0, INF])
+    values = torch.tensor([[NAN, -INF, 0.0, 0.5, 2.0, INF, 7.0, -3.0]])
+    op = lambda s, v: torch.searchsorted(s, v, **options)  # noqa: E731
+    assert_same(compiled(op, sequence, values)(sequence, values), op(sequence, values))
+    rows, queries = torch.sort(torch.randn(3, 6), dim=1)[0], torch.randn(3, 4)
+    assert_same(compiled(op, rows, queries)(rows, queries), op(rows, queries))

@@ -103,7 +103,43 @@ def histc(x: torch.Tensor, bins: int = 100, min: float = 0.0, max: float = 0.0) 
     return hits.sum(0).to(x.dtype)
 
 
+def exp2(x: torch.Tensor) -> torch.Tensor:
+    """2ˣ as a power, exact at integers as torch's exp2 is (exp(x·ln 2) is not)."""
+    return torch.pow(2.0, x if x.is_floating_point() else x.to(torch.get_default_dtype()))
+
+
+def _scaled_sum(term: torch.Tensor, product: torch.Tensor, beta, alpha) -> torch.Tensor:
+    """β·term + α·product, term ignored where β is 0 (its NaN and inf too), as BLAS reads β."""
+    scaled = product if alpha == 1 else product * alpha
+    return scaled if beta == 0 else scaled + (term if beta == 1 else term * beta)
+
+
+def addmv(term: torch.Tensor, matrix: torch.Tensor, vector: torch.Tensor, *, beta=1, alpha=1) -> torch.Tensor:
+    return _scaled_sum(term, torch.mv(matrix, vector), beta, alpha)
+
+
+def addbmm(term: torch.Tensor, first: torch.Tensor, second: torch.Tensor, *, beta=1, alpha=1) -> torch.Tensor:
+    return _scaled_sum(term, torch.bmm(first, second).sum(0), beta, alpha)
+
+
+def unfold(x: torch.Tensor, dimension: int, size: int, step: int) -> torch.Tensor:
+    """Windows of `size` every `step` along `dimension`, as a gather of their indices (torch's
+    own decomposition is a non-contiguous as_strided, which TVM's importer refuses)."""
+    dimension = dimension % max(x.dim(), 1)
+    if x.dim() == 0:
+        return x.reshape(1)
+    windows = (x.shape[dimension] - size) // step + 1
+    index = (torch.arange(windows).unsqueeze(1) * step + torch.arange(size).unsqueeze(0)).reshape(-1)
+    gathered = x.index_select(dimension, index)
+    shape = list(x.shape[:dimension]) + [windows, size] + list(x.shape[dimension + 1:])
+    return gathered.reshape(shape).movedim(dimension + 1, -1)
+
+
 DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable] = {
+    aten.exp2.default: exp2,
+    aten.addmv.default: addmv,
+    aten.addbmm.default: addbmm,
+    aten.unfold.default: unfold,
     aten.cosh.default: cosh,
     aten.sinh.default: sinh,
     aten.hypot.default: hypot,

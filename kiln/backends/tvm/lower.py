@@ -138,6 +138,12 @@ def to_relax(graph: Graph):
             None): an empty tuple, where the importer refuses one."""
             return () if output_args in ((), []) else ExportedProgramImporter._flatten_output_args(output_args)
 
+        def _translate_fx_graph(self, graph_module, nodes, inputs_vars, custom_ops=None):
+            """Kiln's converters in every graph, the branches of a torch.cond included: the
+            importer passes its own table of them to the top-level graph alone, and called them
+            with one argument inside a branch."""
+            return super()._translate_fx_graph(graph_module, nodes, inputs_vars, custom_ops or set(CONVERTERS))
+
         def create_convert_map(self):
             return _NamingFailures(super().create_convert_map(), self, {node.name for node in graph.nodes})
 

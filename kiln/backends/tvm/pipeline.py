@@ -24,6 +24,7 @@ from tvm.target import Target
 from kiln.backends.tvm.cpu.pack_weights import pack_weights
 from kiln.backends.tvm.cuda.int8_operands import signed_int8_operands
 from kiln.backends.tvm import legalize  # noqa: F401 - registers Kiln's legalizations with TVM
+from kiln.backends.tvm.fast_math import FastMath
 from kiln.backends.tvm.fold_weights import fold_weight_layouts
 from kiln.backends.tvm.weights import lift_weights
 from kiln.backends.tvm.cpu.register_tile import vector_unit
@@ -68,7 +69,7 @@ def fusion_passes(target: Target) -> NamedPasses:
         *(cpu_layout if on_cpu else gpu_operands),
         # exp, erf, tanh and softmax as vectorizable polynomials (~1e-7 relative error) instead
         # of scalar libm calls
-        ("FastMath", relax.transform.FastMathTransform),
+        ("FastMath", FastMath),
         ("LegalizeOps", relax.transform.LegalizeOps),
         ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern),
         ("FoldConstant", relax.transform.FoldConstant),

@@ -167,7 +167,27 @@ def _sort(returns: str):
     return convert
 
 
+def _searchsorted(node: fx.Node, importer) -> Any:
+    """searchsorted of a tensor of values through TOPI's binary search; a `sorter` permutation is
+    refused by name."""
+    from tvm import relax, topi
+
+    if node.kwargs.get("sorter") is not None:
+        raise UnsupportedOpError("aten.searchsorted with sorter=", node.name, model_source(node), "the TVM backend")
+    right = node.kwargs.get("right", False) or node.kwargs.get("side") == "right"
+    dtype = "int32" if node.kwargs.get("out_int32", False) else "int64"
+    sequence, values = importer.env[node.args[0]], importer.env[node.args[1]]
+    bb = importer.block_builder
+    found = bb.emit_te(topi.searchsorted, sequence, values, right, dtype)
+    if "float" not in str(values.ty.dtype):
+        return found
+    # NaN goes after every number, as torch sorts it (the binary search put it first)
+    end = relax.const(int(sequence.ty.shape[-1]), dtype)
+    return bb.emit(relax.op.where(relax.op.isnan(values), end, found))
+
+
 CONVERTERS: dict[str, Callable[..., Any]] = {
+    "searchsorted.Tensor": _searchsorted,
     "sort.default": _sort("both"),
     "sort.stable": _sort("both"),
     "argsort.default": _sort("indices"),
