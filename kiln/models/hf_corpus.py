@@ -137,6 +137,79 @@ def _siglip_vision() -> Built:
 _BART = dict(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
              decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
              pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+def _patchtst() -> Built:
+    import transformers
+
+    config = transformers.PatchTSTConfig(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8, d_model=16,
+                                         num_attention_heads=2, num_hidden_layers=2, ffn_dim=32)
+    return transformers.PatchTSTModel(config), (torch.randn(1, 32, 3),), {}
+
+
+def _detr() -> Built:
+    import transformers
+
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    config = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=16,
+                                     encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                     encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5)
+    return transformers.DetrForObjectDetection(config), (torch.randn(1, 3, 64, 64),), {}
+
+
+def _audio_spectrogram() -> Built:
+    import transformers
+
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                                    num_mel_bins=16, max_length=32, patch_size=8, frequency_stride=8, time_stride=8)
+    return transformers.ASTModel(config), (torch.randn(1, 32, 16),), {}
+
+
+_DIFFUSION_BLOCKS = dict(layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8)
+
+
+def _unet() -> Built:
+    import diffusers
+
+    model = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), **_DIFFUSION_BLOCKS)
+    return model, (torch.randn(1, 3, 16, 16), torch.tensor([10])), {"return_dict": False}
+
+
+def _unet_conditioned() -> Built:
+    import diffusers
+
+    model = diffusers.UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, cross_attention_dim=16, attention_head_dim=4,
+                                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **_DIFFUSION_BLOCKS)
+    return model, (torch.randn(1, 4, 16, 16), torch.tensor([10]), torch.randn(1, 5, 16)), {"return_dict": False}
+
+
+class _Decoder(torch.nn.Module):
+    """A VAE's decoder, as a latent-diffusion pipeline calls it after the last denoising step."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+
+def _vae_decoder() -> Built:
+    import diffusers
+
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, **_DIFFUSION_BLOCKS)
+    return _Decoder(vae), (torch.randn(1, 4, 8, 8),), {}
+
+
+def _diffusion_transformer() -> Built:
+    import diffusers
+
+    model = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=2, sample_size=8,
+                                            patch_size=2, num_embeds_ada_norm=10, norm_num_groups=8)
+    return model, (torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([1])), {"return_dict": False}
+
+
 _T5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 _CONVNET = dict(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1])
@@ -169,6 +242,12 @@ CORPUS: dict[str, Architecture] = {
         "ModernBertModel", "ModernBertConfig", **_TEXT, pad_token_id=0, global_attn_every_n_layers=2,
         local_attention=4)),
     "t5_encoder": Architecture("text encoder", _text("T5EncoderModel", "T5Config", **_T5)),
+    "electra_mlm": Architecture("text encoder", _text("ElectraForMaskedLM", "ElectraConfig", **_TEXT, embedding_size=16)),
+    "canine": Architecture("text encoder", _text(
+        "CanineModel", "CanineConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        downsampling_rate=2, num_hash_buckets=64)),
+    "bigbird": Architecture("text encoder", _text("BigBirdModel", "BigBirdConfig", **_TEXT, attention_type="original_full")),
+    "roformer": Architecture("text encoder", _text("RoFormerModel", "RoFormerConfig", **_TEXT)),
     "clip_text": Architecture("text encoder", _clip_text),
     # decoder language models, called as for a forward pass (use_cache at its default)
     "gpt2": Architecture("decoder LM", _text(
@@ -195,6 +274,23 @@ CORPUS: dict[str, Architecture] = {
         "GPTJForCausalLM", "GPTJConfig", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
         n_positions=64)),
     "stablelm": Architecture("decoder LM", _text("StableLmForCausalLM", "StableLmConfig", **_DECODER)),
+    "xglm": Architecture("decoder LM", _text(
+        "XGLMForCausalLM", "XGLMConfig", vocab_size=VOCAB, d_model=32, num_layers=2, attention_heads=4, ffn_dim=37,
+        max_position_embeddings=64)),
+    "codegen": Architecture("decoder LM", _text(
+        "CodeGenForCausalLM", "CodeGenConfig", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4)),
+    "cohere": Architecture("decoder LM", _text("CohereForCausalLM", "CohereConfig", **_DECODER)),
+    "olmo2": Architecture("decoder LM", _text("Olmo2ForCausalLM", "Olmo2Config", **_DECODER)),
+    "starcoder2": Architecture("decoder LM", _text("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER)),
+    "gemma3_text": Architecture("decoder LM", _text(
+        "Gemma3ForCausalLM", "Gemma3TextConfig", **_DECODER, head_dim=8, sliding_window=4)),
+    "ctrl": Architecture("decoder LM", _text(
+        "CTRLLMHeadModel", "CTRLConfig", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, dff=37, n_positions=64)),
+    "biogpt": Architecture("decoder LM", _text("BioGptForCausalLM", "BioGptConfig", **_TEXT)),
+    "xlnet": Architecture("decoder LM", _text("XLNetModel", "XLNetConfig", vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=37)),
+    # state-space decoders
+    "mamba": Architecture("state-space LM", _text(
+        "MambaForCausalLM", "MambaConfig", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2)),
     "olmo": Architecture("decoder LM", _text("OlmoForCausalLM", "OlmoConfig", **_DECODER)),
     "starcoder2": Architecture("decoder LM", _text("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER)),
     "granite": Architecture("decoder LM", _text("GraniteForCausalLM", "GraniteConfig", **_DECODER)),
@@ -237,6 +333,40 @@ CORPUS: dict[str, Architecture] = {
     "segformer": Architecture("vision", _image(
         "SegformerModel", "SegformerConfig", num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
         hidden_sizes=[8, 16], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])),
+    "convnextv2": Architecture("vision", _image("ConvNextV2Model", "ConvNextV2Config", num_stages=2, **_CONVNET)),
+    "mobilevit": Architecture("vision", _image(
+        "MobileViTModel", "MobileViTConfig", image_size=IMAGE, hidden_sizes=[16, 16, 16], neck_hidden_sizes=[8, 8, 16, 16, 16, 16, 32])),
+    "levit": Architecture("vision", _image(
+        "LevitModel", "LevitConfig", image_size=IMAGE, hidden_sizes=[16, 24, 32], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+        key_dim=[8, 8, 8])),
+    "pvt": Architecture("vision", _image(
+        "PvtModel", "PvtConfig", image_size=IMAGE, num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[8, 16],
+        sequence_reduction_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[4, 2], strides=[4, 2], mlp_ratios=[2, 2])),
+    "swinv2": Architecture("vision", _image(
+        "Swinv2Model", "Swinv2Config", image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4)),
+    "poolformer": Architecture("vision", _image(
+        "PoolFormerModel", "PoolFormerConfig", num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
+        strides=[4, 2], padding=[2, 1], pool_size=3, mlp_ratio=2.0)),
+    "focalnet": Architecture("vision", _image(
+        "FocalNetModel", "FocalNetConfig", image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1], focal_levels=[2, 2],
+        focal_windows=[3, 3])),
+    "mobilenet_v1": Architecture("vision", _image("MobileNetV1Model", "MobileNetV1Config", image_size=IMAGE, depth_multiplier=0.25)),
+    # dense prediction and detection
+    "dpt": Architecture("dense prediction", _image("DPTModel", "DPTConfig", **_VISION)),
+    "glpn": Architecture("dense prediction", _image(
+        "GLPNModel", "GLPNConfig", num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+        num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16)),
+    "yolos": Architecture("detection", _image(
+        "YolosModel", "YolosConfig", image_size=[IMAGE, IMAGE], patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=37, num_detection_tokens=4)),
+    "detr": Architecture("detection", _detr),
+    # time series
+    "patchtst": Architecture("time series", _patchtst),
+    # diffusion (diffusers)
+    "unet2d": Architecture("diffusion", _unet),
+    "unet2d_condition": Architecture("diffusion", _unet_conditioned),
+    "vae_decoder": Architecture("diffusion", _vae_decoder),
+    "dit": Architecture("diffusion", _diffusion_transformer),
     "clip_vision": Architecture("multimodal tower", _clip_vision),
     "siglip_vision": Architecture("multimodal tower", _siglip_vision),
     # speech encoders
@@ -249,5 +379,6 @@ CORPUS: dict[str, Architecture] = {
         intermediate_size=37, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4)),
     "whisper_encoder": Architecture("speech", _whisper_encoder),
+    "audio_spectrogram_transformer": Architecture("speech", _audio_spectrogram),
 }
 
