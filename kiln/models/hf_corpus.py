@@ -281,7 +281,6 @@ CORPUS: dict[str, Architecture] = {
         "CodeGenForCausalLM", "CodeGenConfig", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4)),
     "cohere": Architecture("decoder LM", _text("CohereForCausalLM", "CohereConfig", **_DECODER)),
     "olmo2": Architecture("decoder LM", _text("Olmo2ForCausalLM", "Olmo2Config", **_DECODER)),
-    "starcoder2": Architecture("decoder LM", _text("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER)),
     "gemma3_text": Architecture("decoder LM", _text(
         "Gemma3ForCausalLM", "Gemma3TextConfig", **_DECODER, head_dim=8, sliding_window=4)),
     "ctrl": Architecture("decoder LM", _text(
