@@ -17,6 +17,11 @@ aten = torch.ops.aten
 _LN2 = math.log(2.0)
 
 
+def _floating(x: torch.Tensor) -> torch.Tensor:
+    """x, or integers as the default float dtype: what torch's unary float functions compute in."""
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
 def _half_exp(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """exp(|x|)/2 and exp(-|x|)/2, the first without overflowing where cosh(x) itself does not
     (exp(89) overflows float32, cosh(89) does not)."""
@@ -25,13 +30,14 @@ def _half_exp(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cosh(x: torch.Tensor) -> torch.Tensor:
-    up, down = _half_exp(x)
+    up, down = _half_exp(_floating(x))
     return up + down
 
 
 def sinh(x: torch.Tensor) -> torch.Tensor:
     """exp(|x|)/2 − exp(−|x|)/2 with x's sign; below |x| = 1, where that difference cancels, the
     Taylor series to x⁹ (its error under 3e-8 of the value there)."""
+    x = _floating(x)
     up, down = _half_exp(x)
     square = x * x
     series = x * (1 + square / 6 * (1 + square / 20 * (1 + square / 42 * (1 + square / 72))))
@@ -105,7 +111,7 @@ def histc(x: torch.Tensor, bins: int = 100, min: float = 0.0, max: float = 0.0) 
 
 def exp2(x: torch.Tensor) -> torch.Tensor:
     """2ˣ as a power, exact at integers as torch's exp2 is (exp(x·ln 2) is not)."""
-    return torch.pow(2.0, x if x.is_floating_point() else x.to(torch.get_default_dtype()))
+    return torch.pow(2.0, _floating(x))
 
 
 def _scaled_sum(term: torch.Tensor, product: torch.Tensor, beta, alpha) -> torch.Tensor:
