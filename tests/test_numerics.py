@@ -76,3 +76,27 @@ def test_a_pass_that_breaks_its_promise_is_named(monkeypatch):
     model, x = Mlp().eval(), torch.randn(4, 16)
     with pytest.raises(kiln.PassError, match="pass 'fold_constants' promises to preserve values"):
         kiln.compile(model, (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_a_module_refuses_nan_and_infinities_at_call_time_and_passes_every_finite_value(dtype):
+    from kiln.signature import _all_finite
+
+    finite = torch.tensor([0.0, -0.0, torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny, 1.5], dtype=dtype)
+    assert _all_finite(finite) and _all_finite(finite[::2])  # a strided view is read as it is
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        tensor = finite.clone()
+        tensor[3] = bad
+        assert not _all_finite(tensor)
+
+
+def test_a_nan_input_is_refused_naming_its_position_unless_allowed():
+    model = torch.nn.Linear(4, 2).eval()
+    x = torch.randn(3, 4)
+    compiled = kiln.compile(model, (x,), cache=False)
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(kiln.KilnError, match=r"nan at \(1, 2\)"):
+        compiled(bad)
+    allowed = kiln.compile(model, (x,), cache=False, allow_nonfinite_inputs=True)
+    assert allowed(bad)[1].isnan().all()
