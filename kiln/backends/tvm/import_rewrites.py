@@ -110,8 +110,15 @@ def _layer_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     x, shape, eps = argument(node, "input"), argument(node, "normalized_shape"), argument(node, "eps")
     axes = list(range(-len(shape), 0))
     normalized = emit(aten.layer_norm.default, x, shape, argument(node, "weight"), argument(node, "bias"), eps)
-    mean = emit(aten.mean.dim, x, axes, True)
-    variance = emit(aten.var.correction, x, axes, correction=0, keepdim=True)
+    return _with_statistics(node, emit, normalized, x, axes, True, eps)
+
+
+def _with_statistics(node: fx.Node, emit: _Emitter, normalized: fx.Node, values: fx.Node, axes: list[int], keepdim: bool,
+                     eps: float) -> fx.Node:
+    """`normalized` with the mean and rstd of `values` over `axes` that a native norm returns
+    beside it: each getitem user of `node` reads its own of the three."""
+    mean = emit(aten.mean.dim, values, axes, keepdim)
+    variance = emit(aten.var.correction, values, axes, correction=0, keepdim=keepdim)
     rstd = emit(aten.rsqrt.default, emit(aten.add.Tensor, variance, eps))
     for user in list(node.users):
         user.replace_all_uses_with((normalized, mean, rstd)[user.args[1]])
@@ -203,13 +210,7 @@ def _group_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
     x, weight, bias, n, c, hxw, group, eps = node.args
     normalized = emit(aten.group_norm.default, x, group, weight, bias, eps)
     grouped = emit(aten.reshape.default, x, [n, group, -1])
-    mean = emit(aten.mean.dim, grouped, [2])
-    variance = emit(aten.var.correction, grouped, [2], correction=0)
-    rstd = emit(aten.rsqrt.default, emit(aten.add.Tensor, variance, eps))
-    for user in list(node.users):
-        user.replace_all_uses_with((normalized, mean, rstd)[user.args[1]])
-        user.graph.erase_node(user)
-    return normalized
+    return _with_statistics(node, emit, normalized, grouped, [2], False, eps)
 
 
 def _reduction_of_a_scalar(node: fx.Node, emit: _Emitter) -> fx.Node | None:
