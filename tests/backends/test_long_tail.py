@@ -191,3 +191,11 @@ def test_searchsorted_places_nan_and_infinities_as_torch_does(options):
     assert_same(compiled(op, sequence, values)(sequence, values), op(sequence, values))
     rows, queries = torch.sort(torch.randn(3, 6), dim=1)[0], torch.randn(3, 4)
     assert_same(compiled(op, rows, queries)(rows, queries), op(rows, queries))
+
+
+def test_an_indexed_fill_of_a_0d_tensor_gives_eagers_value():
+    """A 0-d tensor is indexed as one element along dim 0: the index guard and the importer
+    divided by its zero dims."""
+    x, index = torch.tensor(2.5), torch.tensor([0])
+    op = lambda x, i: x.index_fill(0, i, -1.0)  # noqa: E731
+    assert_same(compiled(op, x, index)(x, index), op(x, index))

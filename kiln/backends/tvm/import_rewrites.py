@@ -214,7 +214,7 @@ def _group_norm_statistics(node: fx.Node, emit: _Emitter) -> fx.Node | None:
 
 
 def _reduction_of_a_scalar(node: fx.Node, emit: _Emitter) -> fx.Node | None:
-    """A reduction of a 0-d tensor (over dim 0 or -1, or all dims), which the importer's
+    """A reduction (or an indexed fill) of a 0-d tensor (over dim 0 or -1, or all dims), which the importer's
     converters index by a dimension it lacks (a modulo by zero, a failed check in TVM): the same
     reduction of it made a 1-element vector, its result made 0-d again."""
     x = argument(node, "self")
@@ -257,7 +257,7 @@ _REDUCTIONS = (aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin
                aten.argmax.default, aten.argmin.default, aten.logsumexp.default, aten.any.dim, aten.any.dims,
                aten.all.dim, aten.all.dims, aten.var.correction, aten.std.correction, aten.cumsum.default,
                aten.cumprod.default, aten.norm.ScalarOpt_dim, aten.linalg_vector_norm.default, aten.squeeze.dim,
-               aten.squeeze.dims)
+               aten.squeeze.dims, aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
 
 
 REWRITES: dict[Any, Callable[[fx.Node, _Emitter], fx.Node | None]] = {

@@ -86,7 +86,8 @@ def guard_indices(graph: Graph) -> tuple[Graph, list[IndexCheck]]:
     for node, path, axis, index, negative in _sites(guarded):
         data = node.args[0]
         shape = data.meta["val"].shape
-        size = data.meta["val"].numel() if axis is None else shape[axis % len(shape)]
+        # a 0-d tensor is indexed as one element along dim 0 (or -1), as torch reads it
+        size = data.meta["val"].numel() if axis is None or len(shape) == 0 else shape[axis % len(shape)]
         dtype = index.meta["val"].dtype
         with fx_graph.inserting_before(node):
             if not isinstance(size, int):  # a dynamic axis: its size read at run time
