@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
-
 from kiln.backends import Backend, BuildContext, Executable
 from kiln.ir.graph import Graph
 from kiln.passes.instruments import Outputs, standard_instruments
@@ -39,11 +37,12 @@ def compilation(pipeline: Sequence[tuple[str, dict[str, Any]]], backend: Backend
 
 
 def compile_graph(graph: Graph, pipeline: Sequence[tuple[str, dict[str, Any]]], backend: Backend, context: BuildContext,
-                  verify: bool, pass_tolerance: float) -> tuple[Executable, Graph, tuple[torch.Tensor, ...] | None]:
-    """The executable, the last graph before the backend's IR, and that graph's outputs on the
-    context's inputs (what the build is held to). With `verify`, a value-preserving pass that
-    moves the outputs by more than `pass_tolerance` of their scale is refused naming it."""
+                  verify: bool, pass_tolerance: float) -> tuple[Executable, Graph, Outputs]:
+    """The executable, the last graph before the backend's IR, and the instrument holding that
+    graph's outputs and the executable's on the context's inputs (what the build is held to). With
+    `verify`, a value-preserving pass that moves the outputs by more than `pass_tolerance` of
+    their scale is refused naming it."""
     outputs = Outputs(context.inputs, context.reference, verify, pass_tolerance)
     instruments = standard_instruments(context.progress, context.debug, outputs)
     executable = run_steps(graph, compilation(pipeline, backend, context), context.report, instruments)
-    return executable, outputs.graph, outputs.graph_outputs
+    return executable, outputs.graph, outputs

@@ -58,6 +58,9 @@ class BackendSteps:
     schedule: list[Step]
     codegen: list[Step]
 
+    def in_order(self) -> list[Step]:
+        return [*self.lowering, *self.passes, *self.schedule, *self.codegen]
+
 
 class Backend(Protocol):
     name: str
@@ -78,7 +81,5 @@ class Backend(Protocol):
 def build(backend: Backend, graph: Graph, context: BuildContext) -> Executable:
     """The backend's steps alone on an optimized graph, through the pass loop with its rows in
     the context's report (what bisection and tuning build with)."""
-    steps = backend.steps(context)
-    outputs = Outputs(context.inputs, context.reference)
-    instruments = standard_instruments(context.progress, context.debug, outputs)
-    return run_steps(graph, [*steps.lowering, *steps.passes, *steps.schedule, *steps.codegen], context.report, instruments)
+    instruments = standard_instruments(context.progress, context.debug, Outputs(context.inputs, context.reference))
+    return run_steps(graph, backend.steps(context).in_order(), context.report, instruments)

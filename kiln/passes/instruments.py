@@ -71,7 +71,7 @@ class Outputs(Instrument):
     promises to preserve values (`Step.preserves_values`) but moves the outputs by more than
     `tolerance` of their scale is a PassError naming it: a broken rewrite is caught where it
     happens. `graph` and `graph_outputs` are the last graph's and its outputs (what the backend's
-    build is held to)."""
+    build is held to); `executable_outputs` the executable's, where one ran."""
 
     def __init__(self, inputs: Sequence[torch.Tensor] | None = None, reference: Sequence[torch.Tensor] | None = None,
                  verify: bool = False, tolerance: float = PRESERVED_TOLERANCE) -> None:
@@ -79,6 +79,7 @@ class Outputs(Instrument):
         self.verify, self.tolerance = verify, tolerance
         self.graph: Graph | None = None
         self.graph_outputs: tuple[torch.Tensor, ...] | None = None
+        self.executable_outputs: list[torch.Tensor] | None = None
 
     def run_after_pass(self, step: Step, before: Any, after: Any, record: PassRecord) -> None:
         if isinstance(after, Graph):
@@ -93,7 +94,7 @@ class Outputs(Instrument):
                         f"scale (allowed {self.tolerance:.0e}): a broken rewrite")
             self.graph, self.graph_outputs = after, outputs
         elif self.inputs is not None and getattr(after, "why_not_here", lambda: "no executable")() is None:
-            outputs = after(self.inputs)
+            outputs = self.executable_outputs = after(self.inputs)
         else:
             return
         if outputs is not None and self.reference is not None:

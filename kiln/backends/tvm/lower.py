@@ -91,23 +91,29 @@ def _decompose_unconverted(program: torch.export.ExportedProgram) -> torch.expor
                 and isinstance(node.target, torch._ops.OpOverload)
                 and (node.target.__name__ not in known or node.target in DECOMPOSITIONS)}
 
+    def decomposed(candidate: torch.export.ExportedProgram, table: dict) -> torch.export.ExportedProgram | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+                return candidate.run_decompositions(table)
+        except KilnError:
+            raise  # a decomposition that refuses its arguments, by name
+        except Exception:  # noqa: BLE001 - a decomposition torch cannot trace here: the op is refused by name
+            return None
+
+    ours = {op: DECOMPOSITIONS[op] for op in unconverted(program) if op in DECOMPOSITIONS}
+    if ours:  # Kiln's, all at once: each is written in ops that import
+        program = decomposed(program, ours) or program
     tried: set = set()
     while True:
         missing = unconverted(program)
-        decomposable = [op for op in missing if (op in DECOMPOSITIONS or op in decomposition_table) and op not in tried]
+        decomposable = [op for op in missing if op in decomposition_table and op not in tried and op not in DECOMPOSITIONS]
         if not decomposable:
             return program
         op = decomposable[0]
         tried.add(op)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-                candidate = program.run_decompositions({op: DECOMPOSITIONS.get(op, decomposition_table.get(op))})
-        except KilnError:
-            raise  # a decomposition that refuses its arguments, by name
-        except Exception:  # noqa: BLE001 - a decomposition torch cannot trace here: the op is refused by name
-            continue
-        if op in DECOMPOSITIONS or unconverted(candidate) <= missing - {op}:
+        candidate = decomposed(program, {op: decomposition_table[op]})
+        if candidate is not None and unconverted(candidate) <= missing - {op}:
             program = candidate
 
 
